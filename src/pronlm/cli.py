@@ -1,0 +1,150 @@
+"""`pronlm` command line: each subcommand wires its arguments to one function of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pronlm.data import PronlmError
+
+
+def _prepare(a):
+    from pronlm.prepare import prepare
+
+    prepare(a.corpus, a.split, a.out, tokenizer=a.tokenizer, accent_policy=a.accent_policy,
+            word_boundaries=a.word_boundaries, apa_template=a.apa_template, mdd_template=a.mdd_template,
+            max_audio_seconds=a.max_audio_seconds, limit=a.limit)
+
+
+def _train(a):
+    from pronlm.config import load_config
+    from pronlm.train import train
+
+    train(load_config(a.recipe, a.overrides), resume=a.resume)
+
+
+def _predict(a):
+    from pronlm.infer import predict
+
+    predict(base=a.base, adapter=a.adapter, corpus=a.corpus, split=a.split, out=a.out,
+            tasks=tuple(a.tasks.split(",")), batch_size=a.batch_size, limit=a.limit,
+            max_new_tokens=a.max_new_tokens, apa_template=a.apa_template, mdd_template=a.mdd_template)
+
+
+def _evaluate(a):
+    from pronlm.report import evaluate
+
+    evaluate(a.predictions, a.corpus, a.split, a.out, accent_policy=a.accent_policy)
+
+
+def _assess(a):
+    from pronlm.assess import assess_command
+
+    assess_command(audio=a.audio, text=a.text, base=a.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon)
+
+
+def _serve(a):
+    from pronlm.serve import serve
+
+    serve(host=a.host, port=a.port, base=a.base, adapter=a.adapter, lexicon=a.lexicon)
+
+
+def _demo(a):
+    from pronlm.demo import demo
+
+    demo(out=a.out, corpus=a.corpus, steps=a.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pronlm", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_options(s):
+        s.add_argument("--accent-policy", default="unk", choices=["unk", "canonical", "literal"],
+                       help="what an accented phone X* becomes in the heard phones (default: <unk>)")
+
+    def model_options(s, base_default="tiny"):
+        s.add_argument("--base", default=base_default,
+                       help="hub id or local folder of Phi-4-multimodal (native format), or 'tiny'")
+        s.add_argument("--adapter", default=None, help="a training output or checkpoint folder")
+
+    s = sub.add_parser("prepare", help="SpeechOcean762 -> examples.jsonl (two per utterance) + stats.json")
+    s.add_argument("--corpus", required=True, help="corpus folder (Kaldi layout) or hf:mispeech/speechocean762")
+    s.add_argument("--split", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--tokenizer", default=None, help="'tiny', a folder or hub id: adds token counts to stats")
+    s.add_argument("--word-boundaries", action="store_true", help="put | between words in the phone target")
+    s.add_argument("--apa-template", default="default")
+    s.add_argument("--mdd-template", default="default")
+    s.add_argument("--max-audio-seconds", type=float, default=30.0)
+    s.add_argument("--limit", type=int, default=None)
+    data_options(s)
+    s.set_defaults(func=_prepare)
+
+    s = sub.add_parser("train", help="fine-tune with LoRA from a recipe")
+    s.add_argument("--recipe", required=True, help="recipe name (paper-lora, paper-unfreeze, new-lora, tiny-cpu) "
+                                                   "or YAML path")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    s.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("predict", help="batched generation for both tasks, appended as JSON lines (resumable)")
+    model_options(s)
+    s.add_argument("--corpus", required=True)
+    s.add_argument("--split", default="test")
+    s.add_argument("--out", required=True)
+    s.add_argument("--tasks", default="apa,mdd")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--apa-template", default=None, help="default: the adapter's training template")
+    s.add_argument("--mdd-template", default=None)
+    s.set_defaults(func=_predict)
+
+    s = sub.add_parser("evaluate", help="metrics, report.md against the paper, plots")
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--corpus", required=True)
+    s.add_argument("--split", default="test")
+    s.add_argument("--out", required=True)
+    data_options(s)
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("assess", help="scores and per-word feedback for one recording")
+    model_options(s)
+    s.add_argument("--audio", required=True)
+    s.add_argument("--text", required=True, help="the sentence that was read")
+    s.add_argument("--format", default="table", choices=["json", "table"])
+    s.add_argument("--lexicon", default=None, help="extra lexicon (WORD PH1 PH2 ...) for words CMUdict lacks")
+    s.set_defaults(func=_assess)
+
+    s = sub.add_parser("serve", help="HTTP API and web page")
+    model_options(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--lexicon", default=None)
+    s.set_defaults(func=_serve)
+
+    s = sub.add_parser("demo", help="the whole pipeline on a tiny model, on CPU, in minutes")
+    s.add_argument("--out", default="demo-out")
+    s.add_argument("--corpus", default=None, help="a SpeechOcean762 folder instead of synthesised speech")
+    s.add_argument("--steps", type=int, default=300)
+    s.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.func(args)
+    except PronlmError as exc:
+        print(f"pronlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

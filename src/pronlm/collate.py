@@ -1,0 +1,94 @@
+"""Batches for Phi-4-multimodal: audio features, the audio placeholder expanded, answer-only labels.
+
+Each sequence is `prompt-before-audio + <audio>*n + prompt-after-audio + answer + <|end|> + <|endoftext|>`,
+where n is the number of audio embeddings the encoder will produce for that clip (one per 80 ms).
+Labels are -100 on every prompt, control-token, audio and padding position: loss on the answer only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import Phi4MultimodalFeatureExtractor
+
+from pronlm.data import SAMPLE_RATE, PronlmError, load_audio
+from pronlm.prompts import AUDIO_PLACEHOLDER, END, EOT, Example
+
+IGNORE_INDEX = -100
+
+
+def n_audio_tokens(n_samples: int) -> int:
+    """Audio embeddings for a 16 kHz clip: 25 ms window, 10 ms hop, 8x compression (SPEC §2)."""
+    frames = (n_samples - 400) // 160 + 1
+    return -(-frames // 8)
+
+
+@dataclass
+class Collator:
+    """Turns `Example`s into model inputs; `for_generation` drops the answer and pads on the left."""
+
+    tokenizer: object
+    audio_token_id: int
+    max_audio_seconds: float | None = 30.0
+    for_generation: bool = False
+    feature_extractor: Phi4MultimodalFeatureExtractor = field(default_factory=Phi4MultimodalFeatureExtractor)
+
+    def __post_init__(self):
+        self._prefix_cache: dict[str, tuple[list[int], list[int]]] = {}
+        ids = self.tokenizer.convert_tokens_to_ids
+        self.end_ids = [ids(END), ids(EOT)]
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else ids(EOT)
+
+    def _prompt_parts(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the audio placeholder (prompts repeat: cached)."""
+        if prompt not in self._prefix_cache:
+            if prompt.count(AUDIO_PLACEHOLDER) != 1:
+                raise PronlmError(f"a prompt must hold exactly one {AUDIO_PLACEHOLDER}: {prompt[:80]!r}...")
+            before, after = prompt.split(AUDIO_PLACEHOLDER)
+            enc = self.tokenizer
+            self._prefix_cache[prompt] = (enc(before, add_special_tokens=False).input_ids,
+                                          enc(after, add_special_tokens=False).input_ids)
+        return self._prefix_cache[prompt]
+
+    def encode(self, example: Example, n_audio: int) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of one example, unpadded."""
+        before, after = self._prompt_parts(example.prompt)
+        prompt_ids = before + [self.audio_token_id] * n_audio + after
+        if self.for_generation:
+            return prompt_ids, [IGNORE_INDEX] * len(prompt_ids)
+        if example.target is None:
+            raise PronlmError(f"example {example.id}/{example.task} has no target to train on")
+        answer = self.tokenizer(example.target, add_special_tokens=False).input_ids + self.end_ids
+        return prompt_ids + answer, [IGNORE_INDEX] * len(prompt_ids) + answer
+
+    def load(self, example: Example) -> np.ndarray:
+        return load_audio(example.audio, example.id, self.max_audio_seconds)
+
+    def __call__(self, examples: list[Example], audio: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """Collate examples; `audio` (16 kHz float arrays) skips reading the files."""
+        examples = [e if isinstance(e, Example) else Example(**e) for e in examples]
+        if audio is None:
+            audio = [self.load(e) for e in examples]
+        feats = self.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        sizes = feats["audio_embed_sizes"]
+        encoded = [self.encode(e, int(n)) for e, n in zip(examples, sizes)]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        attention = torch.zeros_like(input_ids)
+        for row, (ids, lab) in enumerate(encoded):
+            span = slice(width - len(ids), width) if self.for_generation else slice(0, len(ids))
+            input_ids[row, span] = torch.tensor(ids)
+            labels[row, span] = torch.tensor(lab)
+            attention[row, span] = 1
+        audio_mask = feats.get("audio_attention_mask")
+        if audio_mask is None:  # the extractor gives it only for batches > 1
+            audio_mask = torch.ones(feats["audio_input_features"].shape[:2], dtype=torch.bool)
+        batch = {"input_ids": input_ids, "attention_mask": attention,
+                 "audio_input_features": feats["audio_input_features"],
+                 "audio_embed_sizes": sizes, "audio_attention_mask": audio_mask}
+        if not self.for_generation:
+            batch["labels"] = labels
+        return batch

@@ -1,0 +1,70 @@
+"""Shared fixtures: real SpeechOcean762 clips from ../shared/data, the tiny tokenizer and model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PRONLM_TEST_DATA", REPO.parent / "shared" / "data"))
+CORPUS = DATA / "speechocean762"
+AUDIO_ONLY = DATA / "speechocean762-audio"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """The real labelled subset (46 utterances) in the corpus layout."""
+    if not (CORPUS / "resource" / "scores.json").is_file():
+        pytest.skip(f"real SpeechOcean762 subset not found at {CORPUS} (set PRONLM_TEST_DATA)")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def audio_only_dir() -> Path:
+    if not (AUDIO_ONLY / "train" / "wav.scp").is_file():
+        pytest.skip(f"unlabelled SpeechOcean762 clips not found at {AUDIO_ONLY}")
+    return AUDIO_ONLY
+
+
+@pytest.fixture(scope="session")
+def train_utterances(corpus_dir):
+    from pronlm.data import read_corpus
+
+    return list(read_corpus(str(corpus_dir), "train"))
+
+
+@pytest.fixture(scope="session")
+def _tiny_tokenizer():
+    from pronlm.model import add_control_tokens
+    from pronlm.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    add_control_tokens(tok)
+    return tok
+
+
+@pytest.fixture()
+def tiny_tokenizer(_tiny_tokenizer):
+    """The tiny byte-level BPE tokenizer with Phi-4's special tokens and <|APA|>/<|MDD|> (a fresh copy)."""
+    import copy
+
+    return copy.deepcopy(_tiny_tokenizer)
+
+
+@pytest.fixture()
+def tiny_model(_tiny_tokenizer):
+    """A fresh 2-layer, hidden-64 random Phi4MultimodalForCausalLM (seed 0) matching the tiny tokenizer."""
+    from pronlm.tiny import build_tiny_model
+
+    return build_tiny_model(_tiny_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def espeak() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does it)")
+    return exe
