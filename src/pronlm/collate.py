@@ -63,6 +63,22 @@ class Collator:
         answer = self.tokenizer(example.target, add_special_tokens=False).input_ids + self.end_ids
         return prompt_ids + answer, [IGNORE_INDEX] * len(prompt_ids) + answer
 
+    def features(self, audio: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Log-mel features clip by clip, zero-padded (what the extractor's padding gives) with a mask.
+
+        One clip at a time because the extractor's batched masking fails on some length mixes
+        (transformers 5.24: "size of tensor a (75) must match ... (76)" for clips of close lengths).
+        """
+        one = [self.feature_extractor(a, sampling_rate=SAMPLE_RATE, return_tensors="pt") for a in audio]
+        frames = [f["audio_input_features"].shape[1] for f in one]
+        feats = torch.zeros(len(one), max(frames), one[0]["audio_input_features"].shape[2])
+        mask = torch.zeros(len(one), max(frames), dtype=torch.bool)
+        for i, (f, n) in enumerate(zip(one, frames)):
+            feats[i, :n] = f["audio_input_features"][0]
+            mask[i, :n] = True
+        sizes = torch.cat([f["audio_embed_sizes"] for f in one])
+        return {"audio_input_features": feats, "audio_embed_sizes": sizes, "audio_attention_mask": mask}
+
     def load(self, example: Example) -> np.ndarray:
         return load_audio(example.audio, example.id, self.max_audio_seconds)
 
@@ -71,7 +87,7 @@ class Collator:
         examples = [e if isinstance(e, Example) else Example(**e) for e in examples]
         if audio is None:
             audio = [self.load(e) for e in examples]
-        feats = self.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        feats = self.features(audio)
         sizes = feats["audio_embed_sizes"]
         encoded = [self.encode(e, int(n)) for e, n in zip(examples, sizes)]
         width = max(len(ids) for ids, _ in encoded)
@@ -83,12 +99,7 @@ class Collator:
             input_ids[row, span] = torch.tensor(ids)
             labels[row, span] = torch.tensor(lab)
             attention[row, span] = 1
-        audio_mask = feats.get("audio_attention_mask")
-        if audio_mask is None:  # the extractor gives it only for batches > 1
-            audio_mask = torch.ones(feats["audio_input_features"].shape[:2], dtype=torch.bool)
-        batch = {"input_ids": input_ids, "attention_mask": attention,
-                 "audio_input_features": feats["audio_input_features"],
-                 "audio_embed_sizes": sizes, "audio_attention_mask": audio_mask}
+        batch = {"input_ids": input_ids, "attention_mask": attention, **feats}
         if not self.for_generation:
             batch["labels"] = labels
         return batch

@@ -99,6 +99,11 @@ def recipe_path(name_or_path: str) -> Path:
 def _coerce(name: str, value: str, current):
     """Parse an override string with YAML (numbers, booleans, null) and check it fits the field."""
     parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    if isinstance(parsed, str) and isinstance(current, float):
+        try:  # YAML 1.1 reads "1e-2" as a string
+            parsed = float(parsed)
+        except ValueError:
+            pass
     if isinstance(current, bool) and not isinstance(parsed, bool):
         raise ConfigError(f"{name} takes true or false, not {value!r}")
     if isinstance(current, (int, float)) and not isinstance(current, bool) and parsed is not None:

@@ -1,0 +1,193 @@
+"""The training recipe: examples from the corpus, the strategy's adapter, HF Trainer, checks that it trains.
+
+Runs as is on one device, and under `torchrun` / `accelerate launch` with several processes (DDP).
+Before the first step it prints the parameter table and stops when nothing, or something the
+strategy does not name, is trainable; it also checks the first batch's labels are answer-only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import get_length_grouped_indices
+from transformers.trainer_utils import get_last_checkpoint
+
+from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
+from pronlm.config import Config
+from pronlm.data import UtteranceError, audio_seconds, load_audio, read_corpus
+from pronlm.model import (TINY_BASE_DIR, check_trainable, format_table, load_base, parameter_table,
+                          prepare_for_training, resolve_dtype)
+from pronlm.prompts import Example, PromptSet, build_examples
+from pronlm.targets import AccentPolicy
+
+log = logging.getLogger(__name__)
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Examples plus each one's expected sequence length (for length-grouped batches)."""
+
+    def __init__(self, examples: list[Example], lengths: list[int]):
+        self.examples, self.lengths = examples, lengths
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffle (length-grouped or not) from `seed + epoch` alone, so a resumed run sees the same order."""
+
+    def __init__(self, lengths: list[int], group_size: int, seed: int, group_by_length: bool):
+        self.lengths, self.group_size, self.seed, self.group = lengths, group_size, seed, group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.group:
+            return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=g))
+        return iter(torch.randperm(len(self.lengths), generator=g).tolist())
+
+
+class PronlmTrainer(Trainer):
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset or self.train_dataset
+        return EpochSampler(ds.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                            self.args.seed, self.args.train_sampling_strategy == "group_by_length")
+
+
+class JsonlLog(TrainerCallback):
+    """Every logged step (loss, lr, grad norm, examples/s) as one JSON line in output_dir/log.jsonl."""
+
+    def __init__(self, path: Path, batch_per_step: int):
+        self.path, self.batch_per_step = path, batch_per_step
+        self.t0, self.step0 = time.perf_counter(), 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        steps = state.global_step - self.step0
+        if steps > 0 and "loss" in logs:
+            logs["examples_per_second"] = round(steps * self.batch_per_step / (now - self.t0), 3)
+            self.t0, self.step0 = now, state.global_step
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def load_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
+    """Both tasks' examples of every usable utterance; broken ones are reported and skipped."""
+    errors: list[UtteranceError] = []
+    examples, lengths = [], []
+    policy = AccentPolicy(cfg.accent_policy)
+    prompt_tokens = {t: len(tokenizer(prompts.for_task(t), add_special_tokens=False).input_ids) for t in ("apa", "mdd")}
+    for i, utt in enumerate(read_corpus(cfg.corpus, cfg.train_split, errors)):
+        if cfg.limit is not None and i >= cfg.limit:
+            break
+        if not utt.labelled:
+            errors.append(UtteranceError(utt.id, "has no scores.json entry: nothing to train on"))
+            continue
+        try:
+            load_audio(utt.audio, utt.id, cfg.max_audio_seconds)
+        except UtteranceError as exc:
+            errors.append(exc)
+            continue
+        n_audio = n_audio_tokens(int(audio_seconds(utt.audio) * 16_000))
+        for ex in build_examples(utt, prompts, policy, cfg.word_boundaries):
+            examples.append(ex)
+            lengths.append(prompt_tokens[ex.task] + n_audio + len(tokenizer(ex.target).input_ids) + 2)
+    for exc in errors:
+        log.warning("skipped %s", exc)
+    if not examples:
+        raise UtteranceError("*", f"no usable training utterances in {cfg.corpus} ({cfg.train_split})")
+    log.info("%d examples from %d utterances (%d skipped)", len(examples), len(examples) // 2, len(errors))
+    return ExampleDataset(examples, lengths)
+
+
+def answer_share(batch: dict, pad_id: int) -> float:
+    """Share of the real (non-padding) positions that carry a label: the answer part only."""
+    real = batch["attention_mask"].bool()
+    return float((batch["labels"] != IGNORE_INDEX)[real].float().mean())
+
+
+def check_first_batch(collator: Collator, dataset: ExampleDataset, n: int) -> float:
+    """Labels must be exactly the answer tokens + <|end|><|endoftext|> of each example."""
+    examples = dataset.examples[:n]
+    batch = collator(examples)
+    tok = collator.tokenizer
+    for row, ex in zip(batch["labels"], examples):
+        expected = tok(ex.target, add_special_tokens=False).input_ids + collator.end_ids
+        got = row[row != IGNORE_INDEX].tolist()
+        if got != expected:
+            raise AssertionError(f"labels of {ex.id}/{ex.task} are not answer-only: {tok.decode(got)!r}")
+    share = answer_share(batch, collator.pad_id)
+    log.info("answer-only check passed: %.1f %% of the first batch's positions are answer tokens", 100 * share)
+    return share
+
+
+def training_arguments(cfg: Config) -> TrainingArguments:
+    bf16 = resolve_dtype(cfg.dtype) == torch.bfloat16 and not cfg.is_tiny
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun / accelerate
+    return TrainingArguments(
+        output_dir=cfg.output_dir, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm, bf16=bf16, seed=cfg.seed,
+        data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy=cfg.save_strategy,
+        save_steps=cfg.save_steps, report_to=["tensorboard"],  # events under output_dir/runs/
+        remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False if distributed else None,
+        use_cpu=not torch.cuda.is_available(), save_only_model=False,
+    )
+
+
+def train(cfg: Config, resume: bool = False, speech_dir: str | None = None) -> dict:
+    """Train from a config; returns the Trainer's final metrics plus the parameter table."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args = training_arguments(cfg)
+    checkpoint = get_last_checkpoint(str(out)) if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s yet, starting from the beginning", out)
+    model, tokenizer = load_base(cfg)
+    model = prepare_for_training(cfg, model, tokenizer, speech_dir)
+    table = parameter_table(model)
+    check_trainable(cfg, table)
+    if args.process_index == 0:
+        cfg.to_yaml(out / "config.yaml")
+        print(format_table(table), flush=True)
+        (out / "parameters.json").write_text(json.dumps(table, indent=2))
+        if cfg.is_tiny:  # keep the random base, so the adapter can be used later
+            model.get_base_model().save_pretrained(out / TINY_BASE_DIR)
+            tokenizer.save_pretrained(out / TINY_BASE_DIR)
+    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    dataset = load_examples(cfg, prompts, tokenizer)
+    collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds)
+    check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
+    trainer = PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                            processing_class=tokenizer,
+                            callbacks=[JsonlLog(out / "log.jsonl", args.train_batch_size * args.gradient_accumulation_steps
+                                                * args.world_size)])
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(out))
+    if args.process_index == 0:
+        (out / "train_result.json").write_text(json.dumps({**result.metrics, "global_step": result.global_step}))
+    return {**result.metrics, "global_step": result.global_step, "parameters": table}
