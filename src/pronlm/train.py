@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
 from pronlm.config import Config
 from pronlm.data import UtteranceError, audio_seconds, load_audio, read_corpus
-from pronlm.model import (TINY_BASE_DIR, check_trainable, format_table, load_base, parameter_table,
+from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base, parameter_table,
                           prepare_for_training, resolve_dtype)
 from pronlm.prompts import Example, PromptSet, build_examples
 from pronlm.targets import AccentPolicy
@@ -168,6 +168,10 @@ def train(cfg: Config, resume: bool = False, speech_dir: str | None = None) -> d
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s yet, starting from the beginning", out)
     model, tokenizer = load_base(cfg)
+    add_control_tokens(tokenizer, model)
+    if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
+        model.save_pretrained(out / TINY_BASE_DIR)
+        tokenizer.save_pretrained(out / TINY_BASE_DIR)
     model = prepare_for_training(cfg, model, tokenizer, speech_dir)
     table = parameter_table(model)
     check_trainable(cfg, table)
@@ -175,9 +179,6 @@ def train(cfg: Config, resume: bool = False, speech_dir: str | None = None) -> d
         cfg.to_yaml(out / "config.yaml")
         print(format_table(table), flush=True)
         (out / "parameters.json").write_text(json.dumps(table, indent=2))
-        if cfg.is_tiny:  # keep the random base, so the adapter can be used later
-            model.get_base_model().save_pretrained(out / TINY_BASE_DIR)
-            tokenizer.save_pretrained(out / TINY_BASE_DIR)
     prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
     dataset = load_examples(cfg, prompts, tokenizer)
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds)

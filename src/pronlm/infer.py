@@ -1,0 +1,144 @@
+"""Prediction: batched greedy generation for both tasks, parsed into one record schema.
+
+`Predictor` is the one prediction path: `pronlm predict` (a corpus, written as JSON lines and
+resumable), `pronlm assess` and `pronlm serve` all go through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from pronlm.collate import Collator
+from pronlm.data import PronlmError, UtteranceError, load_audio, read_corpus
+from pronlm.model import load_for_inference
+from pronlm.parse import parse_answer
+from pronlm.prompts import TASKS, Example, PromptSet
+
+log = logging.getLogger(__name__)
+
+
+def training_templates(adapter: str | None) -> dict[str, str]:
+    """The prompt templates an adapter was trained with (its run's config.yaml), else the defaults."""
+    if adapter:
+        for folder in (Path(adapter), Path(adapter).parent):
+            if (folder / "config.yaml").is_file():
+                cfg = yaml.safe_load((folder / "config.yaml").read_text())
+                return {"apa": cfg.get("apa_template", "default"), "mdd": cfg.get("mdd_template", "default")}
+    return {"apa": "default", "mdd": "default"}
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module
+    tokenizer: object
+    prompts: PromptSet
+    max_new_tokens: int = 256
+    max_audio_seconds: float | None = 30.0
+
+    def __post_init__(self):
+        self.collator = Collator(self.tokenizer, self.model.config.audio_config.audio_token_id,
+                                 self.max_audio_seconds, for_generation=True)
+        self.stop_ids = list(self.collator.end_ids)
+        # A generated audio/image placeholder id would be sent through the audio encoder again.
+        self.suppress = [self.model.config.audio_config.audio_token_id, self.model.config.vision_config.image_token_id]
+
+    @classmethod
+    def load(cls, base: str = "tiny", adapter: str | None = None, device: str | None = None,
+             max_new_tokens: int = 256, apa_template: str | None = None, mdd_template: str | None = None,
+             max_audio_seconds: float | None = 30.0) -> "Predictor":
+        model, tokenizer = load_for_inference(base, adapter, device)
+        templates = training_templates(adapter)
+        prompts = PromptSet.from_templates(apa_template or templates["apa"], mdd_template or templates["mdd"])
+        return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds)
+
+    @torch.inference_mode()
+    def generate(self, examples: list[Example], audio: list[np.ndarray]) -> list[str]:
+        """Greedy answers (text after the prompt, special tokens kept) for one left-padded batch."""
+        batch = {k: v.to(self.model.device) for k, v in self.collator(examples, audio).items()}
+        out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  eos_token_id=self.stop_ids, pad_token_id=self.collator.pad_id,
+                                  suppress_tokens=self.suppress)
+        texts = []
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            stop = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row) - 1)
+            texts.append(self.tokenizer.decode(row[:stop + 1], skip_special_tokens=False))
+        return texts
+
+    def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
+        """One record per (item, task), in order; items are (id, 16 kHz float32 mono samples)."""
+        jobs = [(utt_id, samples, task) for utt_id, samples in items for task in tasks]
+        records = []
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            examples = [Example(i, t, None, self.prompts.for_task(t), None) for i, _, t in chunk]
+            raws = self.generate(examples, [s for _, s, _ in chunk])
+            for (utt_id, _, task), raw in zip(chunk, raws):
+                records.append({"id": utt_id, "task": task, "raw": raw, **parse_answer(task, raw)})
+        return records
+
+
+def done_keys(out: Path) -> set[tuple[str, str]]:
+    """(id, task) already in a prediction file; a line cut short by a crash is dropped from the file."""
+    if not out.is_file():
+        return set()
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):  # killed mid-write: keep only complete lines
+        data = data[:data.rfind(b"\n") + 1]
+        out.write_bytes(data)
+    keys = set()
+    for n, line in enumerate(data.decode().splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            keys.add((rec["id"], rec["task"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PronlmError(f"{out} line {n} is not a prediction record ({exc}); move the file away "
+                              "or fix the line to resume") from exc
+    return keys
+
+
+def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, tasks=TASKS,
+            batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
+            apa_template: str | None = None, mdd_template: str | None = None) -> dict:
+    """Predict a corpus split into `out` (JSON lines), skipping what the file already holds."""
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise PronlmError(f"unknown task(s) {bad}: choose from {', '.join(TASKS)}")
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = done_keys(out_path)
+    utterances = list(read_corpus(corpus, split))[:limit]
+    todo = [u for u in utterances if any((u.id, t) not in done for t in tasks)]
+    log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
+    if not todo:
+        return {"written": 0, "skipped_audio": 0}
+    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens,
+                               apa_template=apa_template, mdd_template=mdd_template)
+    written, failed, t0 = 0, [], time.perf_counter()
+    per_step = max(1, batch_size // len(tasks))
+    with out_path.open("a") as f, tqdm(total=len(todo), unit="utt", desc="predict") as bar:
+        for start in range(0, len(todo), per_step):
+            items = []
+            for utt in todo[start:start + per_step]:
+                try:
+                    items.append((utt.id, load_audio(utt.audio, utt.id, predictor.max_audio_seconds)))
+                except UtteranceError as exc:
+                    log.warning("skipped %s", exc)
+                    failed.append(str(exc))
+            for rec in predictor.predict(items, tasks, batch_size):
+                if (rec["id"], rec["task"]) not in done:
+                    f.write(json.dumps(rec) + "\n")
+                    written += 1
+            f.flush()
+            bar.update(len(todo[start:start + per_step]))
+    rate = len(todo) / (time.perf_counter() - t0)
+    log.info("wrote %d predictions to %s (%.2f utterances/s); %d utterances skipped", written, out, rate, len(failed))
+    return {"written": written, "skipped_audio": len(failed), "utterances_per_second": rate}
