@@ -1,0 +1,107 @@
+"""Prompt layout (paper Fig. 3), template files, and the <|APA|> / <|MDD|> control tokens."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pronlm.data import PronlmError
+from pronlm.model import add_control_tokens
+from pronlm.prompts import PromptSet, build_examples, load_template, render_prompt
+
+# SpeechOcean762's rubric (SPEC §1): each aspect's bands, and a word from each band's description.
+BANDS = {
+    "Accuracy": [("9-10", "excellent"), ("7-8", "good"), ("5-6", "understandable"), ("3-4", "poor"),
+                 ("0-2", "one or two words")],
+    "Fluency": [("8-10", "fluent"), ("6-7", "generally fluent"), ("4-5", "disfluent"), ("0-3", "very disfluent")],
+    "Prosodic": [("9-10", "correct intonation"), ("7-8", "nearly correct"), ("5-6", "unstable speed"),
+                 ("3-4", "too fast or too slow"), ("0-2", "cannot read")],
+    "Total": [("9-10", "native-like"), ("7-8", "good"), ("5-6", "fair"), ("3-4", "poor"), ("0-2", "incomprehensible")],
+}
+
+
+def test_layout_exact():
+    assert render_prompt("apa", "Rate it.") == "<|user|><|APA|><|audio_1|>Rate it.<|end|><|assistant|>"
+    assert render_prompt("mdd", "Say it.") == "<|user|><|MDD|><|audio_1|>Say it.<|end|><|assistant|>"
+    prompts = PromptSet.from_templates()
+    assert prompts.apa == "<|user|><|APA|><|audio_1|>" + load_template("apa") + "<|end|><|assistant|>"
+    assert prompts.mdd == "<|user|><|MDD|><|audio_1|>" + load_template("mdd") + "<|end|><|assistant|>"
+    assert not load_template("apa")[0].isspace() and not load_template("apa")[-1].isspace()
+
+
+def test_apa_template_has_every_band():
+    paragraphs = load_template("apa").split("\n\n")
+    for aspect, bands in BANDS.items():
+        (para,) = [p for p in paragraphs if p.startswith(f"{aspect} (0-10)")]
+        lines = re.findall(r"^- (\d+-\d+): (.*)$", para, re.M)
+        assert [band for band, _ in lines] == [band for band, _ in bands], aspect
+        for (_, text), (band, word) in zip(lines, bands):
+            assert word in text, (aspect, band)
+
+
+def test_templates_show_the_answer_format():
+    apa = load_template("apa")
+    example = json.loads(apa[apa.index("{"):apa.rindex("}") + 1])
+    assert list(example) == ["accuracy", "fluency", "prosodic", "total"]
+    mdd = load_template("mdd")
+    example = json.loads(mdd[mdd.index("{"):mdd.rindex("}") + 1])
+    assert list(example) == ["word_transcript", "phoneme_transcript"]
+    assert not re.search(r"\d", example["phoneme_transcript"])  # no stress digits
+    assert "<unk>" in mdd and "ARPAbet" in mdd
+
+
+def test_template_selection(tmp_path):
+    assert load_template("apa", "short") != load_template("apa", "default")
+    assert len(load_template("mdd", "short")) < len(load_template("mdd", "default"))
+    own = tmp_path / "mine.txt"
+    own.write_text("Score this.\n")
+    prompts = PromptSet.from_templates(apa_template=str(own), mdd_template="short")
+    assert prompts.apa == "<|user|><|APA|><|audio_1|>Score this.<|end|><|assistant|>"
+    assert prompts.mdd == render_prompt("mdd", load_template("mdd", "short"))
+
+
+def test_bad_template_name():
+    with pytest.raises(PronlmError, match=r"no apa prompt template 'fancy': give a \.txt path or one of .*apa_default"):
+        PromptSet.from_templates(apa_template="fancy")
+    with pytest.raises(PronlmError, match="unknown task 'asr': expected one of apa, mdd"):
+        load_template("asr")
+
+
+def test_two_examples_per_utterance(train_utterances):
+    utt = next(u for u in train_utterances if u.id == "000010113")
+    prompts = PromptSet.from_templates()
+    apa, mdd = build_examples(utt, prompts)
+    assert (apa.id, apa.task, apa.audio, apa.prompt) == (utt.id, "apa", utt.audio, prompts.apa)
+    assert (mdd.id, mdd.task, mdd.audio, mdd.prompt) == (utt.id, "mdd", utt.audio, prompts.mdd)
+    assert apa.target == '{"accuracy": 6, "fluency": 9, "prosodic": 8, "total": 5}'
+    assert json.loads(mdd.target)["phoneme_transcript"] == "DH EH N HH IY W EH N T T UW TH AH M P AA R K"
+    unlabelled = type(utt)(utt.id, utt.speaker, utt.text, utt.audio)
+    assert [e.target for e in build_examples(unlabelled, prompts)] == [None, None]
+
+
+def test_control_tokens_are_single_tokens(tiny_tokenizer):
+    ids = add_control_tokens(tiny_tokenizer)
+    assert ids == {"apa": 1024, "mdd": 1025}  # appended after the tiny BPE's 1,024 entries
+    assert len(tiny_tokenizer) == 1026  # a second call adds nothing
+    for task, token in (("apa", "<|APA|>"), ("mdd", "<|MDD|>")):
+        assert tiny_tokenizer(token, add_special_tokens=False).input_ids == [ids[task]]
+        assert tiny_tokenizer.decode([ids[task]]) == token
+        prompt_ids = tiny_tokenizer(PromptSet.from_templates().for_task(task), add_special_tokens=False).input_ids
+        assert prompt_ids[1] == ids[task] and prompt_ids.count(ids[task]) == 1
+
+
+def test_control_tokens_fit_the_embedding(tiny_tokenizer, tiny_model):
+    rows = tiny_model.get_input_embeddings().weight.shape[0]
+    ids = add_control_tokens(tiny_tokenizer, tiny_model)
+    assert max(ids.values()) < rows == 1088
+    assert tiny_model.get_input_embeddings().weight.shape[0] == 1088  # no resize needed
+
+
+def test_control_tokens_resize_a_small_embedding(tiny_tokenizer, tiny_model):
+    tiny_model.resize_token_embeddings(1024)  # rows 0..1023: <|APA|>=1024 and <|MDD|>=1025 do not fit
+    ids = add_control_tokens(tiny_tokenizer, tiny_model)
+    rows = tiny_model.get_input_embeddings().weight.shape[0]
+    assert rows == 1088 and rows % 64 == 0 and max(ids.values()) < rows
+    assert tiny_model.get_output_embeddings().weight.shape[0] == 1088
