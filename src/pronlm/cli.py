@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        result = args.func(args)
+        args.func(args)
     except PronlmError as exc:
         print(f"pronlm {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return int(result or 0)
+    return 0
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class Config:
     seed: int = 42
 
     def __post_init__(self):
+        if self.accent_policy not in ("unk", "canonical", "literal"):
+            raise ConfigError(f"accent_policy must be unk, canonical or literal, not {self.accent_policy!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
         if self.strategy == "unfreeze" and self.quantize_4bit:

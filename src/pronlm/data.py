@@ -165,6 +165,8 @@ def read_corpus(source: str, split: str, errors: list[UtteranceError] | None = N
 
 def read_kaldi_dir(root: Path, split: str, errors: list[UtteranceError] | None = None) -> Iterator[Utterance]:
     """Read the corpus's own layout: `<split>/{text,wav.scp,utt2spk}` and `resource/scores.json`."""
+    if not root.is_dir():
+        raise CorpusError(f"corpus folder {root} not found: give the SpeechOcean762 folder or hf:mispeech/speechocean762")
     split_dir = root / split
     if not split_dir.is_dir():
         raise CorpusError(f"{root} has no {split}/ folder: expected the SpeechOcean762 layout "

@@ -85,10 +85,13 @@ def load_base(cfg: Config, device_map=None):
 
 
 def speech_adapter_dir(cfg: Config) -> str:
-    """The built-in speech LoRA: `<base>/speech-lora` locally, or downloaded from the hub."""
-    local = Path(cfg.base) / cfg.speech_adapter
-    if local.is_dir():
-        return str(local)
+    """The built-in speech LoRA: a folder path, `<base>/speech-lora` locally, or from the hub."""
+    for local in (Path(cfg.speech_adapter), Path(cfg.base) / cfg.speech_adapter):
+        if (local / "adapter_config.json").is_file():
+            return str(local)
+    if cfg.is_tiny:
+        raise ConfigError("the tiny model has no built-in speech LoRA: set speech_adapter=FOLDER "
+                          "(a peft LoRA folder) or strategy=new-lora")
     from huggingface_hub import snapshot_download
 
     root = snapshot_download(cfg.base, revision=cfg.revision, allow_patterns=[f"{cfg.speech_adapter}/*"])
@@ -107,20 +110,20 @@ def _modules_to_save(cfg: Config) -> list[str] | None:
     return [AUDIO_ENCODER, *SPEECH_PROJECTOR] if cfg.strategy == "unfreeze" else None
 
 
-def prepare_for_training(cfg: Config, model, tokenizer, speech_dir: str | None = None):
+def prepare_for_training(cfg: Config, model, tokenizer):
     """Wrap the base in the strategy's peft adapter; returns the PeftModel."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     token_ids = list(add_control_tokens(tokenizer, model).values())
     if cfg.strategy in ("speech-lora", "unfreeze"):
-        speech_dir = speech_dir or speech_adapter_dir(cfg)
+        speech_dir = speech_adapter_dir(cfg)
         lcfg = LoraConfig.from_pretrained(speech_dir)
         lcfg.inference_mode = False
         lcfg.trainable_token_indices = _token_indices(model, token_ids)
         lcfg.modules_to_save = _modules_to_save(cfg)
         return PeftModel.from_pretrained(model, speech_dir, config=lcfg, is_trainable=True)
-    if speech_dir or not cfg.is_tiny:
-        model = PeftModel.from_pretrained(model, speech_dir or speech_adapter_dir(cfg)).merge_and_unload()
+    if not cfg.is_tiny or (Path(cfg.speech_adapter) / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(model, speech_adapter_dir(cfg)).merge_and_unload()
     if cfg.quantize_4bit:
         model = quantize_lm_4bit(model)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -38,7 +38,9 @@ def load_template(task: str, name_or_path: str = "default") -> str:
     if task not in TASKS:
         raise PronlmError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
     path = Path(name_or_path)
-    if path.suffix == ".txt" and path.is_file():
+    if path.suffix == ".txt" or "/" in name_or_path:
+        if not path.is_file():
+            raise PronlmError(f"{task} prompt template file {path} not found")
         return path.read_text().strip()
     packaged = resources.files("pronlm") / "prompts" / f"{task}_{name_or_path}.txt"
     if not packaged.is_file():

@@ -76,11 +76,12 @@ def canonical_phones(utt: Utterance) -> list[str]:
 def heard_phones(utt: Utterance, policy: AccentPolicy = AccentPolicy.UNK,
                  word_boundaries: bool = False) -> list[str]:
     """The utterance's heard phones; with `word_boundaries`, `|` between words (paper: none)."""
+    words = [word_heard_phones(w, policy, utt.id) for w in utt.words]
+    if not word_boundaries:
+        return [p for phones in words for p in phones]
     out: list[str] = []
-    for i, word in enumerate(utt.words):
-        if word_boundaries and i:
-            out.append(WORD_SEPARATOR)
-        out.extend(word_heard_phones(word, policy, utt.id))
+    for phones in (p for p in words if p):  # a wholly deleted word leaves no empty slot
+        out.extend([WORD_SEPARATOR, *phones] if out else phones)
     return out
 
 

@@ -138,6 +138,18 @@ def check_first_batch(collator: Collator, dataset: ExampleDataset, n: int) -> fl
     return share
 
 
+def replica_digests(model) -> list[list[float]] | None:
+    """Under DDP, each process's (sum, sum of squares) of its trainable weights; None in one process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    vec = torch.cat([p.detach().double().flatten() for p in model.parameters() if p.requires_grad])
+    digest = torch.stack([vec.sum(), (vec ** 2).sum()]).to(next(model.parameters()).device)
+    gathered = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, digest)
+    return [g.tolist() for g in gathered]
+
+
 def training_arguments(cfg: Config) -> TrainingArguments:
     bf16 = resolve_dtype(cfg.dtype) == torch.bfloat16 and not cfg.is_tiny
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun / accelerate
@@ -159,7 +171,7 @@ def training_arguments(cfg: Config) -> TrainingArguments:
     )
 
 
-def train(cfg: Config, resume: bool = False, speech_dir: str | None = None) -> dict:
+def train(cfg: Config, resume: bool = False) -> dict:
     """Train from a config; returns the Trainer's final metrics plus the parameter table."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +184,7 @@ def train(cfg: Config, resume: bool = False, speech_dir: str | None = None) -> d
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
         model.save_pretrained(out / TINY_BASE_DIR)
         tokenizer.save_pretrained(out / TINY_BASE_DIR)
-    model = prepare_for_training(cfg, model, tokenizer, speech_dir)
+    model = prepare_for_training(cfg, model, tokenizer)
     table = parameter_table(model)
     check_trainable(cfg, table)
     if args.process_index == 0:
@@ -189,6 +201,12 @@ def train(cfg: Config, resume: bool = False, speech_dir: str | None = None) -> d
                                                 * args.world_size)])
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))
+    digests = replica_digests(model)
+    if digests and any(d != digests[0] for d in digests):
+        raise RuntimeError(f"DDP replicas disagree on the trained weights: {digests}")
     if args.process_index == 0:
-        (out / "train_result.json").write_text(json.dumps({**result.metrics, "global_step": result.global_step}))
+        if digests:
+            log.info("trainable weights agree across %d processes", len(digests))
+        summary = {**result.metrics, "global_step": result.global_step, "replica_digests": digests}
+        (out / "train_result.json").write_text(json.dumps(summary))
     return {**result.metrics, "global_step": result.global_step, "parameters": table}
