@@ -117,11 +117,12 @@ def prepare_for_training(cfg: Config, model, tokenizer):
     token_ids = list(add_control_tokens(tokenizer, model).values())
     if cfg.strategy in ("speech-lora", "unfreeze"):
         speech_dir = speech_adapter_dir(cfg)
-        lcfg = LoraConfig.from_pretrained(speech_dir)
+        lcfg = LoraConfig.from_pretrained(speech_dir)  # the shipped r, alpha, dropout
         lcfg.inference_mode = False
+        lcfg.target_modules = LM_LORA_TARGETS
         lcfg.trainable_token_indices = _token_indices(model, token_ids)
         lcfg.modules_to_save = _modules_to_save(cfg)
-        return PeftModel.from_pretrained(model, speech_dir, config=lcfg, is_trainable=True)
+        return load_lora_weights(get_peft_model(model, lcfg), speech_dir)
     if not cfg.is_tiny or (Path(cfg.speech_adapter) / "adapter_config.json").is_file():
         model = PeftModel.from_pretrained(model, speech_adapter_dir(cfg)).merge_and_unload()
     if cfg.quantize_4bit:
@@ -130,6 +131,25 @@ def prepare_for_training(cfg: Config, model, tokenizer):
                       target_modules=LM_LORA_TARGETS, trainable_token_indices=_token_indices(model, token_ids),
                       task_type="CAUSAL_LM")
     return get_peft_model(model, lcfg)
+
+
+def load_lora_weights(peft_model, folder: str):
+    """Put a saved LoRA's weights into a model that also has token rows / saved modules.
+
+    `PeftModel.from_pretrained` with extra `trainable_token_indices` fails (peft 0.21 looks for
+    the token deltas in the file), so start from the model's own adapter state and overwrite it.
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(folder) / "adapter_model.safetensors"))
+    state = get_peft_model_state_dict(peft_model)
+    unknown = sorted(set(saved) - set(state))
+    if unknown:
+        raise ModelError(f"{folder} holds weights outside the language model's LoRA targets, e.g. {unknown[:3]}")
+    state.update(saved)
+    set_peft_model_state_dict(peft_model, state)
+    return peft_model
 
 
 def quantize_lm_4bit(model):

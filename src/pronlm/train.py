@@ -171,8 +171,20 @@ def training_arguments(cfg: Config) -> TrainingArguments:
     )
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Train from a config; returns the Trainer's final metrics plus the parameter table."""
+def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None = None) -> "PronlmTrainer":
+    """Dataset, collator (first batch checked answer-only) and Trainer around a prepared model."""
+    args = args or training_arguments(cfg)
+    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    dataset = load_examples(cfg, prompts, tokenizer)
+    collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds)
+    check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
+    per_step = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                         processing_class=tokenizer, callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl", per_step)])
+
+
+def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
+    """Train from a config; the summary goes to output_dir/train_result.json, the trainer is returned."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = training_arguments(cfg)
@@ -191,14 +203,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
         cfg.to_yaml(out / "config.yaml")
         print(format_table(table), flush=True)
         (out / "parameters.json").write_text(json.dumps(table, indent=2))
-    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
-    dataset = load_examples(cfg, prompts, tokenizer)
-    collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds)
-    check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
-    trainer = PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                            processing_class=tokenizer,
-                            callbacks=[JsonlLog(out / "log.jsonl", args.train_batch_size * args.gradient_accumulation_steps
-                                                * args.world_size)])
+    trainer = make_trainer(cfg, model, tokenizer, args)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))
     digests = replica_digests(model)
@@ -209,4 +214,4 @@ def train(cfg: Config, resume: bool = False) -> dict:
             log.info("trainable weights agree across %d processes", len(digests))
         summary = {**result.metrics, "global_step": result.global_step, "replica_digests": digests}
         (out / "train_result.json").write_text(json.dumps(summary))
-    return {**result.metrics, "global_step": result.global_step, "parameters": table}
+    return trainer

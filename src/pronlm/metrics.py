@@ -1,0 +1,221 @@
+"""Metrics of SPEC §4, as pure functions: APA correlations, WER, PER, MDD counts, bootstrap CIs.
+
+Everything comes from a library (scipy, jiwer, rapidfuzz - jiwer's own edit-distance engine)
+except the MDD counting, which no library provides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import jiwer
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+from scipy import stats
+
+NAN = float("nan")
+
+# WER normalisation (SPEC §4): case and punctuation do not count as errors.
+WORD_TRANSFORM = jiwer.Compose([
+    jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
+    jiwer.ReduceToListOfListOfWords(),
+])
+
+
+# ---------------------------------------------------------------- APA
+
+
+def _varies(pred: Sequence[float], human: Sequence[float]) -> bool:
+    return len(pred) >= 2 and np.ptp(pred) > 0 and np.ptp(human) > 0
+
+
+def pcc(pred: Sequence[float], human: Sequence[float]) -> tuple[float, float]:
+    """Pearson r and its two-sided p-value; (nan, nan) for fewer than 2 pairs or a constant side."""
+    if len(pred) != len(human):
+        raise ValueError(f"pcc: {len(pred)} predictions but {len(human)} human scores")
+    if not _varies(pred, human):
+        return NAN, NAN
+    result = stats.pearsonr(np.asarray(pred, float), np.asarray(human, float))
+    return float(result.statistic), float(result.pvalue)
+
+
+def pearson_r(pred: Sequence[float], human: Sequence[float]) -> float:
+    """Pearson r alone via np.corrcoef (same value as `pcc`, far cheaper inside a 1,000-resample bootstrap)."""
+    if not _varies(pred, human):
+        return NAN
+    return float(np.corrcoef(pred, human)[0, 1])
+
+
+def spearman(pred: Sequence[float], human: Sequence[float]) -> float:
+    """Spearman's rho; nan for fewer than 2 pairs or a constant side."""
+    if not _varies(pred, human):
+        return NAN
+    return float(stats.spearmanr(pred, human).statistic)
+
+
+def mse(pred: Sequence[float], human: Sequence[float]) -> float:
+    """Mean squared error; nan when empty."""
+    if len(pred) == 0:
+        return NAN
+    return float(np.mean((np.asarray(pred, float) - np.asarray(human, float)) ** 2))
+
+
+# ---------------------------------------------------------------- WER, PER
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus WER: word edits over reference words, case and punctuation ignored."""
+    return float(jiwer.wer(list(refs), list(hyps), reference_transform=WORD_TRANSFORM,
+                           hypothesis_transform=WORD_TRANSFORM))
+
+
+def phone_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Edit distance between two phone lists (substitutions, deletions, insertions cost 1)."""
+    return Levenshtein.distance(list(ref), list(hyp))
+
+
+def per(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]]) -> float:
+    """Corpus PER: total phone edit distance over total reference (human, heard) phones."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"per: {len(refs)} references but {len(hyps)} hypotheses")
+    total = sum(len(r) for r in refs)
+    return sum(phone_errors(r, h) for r, h in zip(refs, hyps)) / total if total else NAN
+
+
+# ---------------------------------------------------------------- MDD
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else NAN
+
+
+@dataclass(frozen=True)
+class MddCounts:
+    """Per-canonical-phone outcomes of the standard protocol (Li et al. 2016); TR = CD + DE."""
+
+    ta: int = 0  # true acceptance: pronounced right, accepted
+    fr: int = 0  # false rejection: pronounced right, flagged
+    fa: int = 0  # false acceptance: mispronounced, accepted
+    cd: int = 0  # correct diagnosis: mispronounced, flagged with the phone heard
+    de: int = 0  # diagnosis error: mispronounced, flagged with another phone
+
+    @property
+    def tr(self) -> int:
+        return self.cd + self.de
+
+    @property
+    def precision(self) -> float:
+        return _ratio(self.tr, self.tr + self.fr)
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.tr, self.tr + self.fa)
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        if math.isnan(p) or math.isnan(r):
+            return NAN
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def far(self) -> float:
+        return _ratio(self.fa, self.fa + self.tr)
+
+    @property
+    def frr(self) -> float:
+        return _ratio(self.fr, self.ta + self.fr)
+
+    @property
+    def der(self) -> float:
+        return _ratio(self.de, self.cd + self.de)
+
+    def __add__(self, other: MddCounts) -> MddCounts:
+        return MddCounts(self.ta + other.ta, self.fr + other.fr, self.fa + other.fa,
+                         self.cd + other.cd, self.de + other.de)
+
+    @classmethod
+    def from_labels(cls, labels: Sequence[str]) -> MddCounts:
+        """Count the labels of `mdd_labels`."""
+        return cls(*(labels.count(k) for k in ("TA", "FR", "FA", "CD", "DE")))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"TA": self.ta, "FR": self.fr, "FA": self.fa, "TR": self.tr, "CD": self.cd, "DE": self.de}
+
+
+def align_to_canonical(canonical: Sequence[str], predicted: Sequence[str]) -> list[str | None]:
+    """The predicted phone aligned with each canonical phone (None: not produced); insertions dropped.
+
+    A minimum-edit-distance alignment (unit costs) backtraced by rapidfuzz, which is deterministic.
+    """
+    aligned: list[str | None] = list(canonical)
+    for op in Levenshtein.editops(list(canonical), list(predicted)):
+        if op.tag == "replace":
+            aligned[op.src_pos] = predicted[op.dest_pos]
+        elif op.tag == "delete":
+            aligned[op.src_pos] = None
+    return aligned
+
+
+def mdd_labels(canonical: Sequence[str], human: Sequence[str | None], predicted: Sequence[str]) -> list[str]:
+    """One of TA, FR, FA, CD, DE per canonical phone (SPEC §4).
+
+    Hand-written because no library implements the three-way canonical/human/predicted comparison
+    of Li et al. (2016), and the paper released no code. `human` aligns with `canonical` by index
+    (None = deleted; SpeechOcean762 annotates no insertions); `predicted` is aligned to `canonical`
+    by `align_to_canonical`. A deletion counts as "differs"; human and prediction both deleted is a
+    correct diagnosis. Predicted insertions sit between canonical phones and are ignored, as in the
+    standard protocol (they still count in PER).
+    """
+    if len(canonical) != len(human):
+        raise ValueError(f"mdd: {len(canonical)} canonical phones but {len(human)} human phones")
+    labels = []
+    for c, h, p in zip(canonical, human, align_to_canonical(canonical, predicted)):
+        if h == c:
+            labels.append("TA" if p == c else "FR")
+        elif p == c:
+            labels.append("FA")
+        else:
+            labels.append("CD" if p == h else "DE")
+    return labels
+
+
+def mdd_counts(canonical: Sequence[str], human: Sequence[str | None], predicted: Sequence[str]) -> MddCounts:
+    """TA/FR/FA/CD/DE counts of one utterance; sum utterances with `+` or `sum(..., MddCounts())`."""
+    return MddCounts.from_labels(mdd_labels(canonical, human, predicted))
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def bootstrap_ci(statistic: Callable[..., float], *columns: Sequence, resamples: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of `statistic(*columns)` with rows (utterances) resampled; resamples giving nan are dropped."""
+    arrays = [np.asarray(c) for c in columns]
+    n = len(arrays[0]) if arrays else 0
+    if n == 0:
+        return NAN, NAN
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(*(a[idx] for a in arrays)) for idx in rng.integers(0, n, (resamples, n))], float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return NAN, NAN
+    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def pcc_ci(pred: Sequence[float], human: Sequence[float], **kw) -> tuple[float, float]:
+    return bootstrap_ci(pearson_r, pred, human, **kw)
+
+
+def per_ci(errors: Sequence[int], ref_lengths: Sequence[int], **kw) -> tuple[float, float]:
+    """CI of corpus PER from per-utterance edit distances and reference lengths."""
+    return bootstrap_ci(lambda e, n: e.sum() / n.sum() if n.sum() else NAN, errors, ref_lengths, **kw)
+
+
+def f1_ci(counts: Sequence[MddCounts], **kw) -> tuple[float, float]:
+    """CI of corpus MDD F1 from per-utterance counts."""
+    rows = [(c.ta, c.fr, c.fa, c.cd, c.de) for c in counts]
+    return bootstrap_ci(lambda m: MddCounts(*m.sum(axis=0).tolist()).f1, rows, **kw)

@@ -1,0 +1,131 @@
+"""Adapters, strategies and the trainable-parameter checks, on the tiny model with a speech LoRA
+saved in the test in the real `speech-lora` layout (a peft LoRA folder, r/alpha from its config)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+from pronlm.collate import Collator
+from pronlm.config import ConfigError, load_config
+from pronlm.model import (LM_LORA_TARGETS, ModelError, check_trainable, load_for_inference, parameter_table,
+                          prepare_for_training)
+from pronlm.prompts import PromptSet, build_examples
+
+
+def make_speech_adapter(model, folder, seed=1):
+    """A random non-zero LoRA on the LM only (the shipped speech-lora's targets), saved as peft does."""
+    lcfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.01, target_modules=LM_LORA_TARGETS)
+    peft = get_peft_model(copy.deepcopy(model), lcfg)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.3)
+    peft.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def speech_dir(tmp_path, tiny_model):
+    return str(make_speech_adapter(tiny_model, tmp_path / "speech-lora"))
+
+
+@pytest.fixture()
+def batch(train_utterances, tiny_tokenizer, tiny_model):
+    prompts = PromptSet.from_templates("short", "short")
+    examples = [e for u in train_utterances[:2] for e in build_examples(u, prompts)]
+    return Collator(tiny_tokenizer, tiny_model.config.audio_config.audio_token_id)(examples)
+
+
+def cfg(**kw):
+    return load_config("tiny-cpu", kw)
+
+
+def test_lora_targets_only_the_language_model(tiny_model, tiny_tokenizer):
+    peft = prepare_for_training(cfg(strategy="new-lora"), tiny_model, tiny_tokenizer)
+    wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in peft.named_parameters() if ".lora_A." in n}
+    assert len(wrapped) == 2 * 4  # 2 layers x (qkv_proj, o_proj, gate_up_proj, down_proj)
+    assert not any("audio_embed" in n for n in wrapped)  # the encoder has o_proj/gate_up_proj/down_proj too
+
+
+def test_speech_lora_is_continued_with_its_saved_weights(tiny_model, tiny_tokenizer, speech_dir):
+    peft = prepare_for_training(cfg(strategy="speech-lora", speech_adapter=speech_dir), tiny_model, tiny_tokenizer)
+    saved = load_file(f"{speech_dir}/adapter_model.safetensors")
+    params = dict(peft.named_parameters())
+    assert len(saved) == 16
+    for key, value in saved.items():
+        name = key.replace(".weight", ".default.weight")
+        assert torch.equal(params[name].detach(), value), name
+        assert params[name].requires_grad
+    table = parameter_table(peft)
+    assert set(table["by_group"]) == {"lora", "token rows"}
+    hidden = tiny_model.config.hidden_size
+    assert table["by_group"]["token rows"] == 2 * 2 * hidden  # 2 tokens x (embed_tokens + untied lm_head)
+
+
+def test_new_lora_merges_the_speech_lora_first(tiny_model, tiny_tokenizer, speech_dir, batch):
+    with torch.no_grad():
+        reference = PeftModel.from_pretrained(copy.deepcopy(tiny_model), speech_dir)(**batch).logits
+        plain = copy.deepcopy(tiny_model)(**batch).logits
+        peft = prepare_for_training(cfg(strategy="new-lora", speech_adapter=speech_dir), tiny_model, tiny_tokenizer)
+        merged = peft(**batch).logits  # fresh LoRA B = 0: the merged base alone
+    assert torch.allclose(merged, reference, atol=1e-4)
+    assert not torch.allclose(merged, plain, atol=1e-2)  # the speech LoRA really changed the model
+
+
+def test_unfreeze_trains_encoder_and_projector(tiny_model, tiny_tokenizer, speech_dir):
+    peft = prepare_for_training(cfg(strategy="unfreeze", speech_adapter=speech_dir), tiny_model, tiny_tokenizer)
+    table = parameter_table(peft)
+    assert set(table["by_group"]) == {"lora", "token rows", "audio encoder", "projector"}
+    check_trainable(cfg(strategy="unfreeze"), table)
+    with pytest.raises(ModelError, match="unexpected trainable groups"):
+        check_trainable(cfg(strategy="speech-lora"), table)
+
+
+def test_nothing_trainable_is_refused(tiny_model):
+    for p in tiny_model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ModelError, match="nothing is trainable"):
+        check_trainable(cfg(), parameter_table(tiny_model))
+
+
+def test_fully_trainable_base_is_refused(tiny_model):
+    with pytest.raises(ModelError, match="unexpected trainable groups"):
+        check_trainable(cfg(), parameter_table(tiny_model))
+
+
+def test_unfreeze_with_4bit_is_refused():
+    with pytest.raises(ConfigError, match="quantised"):
+        cfg(strategy="unfreeze", quantize_4bit=True)
+
+
+def test_tiny_speech_lora_without_adapter_says_what_to_do(tiny_model, tiny_tokenizer):
+    with pytest.raises(ConfigError, match="no built-in speech LoRA"):
+        prepare_for_training(cfg(strategy="speech-lora"), tiny_model, tiny_tokenizer)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="4-bit NF4 needs CUDA and bitsandbytes")
+def test_4bit_quantises_the_language_model_only(tiny_model, tiny_tokenizer, speech_dir):
+    peft = prepare_for_training(cfg(strategy="new-lora", quantize_4bit=True, speech_adapter=speech_dir),
+                                tiny_model, tiny_tokenizer)
+    kinds = {n: type(m).__name__ for n, m in peft.named_modules()}
+    assert any(k == "Linear4bit" for n, k in kinds.items() if "layers.0.self_attn.qkv_proj.base_layer" in n)
+    assert not any(k == "Linear4bit" for n, k in kinds.items() if "audio_embed" in n or n.endswith("lm_head"))
+
+
+def test_4bit_on_cpu_is_a_clear_error(tiny_model, tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA"):
+        prepare_for_training(cfg(strategy="new-lora", quantize_4bit=True), tiny_model, tiny_tokenizer)
+
+
+def test_tiny_inference_without_a_tiny_run_is_refused(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({}))
+    with pytest.raises(ModelError, match="not a tiny run"):
+        load_for_inference("tiny", str(tmp_path))
