@@ -1,0 +1,179 @@
+"""Training on real clips with the tiny model: it learns, it changes exactly what it should,
+it saves and reloads, it resumes after SIGKILL to the same weights, and it runs under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pronlm.config import load_config
+from pronlm.infer import Predictor
+from pronlm.model import TINY_BASE_DIR, load_for_inference, prepare_for_training
+from pronlm.train import make_trainer, train
+from tests.test_model import make_speech_adapter
+
+LEARN = dict(limit=4, num_train_epochs=40, learning_rate=1e-2, lora_r=32, lora_alpha=64,
+             save_strategy="no", logging_steps=2, per_device_train_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("learn")
+    cfg = load_config("tiny-cpu", dict(LEARN, corpus=str(corpus_dir), output_dir=str(out)))
+    trainer = train(cfg)
+    return cfg, trainer, out
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_answer_loss_falls_by_more_than_half(trained):
+    _, _, out = trained
+    curve = losses(out)
+    assert len(curve) >= 10
+    assert curve[-1] < 0.5 * curve[0], curve
+
+
+def test_trained_model_reproduces_a_memorised_target(trained, train_utterances):
+    _, _, out = trained
+    from pronlm.data import load_audio
+
+    predictor = Predictor.load("tiny", str(out), max_new_tokens=80)
+    utts = train_utterances[:4]
+    records = predictor.predict([(u.id, load_audio(u.audio)) for u in utts], batch_size=8)
+    exact = 0
+    for rec, utt in zip(records, [u for u in utts for _ in range(2)]):
+        if rec["task"] == "apa" and rec["ok"]:
+            exact += rec["scores"] == utt.scores.as_dict()
+        if rec["task"] == "mdd" and rec["ok"]:
+            exact += rec["word_transcript"] == utt.text
+    assert exact >= 1, [r["raw"] for r in records]
+
+
+def _base_key(name: str) -> str:
+    return name.replace(".base_layer", "").replace(".token_adapter", "")
+
+
+def test_only_lora_and_control_token_rows_change(trained):
+    cfg, trainer, out = trained
+    original = load_file(str(out / TINY_BASE_DIR / "model.safetensors"))
+    trained_base = {_base_key(n): t for n, t in trainer.model.get_base_model().state_dict().items()
+                    if "lora_" not in n and "trainable_tokens" not in n}
+    assert set(original) <= set(trained_base)
+    changed = [k for k in original if not torch.equal(original[k], trained_base[k])]
+    assert changed == []  # every base weight bit-identical, the whole embedding matrix included
+    ids = [trainer.processing_class.convert_tokens_to_ids(t) for t in ("<|APA|>", "<|MDD|>")]
+    embed = trainer.model.get_input_embeddings()
+    rows = torch.arange(embed.weight.shape[0] if hasattr(embed, "weight") else original["model.embed_tokens.weight"].shape[0])
+    with torch.no_grad():
+        effective = embed(rows)
+    base_embed = original["model.embed_tokens.weight"]
+    others = torch.ones(len(rows), dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(effective[others], base_embed[others])
+    assert not torch.equal(effective[ids], base_embed[ids])  # the control-token rows did train
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero: it moved
+
+
+def test_saved_adapter_reloads_to_identical_logits(trained, train_utterances, tiny_tokenizer):
+    cfg, trainer, out = trained
+    from pronlm.collate import Collator
+    from pronlm.prompts import PromptSet, build_examples
+
+    model, tokenizer = load_for_inference("tiny", str(out), device="cpu")
+    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    batch = Collator(tokenizer, model.config.audio_config.audio_token_id)(build_examples(train_utterances[0], prompts))
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(trainer.model(**batch).logits, model(**batch).logits)
+
+
+def test_unfreeze_changes_the_audio_encoder_and_nothing_else_outside_adapters(corpus_dir, tmp_path, tiny_model,
+                                                                              tiny_tokenizer):
+    speech = make_speech_adapter(tiny_model, tmp_path / "speech-lora")
+    cfg = load_config("tiny-cpu", dict(strategy="unfreeze", speech_adapter=str(speech), corpus=str(corpus_dir),
+                                       output_dir=str(tmp_path / "run"), limit=2, max_steps=3, save_strategy="no",
+                                       learning_rate=1e-2, per_device_train_batch_size=2))
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    model = prepare_for_training(cfg, tiny_model, tiny_tokenizer)
+    make_trainer(cfg, model, tiny_tokenizer).train()
+    params = dict(model.named_parameters())
+    encoder_copy = [n for n in params if "audio_embed.encoder.modules_to_save" in n]
+    assert encoder_copy and any(not torch.equal(params[n], before[_unwrap(n)]) for n in encoder_copy)
+    projector = [n for n in params if "up_proj_for_speech.modules_to_save" in n]
+    assert projector and any(not torch.equal(params[n], before[_unwrap(n)]) for n in projector)
+    frozen = {_base_key(n): p for n, p in params.items()
+              if "lora_" not in n and "modules_to_save" not in n and "trainable_tokens" not in n}
+    for name, p in frozen.items():  # originals of the saved modules and every LM weight
+        key = _unwrap(name)
+        assert torch.equal(p, before[key]), key
+
+
+def _unwrap(name: str) -> str:
+    name = name.removeprefix("base_model.model.")
+    for part in (".modules_to_save.default", ".original_module", ".base_layer", ".token_adapter"):
+        name = name.replace(part, "")
+    return name
+
+
+def _train_cmd(corpus, out, *extra):
+    return [sys.executable, "-m", "pronlm.cli", "train", "--recipe", "tiny-cpu", f"corpus={corpus}",
+            f"output_dir={out}", "limit=6", "num_train_epochs=4", "per_device_train_batch_size=2",
+            "save_strategy=steps", "save_steps=3", "logging_steps=1", *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_train_cmd(corpus_dir, full), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(_train_cmd(corpus_dir, cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (cut / "checkpoint-9" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "train_result.json").exists()  # it really died mid-run (24 steps in all)
+    done = subprocess.run(_train_cmd(corpus_dir, cut, "--resume"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((cut / "train_result.json").read_text())["global_step"] == 24
+    assert json.loads((full / "train_result.json").read_text())["global_step"] == 24
+    a, b = load_file(str(full / "adapter_model.safetensors")), load_file(str(cut / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun_agree(corpus_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pronlm.cli", "train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={out}",
+           "limit=4", "max_steps=4", "per_device_train_batch_size=2", "save_strategy=no"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["global_step"] == 4
+    digests = result["replica_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_bad_override_is_a_clear_cli_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pronlm.cli", "train", "--recipe", "tiny-cpu", "learning_rat=1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "learning_rat=1" in done.stderr and "known key" in done.stderr
