@@ -163,8 +163,8 @@ def training_arguments(cfg: Config) -> TrainingArguments:
         save_steps=cfg.save_steps, report_to=["tensorboard"],  # events under output_dir/runs/
         remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=cfg.gradient_checkpointing,  # non-reentrant (official Phi-4 example)
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False if distributed else None,
         use_cpu=not torch.cuda.is_available(), save_only_model=False,
