@@ -44,6 +44,18 @@ def test_answer_loss_falls_by_more_than_half(trained):
     assert curve[-1] < 0.5 * curve[0], curve
 
 
+def test_run_logs_and_saves_what_a_user_needs(trained):
+    cfg, _, out = trained
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert {"loss", "learning_rate", "grad_norm", "epoch"} <= set(steps[0])
+    assert all(r["examples_per_second"] > 0 for r in steps[1:])
+    assert list(out.glob("runs/*/events.out.tfevents.*"))  # TensorBoard
+    assert load_config(str(out / "config.yaml")) == cfg  # the resolved config, reloadable as a recipe
+    table = json.loads((out / "parameters.json").read_text())
+    assert set(table["by_group"]) == {"lora", "token rows"} and table["trainable"] < table["total"]
+
+
 def test_trained_model_reproduces_a_memorised_target(trained, train_utterances):
     _, _, out = trained
     from pronlm.data import load_audio

@@ -63,6 +63,18 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class PronlmTrainer(Trainer):
+    """HF Trainer plus a resumable shuffle and examples/s in every log (TensorBoard and JSONL)."""
+
+    def log(self, logs: dict, *args, **kwargs):
+        now, step = time.perf_counter(), self.state.global_step
+        last_time, last_step = getattr(self, "_rate_mark", (None, 0))
+        if "loss" in logs and last_time is not None and step > last_step:
+            per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            logs["examples_per_second"] = round((step - last_step) * per_step / (now - last_time), 3)
+        if "loss" in logs or last_time is None:
+            self._rate_mark = (now, step)
+        super().log(logs, *args, **kwargs)
+
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset or self.train_dataset
         return EpochSampler(ds.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
@@ -72,18 +84,12 @@ class PronlmTrainer(Trainer):
 class JsonlLog(TrainerCallback):
     """Every logged step (loss, lr, grad norm, examples/s) as one JSON line in output_dir/log.jsonl."""
 
-    def __init__(self, path: Path, batch_per_step: int):
-        self.path, self.batch_per_step = path, batch_per_step
-        self.t0, self.step0 = time.perf_counter(), 0
+    def __init__(self, path: Path):
+        self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        now = time.perf_counter()
-        steps = state.global_step - self.step0
-        if steps > 0 and "loss" in logs:
-            logs["examples_per_second"] = round(steps * self.batch_per_step / (now - self.t0), 3)
-            self.t0, self.step0 = now, state.global_step
         with self.path.open("a") as f:
             f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
@@ -178,9 +184,8 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
     dataset = load_examples(cfg, prompts, tokenizer)
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds)
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
-    per_step = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                         processing_class=tokenizer, callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl", per_step)])
+                         processing_class=tokenizer, callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl")])
 
 
 def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
