@@ -199,3 +199,18 @@ def test_fuzz_serialised_scores_round_trip(scores, prefix, wrap):
     assert_schema("apa", out)
     finite = all(v == v and abs(v) != float("inf") for v in scores.values())
     assert out["ok"] == finite
+
+
+@pytest.mark.parametrize("phones, bad", [
+    ('"phoneme_transcript": "L UH"', "PHONEME_TRANSCRIPT"),  # a key leaked into the value (seen from the tiny model)
+    ('"AX L"', "AX"),  # TIMIT's schwa is not one of CMUdict's 39 phones
+    ('"DH AH hello"', "HELLO"),
+])
+def test_symbols_that_are_not_arpabet_phones_fail_the_answer(phones, bad):
+    got = parse_answer("mdd", '{"word_transcript": "THE", "phoneme_transcript": ' + phones + "}")
+    assert got["ok"] is False and bad in got["error"] and got["phoneme_transcript"] == ""
+
+
+def test_unk_separator_and_accented_phones_are_phone_symbols():
+    got = parse_answer("mdd", '{"word_transcript": "A B", "phoneme_transcript": "AH1 | B* <UNK>"}')
+    assert got == {"ok": True, "error": None, "word_transcript": "A B", "phoneme_transcript": "AH | B* <unk>"}

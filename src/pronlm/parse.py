@@ -16,7 +16,7 @@ import math
 import re
 
 from pronlm.data import ApaScores
-from pronlm.targets import UNK, strip_stress
+from pronlm.targets import ARPABET, UNK, WORD_SEPARATOR, strip_stress
 
 TASKS = ("apa", "mdd")
 ASPECTS = ApaScores.ASPECTS
@@ -233,8 +233,17 @@ def _mdd(fields: dict) -> dict:
         if not isinstance(value, str):
             return failure("mdd", f"{key!r} is {type(value).__name__}, not text")
         texts[key] = value
+    phones = normalise_phones(texts["phoneme_transcript"])
+    unknown = [p for p in phones.split() if not is_phone_symbol(p)]
+    if unknown:
+        return failure("mdd", f"phoneme_transcript holds symbols that are not ARPAbet phones: {unknown[:5]}")
     return {"ok": True, "error": None, "word_transcript": " ".join(texts["word_transcript"].split()),
-            "phoneme_transcript": normalise_phones(texts["phoneme_transcript"])}
+            "phoneme_transcript": phones}
+
+
+def is_phone_symbol(token: str) -> bool:
+    """An ARPAbet phone, `<unk>`, a word separator, or an accented phone `X*` (literal accent policy)."""
+    return token in ARPABET or token in (UNK, WORD_SEPARATOR) or (token.endswith("*") and token[:-1] in ARPABET)
 
 
 def normalise_phones(transcript: str) -> str:

