@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from pronlm.data import load_audio
 from pronlm.infer import Predictor, done_keys, predict
+from tests.conftest import kill_when
 
 
 def predict_cmd(corpus, out, *extra):
@@ -83,13 +81,7 @@ def test_resume_after_sigkill_adds_exactly_the_missing_lines(corpus_dir, tmp_pat
     full, cut = tmp_path / "full.jsonl", tmp_path / "cut.jsonl"
     subprocess.run(predict_cmd(corpus_dir, full), check=True, capture_output=True, timeout=300)
     proc = subprocess.Popen(predict_cmd(corpus_dir, cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not cut.exists() or cut.read_text().count("\n") < 4:
-        assert proc.poll() is None, "predict finished before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: cut.exists() and cut.read_text().count("\n") >= 4)
     before = cut.read_text().splitlines(keepends=True)
     complete = [line for line in before if line.endswith("\n")]
     assert 4 <= len(complete) < 20
