@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from pronlm.collate import IGNORE_INDEX
 from pronlm.config import load_config
 from pronlm.model import add_control_tokens, load_base, prepare_for_training
 from pronlm.train import make_trainer

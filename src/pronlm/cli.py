@@ -41,13 +41,16 @@ def _evaluate(a):
 def _assess(a):
     from pronlm.assess import assess_command
 
-    assess_command(audio=a.audio, text=a.text, base=a.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon)
+    assess_command(audio=a.audio, text=a.text, base=a.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon,
+                   max_new_tokens=a.max_new_tokens)
 
 
 def _serve(a):
     from pronlm.serve import serve
 
-    serve(host=a.host, port=a.port, base=a.base, adapter=a.adapter, lexicon=a.lexicon)
+    serve(host=a.host, port=a.port, base=a.base, adapter=a.adapter, lexicon=a.lexicon,
+          max_new_tokens=a.max_new_tokens, max_upload_bytes=int(a.max_upload_mb * 2**20),
+          max_audio_seconds=a.max_audio_seconds, max_queue=a.max_queue, max_batch=a.max_batch)
 
 
 def _demo(a):
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--base", default=base_default,
                        help="hub id or local folder of Phi-4-multimodal (native format), or 'tiny'")
         s.add_argument("--adapter", default=None, help="a training output or checkpoint folder")
+        s.add_argument("--max-new-tokens", type=int, default=256)
 
     s = sub.add_parser("prepare", help="SpeechOcean762 -> examples.jsonl (two per utterance) + stats.json")
     s.add_argument("--corpus", required=True, help="corpus folder (Kaldi layout) or hf:mispeech/speechocean762")
@@ -98,7 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", default="apa,mdd")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--limit", type=int, default=None)
-    s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument("--apa-template", default=None, help="default: the adapter's training template")
     s.add_argument("--mdd-template", default=None)
     s.set_defaults(func=_predict)
@@ -124,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--lexicon", default=None)
+    s.add_argument("--max-upload-mb", type=float, default=10.0)
+    s.add_argument("--max-audio-seconds", type=float, default=30.0)
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 503")
+    s.add_argument("--max-batch", type=int, default=8, help="requests answered together in one generate call")
     s.set_defaults(func=_serve)
 
     s = sub.add_parser("demo", help="the whole pipeline on a tiny model, on CPU, in minutes")

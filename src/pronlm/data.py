@@ -114,13 +114,18 @@ def load_audio(path: str | Path, utt_id: str = "?", max_seconds: float | None = 
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError(utt_id, f"cannot read audio {path}: {exc}") from exc
-    samples = samples.mean(axis=1)
     if samples.size == 0:
         raise AudioError(utt_id, f"audio {path} is empty (0 samples)")
+    return check_audio(to_mono_16k(samples, rate), utt_id, str(path), max_seconds)
+
+
+def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    """[frames, channels] at any rate -> float32 mono at 16 kHz (channels averaged, polyphase resampling)."""
+    samples = samples.mean(axis=1)
     if rate != SAMPLE_RATE:
         g = np.gcd(int(rate), SAMPLE_RATE)
-        samples = resample_poly(samples, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
-    return check_audio(samples, utt_id, str(path), max_seconds)
+        samples = resample_poly(samples, SAMPLE_RATE // g, int(rate) // g)
+    return samples.astype(np.float32)
 
 
 def check_audio(samples: np.ndarray, utt_id: str, where: str, max_seconds: float | None) -> np.ndarray:
@@ -166,7 +171,8 @@ def read_corpus(source: str, split: str, errors: list[UtteranceError] | None = N
 def read_kaldi_dir(root: Path, split: str, errors: list[UtteranceError] | None = None) -> Iterator[Utterance]:
     """Read the corpus's own layout: `<split>/{text,wav.scp,utt2spk}` and `resource/scores.json`."""
     if not root.is_dir():
-        raise CorpusError(f"corpus folder {root} not found: give the SpeechOcean762 folder or hf:mispeech/speechocean762")
+        raise CorpusError(f"corpus folder {root} not found: give the SpeechOcean762 folder "
+                          "or hf:mispeech/speechocean762")
     split_dir = root / split
     if not split_dir.is_dir():
         raise CorpusError(f"{root} has no {split}/ folder: expected the SpeechOcean762 layout "

@@ -1,0 +1,216 @@
+// pronlm page: record or pick a clip, convert it to 16 kHz mono 16-bit WAV in the browser
+// (the server reads WAV/FLAC/OGG, MediaRecorder gives WebM/Opus), POST /assess, show the result.
+"use strict";
+
+const RATE = 16000;
+const $ = (id) => document.getElementById(id);
+let clip = null;        // {blob, name} to upload
+let recorder = null;
+
+function setStatus(message, isError = false) {
+  $("status").textContent = message;
+  $("status").classList.toggle("error", isError);
+}
+
+function setClip(blob, name) {
+  clip = {blob, name};
+  $("preview").src = URL.createObjectURL(blob);
+  $("preview").hidden = false;
+  $("submit").disabled = false;
+}
+
+// ------------------------------------------------------------ audio -> WAV
+
+function encodeWav(samples, rate) {
+  const view = new DataView(new ArrayBuffer(44 + samples.length * 2));
+  const text = (offset, s) => [...s].forEach((c, i) => view.setUint8(offset + i, c.charCodeAt(0)));
+  text(0, "RIFF"); view.setUint32(4, 36 + samples.length * 2, true); text(8, "WAVE");
+  text(12, "fmt "); view.setUint32(16, 16, true); view.setUint16(20, 1, true); view.setUint16(22, 1, true);
+  view.setUint32(24, rate, true); view.setUint32(28, rate * 2, true); view.setUint16(32, 2, true);
+  view.setUint16(34, 16, true); text(36, "data"); view.setUint32(40, samples.length * 2, true);
+  samples.forEach((x, i) => view.setInt16(44 + i * 2, Math.max(-1, Math.min(1, x)) * 0x7fff, true));
+  return new Blob([view], {type: "audio/wav"});
+}
+
+async function toWav(blob) {
+  // decodeAudioData resamples to the context's rate, so a 16 kHz context does the resampling.
+  const context = new OfflineAudioContext(1, 1, RATE);
+  const audio = await context.decodeAudioData(await blob.arrayBuffer());
+  const mono = new Float32Array(audio.length);
+  for (let c = 0; c < audio.numberOfChannels; c++) {
+    audio.getChannelData(c).forEach((x, i) => { mono[i] += x / audio.numberOfChannels; });
+  }
+  return encodeWav(mono, RATE);
+}
+
+// ------------------------------------------------------------ recording and files
+
+async function startRecording() {
+  if (!navigator.mediaDevices || !window.MediaRecorder) {
+    setStatus("Recording needs a browser with MediaRecorder on https or localhost; upload a file instead.", true);
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({audio: true});
+  } catch (err) {
+    setStatus(`No microphone: ${err.message}. Upload a file instead.`, true);
+    return;
+  }
+  const chunks = [];
+  recorder = new MediaRecorder(stream);
+  recorder.ondataavailable = (e) => chunks.push(e.data);
+  recorder.onstop = async () => {
+    stream.getTracks().forEach((t) => t.stop());
+    try {
+      setClip(await toWav(new Blob(chunks, {type: recorder.mimeType})), "recording.wav");
+      setStatus("Recorded. Press Assess.");
+    } catch (err) {
+      setStatus(`Could not convert the recording: ${err.message}`, true);
+    }
+  };
+  recorder.start();
+  $("record").classList.add("recording");
+  $("record").disabled = true;
+  $("stop").disabled = false;
+  setStatus("Recording… read the sentence, then press Stop.");
+}
+
+function stopRecording() {
+  if (recorder && recorder.state === "recording") recorder.stop();
+  $("record").classList.remove("recording");
+  $("record").disabled = false;
+  $("stop").disabled = true;
+}
+
+async function pickFile() {
+  const file = $("file").files[0];
+  if (!file) return;
+  try {
+    setClip(await toWav(file), file.name.replace(/\.[^.]*$/, "") + ".wav");
+  } catch (err) {
+    setClip(file, file.name);  // the browser cannot decode it: let the server say why
+  }
+  setStatus(`${file.name} ready. Press Assess.`);
+}
+
+// ------------------------------------------------------------ request
+
+async function submit(event) {
+  event.preventDefault();
+  const text = $("text").value.trim();
+  if (!text) { setStatus("Type the sentence that was read.", true); return; }
+  if (!clip) { setStatus("Record or choose a clip first.", true); return; }
+  const form = new FormData();
+  form.append("text", text);
+  form.append("audio", clip.blob, clip.name);
+  $("submit").disabled = true;
+  setStatus("Assessing…");
+  try {
+    const response = await fetch("/assess", {method: "POST", body: form});
+    const body = await response.json().catch(() => ({detail: response.statusText}));
+    if (!response.ok) {
+      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      setStatus(`Error ${response.status}: ${detail}`, true);
+      return;
+    }
+    render(body);
+    setStatus("");
+  } catch (err) {
+    setStatus(`The server could not be reached: ${err.message}`, true);
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+// ------------------------------------------------------------ result
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function renderScores(scores) {
+  const box = $("scores");
+  box.replaceChildren();
+  for (const name of ["accuracy", "fluency", "prosodic", "total"]) {
+    const value = scores ? scores[name] : null;
+    const card = el("div", "score");
+    card.append(el("div", "name", name), el("div", "value", value === null ? "—" : `${value}`));
+    const bar = el("div", "bar");
+    const fill = el("div");
+    fill.style.width = `${value === null ? 0 : value * 10}%`;
+    bar.append(fill);
+    card.append(bar);
+    box.append(card);
+  }
+}
+
+function wordClass(w) {
+  return `word ${w.error_type === "None" ? "ok" : w.error_type.toLowerCase()}${w.known ? "" : " unknown"}`;
+}
+
+function phoneSpans(phones, judged) {
+  // an unknown word has nothing to compare with: what was heard there is shown as it is
+  const cell = el("td");
+  for (const p of phones) {
+    const label = {correct: p.heard, substituted: `${p.expected}→${p.heard}`,
+                   deleted: p.expected, inserted: judged ? `+${p.heard}` : p.heard}[p.status];
+    const span = el("span", judged ? `phone ${p.status}` : "phone", label);
+    span.title = p.status;
+    cell.append(span);
+  }
+  if (!phones.length) cell.textContent = "—";
+  return cell;
+}
+
+function renderWords(words) {
+  const sentence = $("sentence");
+  const rows = $("details").querySelector("tbody");
+  sentence.replaceChildren();
+  rows.replaceChildren();
+  for (const w of words) {
+    const span = el("span", wordClass(w), w.error_type === "Insertion" ? `+${w.word}` : w.word);
+    span.title = `${w.error_type}: expected ${w.expected_phones.join(" ") || "—"}, heard ${w.heard_phones.join(" ") || "—"}`;
+    sentence.append(span, " ");
+    if (w.error_type === "None" && w.known) continue;
+    const row = el("tr");
+    row.append(el("td", wordClass(w), w.word),
+               el("td", "", w.known ? w.error_type : `${w.error_type === "None" ? "not judged" : w.error_type}` +
+                                                      " (not in the dictionary)"),
+               el("td", "phone", w.expected_phones.join(" ") || "—"),
+               phoneSpans(w.phones, w.known || w.error_type === "Insertion"));
+    rows.append(row);
+  }
+  $("details").hidden = !rows.children.length;
+}
+
+function renderProblems(result) {
+  const box = $("problems");
+  box.replaceChildren();
+  const names = {apa: "scores", mdd: "sounds heard"};
+  for (const e of result.errors) {
+    box.append(el("p", "", `The model's answer for the ${names[e.task] || e.task} could not be read (${e.error}); ` +
+                           (e.task === "apa" ? "no scores." : "word feedback is not reliable.")));
+  }
+  if (result.unknown_words.length) {
+    box.append(el("p", "", `Not in the dictionary, so not judged: ${result.unknown_words.join(", ")}.`));
+  }
+  box.hidden = !box.children.length;
+}
+
+function render(result) {
+  renderProblems(result);
+  renderScores(result.scores);
+  renderWords(result.words);
+  $("heard-words").textContent = result.word_transcript || "—";
+  $("heard-phones").textContent = result.phoneme_transcript || "—";
+  $("result").hidden = false;
+}
+
+$("record").addEventListener("click", startRecording);
+$("stop").addEventListener("click", stopRecording);
+$("file").addEventListener("change", pickFile);
+$("form").addEventListener("submit", submit);

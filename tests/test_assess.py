@@ -1,0 +1,250 @@
+"""Expected phones, the alignment of heard phones to words, and the shared assessment schema."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pronlm.assess import (UNKNOWN, AssessError, Lexicon, align_phones, assess, expected_words, feedback, format_table,
+                           normalise_words, read_lexicon, word_feedback)
+
+SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
+WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones"}
+ERROR_TYPES = {"None", "Mispronunciation", "Omission", "Insertion"}
+STATUSES = {"correct", "substituted", "deleted", "inserted"}
+
+
+def check_schema(result: dict) -> None:
+    """The assessment schema shared by `assess`, the CLI and the service."""
+    assert set(result) == {"text", "scores", "word_transcript", "phoneme_transcript", "words", "errors",
+                           "unknown_words"}
+    assert result["scores"] is None or set(result["scores"]) == set(SCORES)
+    assert isinstance(result["word_transcript"], str) and isinstance(result["phoneme_transcript"], str)
+    assert result["words"], "every sentence has at least one word"
+    for w in result["words"]:
+        assert set(w) == WORD_KEYS and w["error_type"] in ERROR_TYPES
+        assert [p["heard"] for p in w["phones"] if p["heard"] is not None] == w["heard_phones"]
+        assert all(p["status"] in STATUSES for p in w["phones"])
+    for e in result["errors"]:
+        assert e["task"] in ("apa", "mdd") and e["error"]
+    assert result["errors"] or result["scores"] is not None
+
+
+def ok(words: str, phones: str) -> tuple[dict, dict]:
+    apa = {"id": "0", "task": "apa", "ok": True, "error": None, "scores": SCORES}
+    mdd = {"id": "0", "task": "mdd", "ok": True, "error": None, "word_transcript": words, "phoneme_transcript": phones}
+    return apa, mdd
+
+
+def run(text: str, heard_words: str, heard_phones: str, lexicon: Lexicon | None = None) -> dict:
+    result = feedback(text, *ok(heard_words, heard_phones), lexicon)
+    check_schema(result)
+    return result
+
+
+def summary(result: dict) -> list[tuple[str, str, str]]:
+    """(word, error type, heard phones) per word."""
+    return [(w["word"], w["error_type"], " ".join(w["heard_phones"])) for w in result["words"]]
+
+
+# ---------------------------------------------------------------- expected phones
+
+
+def test_canonical_phones_of_a_known_sentence():
+    words = expected_words("We call it bear.")
+    assert [w for w, _ in words] == ["WE", "CALL", "IT", "BEAR"]
+    assert " ".join(p for _, phones in words for p in phones) == "W IY K AO L IH T B EH R"
+
+
+def test_words_are_normalised_keeping_apostrophes():
+    assert normalise_words("Don’t stop, it's   WELL-known!") == ["DON'T", "STOP", "IT'S", "WELL", "KNOWN"]
+    assert dict(expected_words("don't"))["DON'T"] == ("D", "OW", "N", "T")  # first pronunciation
+
+
+def test_text_without_words_is_rejected():
+    with pytest.raises(AssessError, match="no words"):
+        expected_words(" ?! ")
+
+
+def test_lexicon_file_strips_stress_and_keeps_the_first_pronunciation(tmp_path):
+    path = tmp_path / "lexicon.txt"
+    path.write_text("ZORBLAX\tZ AO1 R B L AE0 K S\nZORBLAX Z AO1 R\nWE W AY1\n")
+    lexicon = Lexicon.load(path)
+    assert lexicon.phones("ZORBLAX") == ("Z", "AO", "R", "B", "L", "AE", "K", "S")
+    assert lexicon.phones("WE") == ("W", "AY")  # the file overrides CMUdict
+    assert lexicon.phones("CALL") == ("K", "AO", "L")  # CMUdict still answers the rest
+
+
+def test_bad_lexicon_files_name_the_problem(tmp_path):
+    with pytest.raises(AssessError, match="not found"):
+        read_lexicon(tmp_path / "missing.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("GOOD G UH1 D\nLONELY\n")
+    with pytest.raises(AssessError, match=r"bad.txt:2: 'LONELY' has no phones"):
+        read_lexicon(bad)
+
+
+def test_speechocean_lexicon_reads(corpus_dir):
+    lexicon = Lexicon.load(corpus_dir / "resource" / "lexicon.txt")
+    assert lexicon.phones("A") == ("AH",)  # "A AH0" comes before "A EY0"
+    assert lexicon.phones("ABILITY") == ("AH", "B", "IH", "L", "AH", "T", "IY")
+
+
+# ---------------------------------------------------------------- alignment
+
+
+def test_align_phones_by_edit_distance():
+    steps = [(i, p.expected, p.heard, p.status) for i, p in align_phones(["K", "AO", "L"], ["S", "K", "AA", "L", "Z"])]
+    assert steps == [(-1, None, "S", "inserted"), (0, "K", "K", "correct"), (1, "AO", "AA", "substituted"),
+                     (2, "L", "L", "correct"), (2, None, "Z", "inserted")]
+    assert [(i, p.status) for i, p in align_phones(["A", "B"], [])] == [(0, "deleted"), (1, "deleted")]
+
+
+def test_an_unknown_word_takes_the_phones_heard_in_its_place():
+    # plain edit distance would rather match CALL's AO and L inside the unknown word's phones
+    expected = ["K", "AO", "L", UNKNOWN, "B"]
+    steps = [(i, p.heard, p.status) for i, p in align_phones(expected, "K AA L Z AO R B L B".split())]
+    assert steps == [(0, "K", "correct"), (1, "AA", "substituted"), (2, "L", "correct"),
+                     *[(3, h, "inserted") for h in "Z AO R B L".split()], (4, "B", "correct")]
+
+
+def test_all_correct():
+    result = run("We call it bear", "WE CALL IT BEAR", "W IY K AO L IH T B EH R")
+    assert summary(result) == [("WE", "None", "W IY"), ("CALL", "None", "K AO L"), ("IT", "None", "IH T"),
+                               ("BEAR", "None", "B EH R")]
+    assert result["scores"] == SCORES and result["errors"] == [] and result["unknown_words"] == []
+
+
+def test_substituted_phone_is_a_mispronunciation():
+    result = run("We call it bear", "WE CALL IT BEAR", "W IY K AA L IH T B EH R")
+    call = result["words"][1]
+    assert call["error_type"] == "Mispronunciation"
+    assert call["phones"][1] == {"expected": "AO", "heard": "AA", "status": "substituted"}
+    assert [w["error_type"] for w in result["words"]] == ["None", "Mispronunciation", "None", "None"]
+
+
+def test_deleted_phone_is_a_mispronunciation():
+    result = run("We call it bear", "WE CALL IT BEAR", "W IY K AO L IH B EH R")
+    it = result["words"][2]
+    assert it["error_type"] == "Mispronunciation" and it["heard_phones"] == ["IH"]
+    assert it["phones"][1] == {"expected": "T", "heard": None, "status": "deleted"}
+
+
+def test_inserted_phone_goes_to_the_word_before():
+    result = run("We call it bear", "WE CALL IT BEAR", "W IY K AO L IH T AH B EH R")
+    assert summary(result)[2] == ("IT", "Mispronunciation", "IH T AH")
+    assert result["words"][3]["error_type"] == "None"
+
+
+def test_missing_word_is_an_omission():
+    result = run("We call it bear", "WE CALL BEAR", "W IY K AO L B EH R")
+    assert summary(result) == [("WE", "None", "W IY"), ("CALL", "None", "K AO L"), ("IT", "Omission", ""),
+                               ("BEAR", "None", "B EH R")]
+    assert [p["status"] for p in result["words"][2]["phones"]] == ["deleted", "deleted"]
+
+
+def test_extra_word_is_an_insertion_with_its_phones():
+    result = run("We call it bear", "WE CALL THAT IT BEAR", "W IY K AO L DH AE T IH T B EH R")
+    assert summary(result) == [("WE", "None", "W IY"), ("CALL", "None", "K AO L"), ("THAT", "Insertion", "DH AE T"),
+                               ("IT", "None", "IH T"), ("BEAR", "None", "B EH R")]
+    that = result["words"][2]
+    assert that["expected_phones"] == [] and {p["status"] for p in that["phones"]} == {"inserted"}
+
+
+def test_unknown_word_is_flagged_and_gets_the_phones_heard_in_its_place():
+    result = run("We call zorblax bear", "WE CALL ZORBLAX BEAR", "W IY K AO L Z AO R B L AE K S B EH R")
+    assert result["unknown_words"] == ["ZORBLAX"]
+    zorblax = result["words"][2]
+    assert zorblax["known"] is False and zorblax["expected_phones"] == []
+    assert zorblax["heard_phones"] == "Z AO R B L AE K S".split()
+    assert [w["error_type"] for w in result["words"]] == ["None"] * 4  # neighbours unaffected
+
+
+def test_inserted_word_beside_an_unknown_word_keeps_its_own_phones():
+    result = run("We call zorblax bear", "WE CALL THAT ZORBLAX BEAR", "W IY K AA L DH AE T Z AO R B L AE K S B EH R")
+    assert summary(result) == [("WE", "None", "W IY"), ("CALL", "Mispronunciation", "K AA L"),
+                               ("THAT", "Insertion", "DH AE T"), ("ZORBLAX", "None", "Z AO R B L AE K S"),
+                               ("BEAR", "None", "B EH R")]
+
+
+def test_unknown_word_found_in_a_lexicon_file(tmp_path):
+    path = tmp_path / "lexicon.txt"
+    path.write_text("ZORBLAX Z AO1 R B L AE0 K S\n")
+    result = run("We call zorblax bear", "WE CALL ZORBLAX BEAR", "W IY K AO L Z AO R B L AA K S B EH R",
+                 Lexicon.load(path))
+    assert result["unknown_words"] == []
+    zorblax = result["words"][2]
+    assert zorblax["known"] is True and zorblax["error_type"] == "Mispronunciation"
+    assert zorblax["phones"][5] == {"expected": "AE", "heard": "AA", "status": "substituted"}
+
+
+def test_alignment_is_deterministic():
+    words = expected_words("we call it bear")
+    heard = "W K AA L AH T B EH".split()
+    first = word_feedback(words, heard, ["WE", "CALL"])
+    assert all(word_feedback(words, heard, ["WE", "CALL"]) == first for _ in range(5))
+
+
+# ---------------------------------------------------------------- schema, failures, CLI output
+
+
+class RecordingPredictor:
+    """Test double of `pronlm.infer.Predictor`: canned answers, remembers its calls."""
+
+    def __init__(self, phones: str, words: str):
+        self.phones, self.words, self.calls = phones, words, []
+
+    def predict(self, items, tasks=("apa", "mdd"), batch_size=8):
+        self.calls.append(([i for i, _ in items], tuple(tasks)))
+        out = []
+        for item_id, _ in items:
+            apa, mdd = ok(self.words, self.phones)
+            out += [{**apa, "id": item_id, "raw": ""}, {**mdd, "id": item_id, "raw": ""}]
+        return out
+
+
+def test_assess_asks_for_both_tasks_once():
+    predictor = RecordingPredictor("W IY K AO L IH T B EH R", "WE CALL IT BEAR")
+    result = assess(predictor, np.zeros(16000, np.float32), "We call it bear")
+    check_schema(result)
+    assert predictor.calls == [(["0"], ("apa", "mdd"))]
+    assert result["text"] == "We call it bear" and result["scores"] == SCORES
+
+
+def test_unparsed_answers_still_give_the_schema():
+    apa = {"id": "0", "task": "apa", "ok": False, "error": "empty answer", "scores": None}
+    mdd = {"id": "0", "task": "mdd", "ok": False, "error": "no JSON object", "word_transcript": "",
+           "phoneme_transcript": ""}
+    result = feedback("We call it bear", apa, mdd)
+    check_schema(result)
+    assert result["scores"] is None
+    assert result["errors"] == [{"task": "apa", "error": "empty answer"}, {"task": "mdd", "error": "no JSON object"}]
+    assert {w["error_type"] for w in result["words"]} == {"Omission"}
+    assert feedback("We call it bear", None, None)["errors"][0]["error"] == "no APA prediction was returned"
+
+
+def test_format_table_marks_errors_and_colours_only_when_asked():
+    result = run("We call it bear", "WE CALL BEAR", "W IY K AA L B EH R")
+    plain = format_table(result, colour=False)
+    assert "K AO>AA L" in plain and "-IH -T" in plain and "Omission" in plain and "\033[" not in plain
+    assert "\033[31m" in format_table(result, colour=True)
+    json.dumps(result)  # the schema is plain JSON
+
+
+def test_assess_command_prints_json_with_the_tiny_model(corpus_dir, capsys):
+    from pronlm.assess import assess_command
+
+    wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
+    assert assess_command(str(wav), "We call it bear", base="tiny", fmt="json", max_new_tokens=32) == 0
+    result = json.loads(capsys.readouterr().out)
+    check_schema(result)
+    assert [w["word"] for w in result["words"] if w["error_type"] != "Insertion"] == ["WE", "CALL", "IT", "BEAR"]
+
+
+def test_assess_command_reports_a_missing_file(tmp_path, capsys):
+    from pronlm.cli import main
+
+    assert main(["assess", "--audio", str(tmp_path / "none.wav"), "--text", "hello"]) == 2
+    assert "audio file not found" in capsys.readouterr().err

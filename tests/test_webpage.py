@@ -1,0 +1,98 @@
+"""The web page in headless Chromium (Playwright): upload an espeak-ng clip, type the sentence,
+submit, and see the scores and highlighted words. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_serve import REPO, CannedPredictor, inprocess_server, pronlm_server
+
+SENTENCE = "We call zorblax bear"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def spoken_wav(espeak, tmp_path_factory) -> Path:
+    """The sentence spoken by espeak-ng (22,050 Hz mono WAV; the page converts it to 16 kHz)."""
+    path = tmp_path_factory.mktemp("espeak") / "sentence.wav"
+    subprocess.run([espeak, "-w", str(path), SENTENCE], check=True, timeout=60)
+    return path
+
+
+def assess_in_page(browser, url: str, wav: Path, screenshot: str):
+    """Open the page, upload `wav`, type the sentence, submit; the page once the result shows."""
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.fill("#text", SENTENCE)
+    page.set_input_files("#file", str(wav))
+    page.wait_for_selector("#submit:not([disabled])", timeout=15_000)  # the clip was converted to WAV
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden]) #sentence .word", timeout=60_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+    assert (ARTIFACTS / screenshot).stat().st_size > 0
+    assert errors == [], errors
+    return page
+
+
+def words_shown(page) -> list[tuple[str, str]]:
+    return [(w.inner_text(), w.get_attribute("class")) for w in page.query_selector_all("#sentence .word")]
+
+
+def test_page_with_the_tiny_model(browser, spoken_wav, tmp_path):
+    """The real server and model: its random answers cannot be parsed, which the page must say."""
+    with pronlm_server(tmp_path / "server.log") as url:
+        page = assess_in_page(browser, url, spoken_wav, "webpage.png")
+    assert [w for w, _ in words_shown(page)] == ["WE", "CALL", "ZORBLAX", "BEAR"]
+    assert any("omission" in c for _, c in words_shown(page))  # nothing understood: highlighted as omitted
+    assert "could not be read" in page.inner_text("#problems")
+    assert [s.inner_text() for s in page.query_selector_all("#scores .value")] == ["—"] * 4
+    page.close()
+
+
+def test_page_shows_scores_and_phone_errors(browser, spoken_wav):
+    """A test double answers CALL as K AA L, an extra word THAT, and phones for the unknown word."""
+    predictor = CannedPredictor(words="WE CALL THAT ZORBLAX BEAR",
+                                phones="W IY K AA L DH AE T Z AO R B L AE K S B EH R")
+    from pronlm.serve import create_app
+
+    with inprocess_server(create_app(predictor)) as url:
+        page = assess_in_page(browser, url, spoken_wav, "webpage-feedback.png")
+    assert words_shown(page) == [("WE", "word ok"), ("CALL", "word mispronunciation"), ("+THAT", "word insertion"),
+                                 ("ZORBLAX", "word ok unknown"), ("BEAR", "word ok")]
+    assert [s.inner_text() for s in page.query_selector_all("#scores .value")] == ["7", "8", "8", "7"]
+    assert "AO→AA" in page.inner_text("#details")
+    assert "ZORBLAX" in page.inner_text("#problems")
+    # the page sent 16 kHz mono WAV: espeak's 22,050 Hz clip resampled in the browser
+    samples = predictor.samples[0]
+    assert samples.ndim == 1 and abs(samples.size - _espeak_seconds(spoken_wav) * 16000) < 50
+    assert np.abs(samples).max() > 0.05
+    page.close()
+
+
+def _espeak_seconds(path: Path) -> float:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
