@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from pronlm.collate import Collator
 from pronlm.config import ConfigError, load_config
-from pronlm.model import (LM_LORA_TARGETS, ModelError, check_trainable, load_for_inference, parameter_table,
-                          prepare_for_training)
+from pronlm.model import (LM_LORA_TARGETS, ModelError, check_trainable, load_for_inference, merge_speech_lora,
+                          parameter_table, prepare_for_training)
 from pronlm.prompts import PromptSet, build_examples
 
 
@@ -73,7 +73,8 @@ def test_new_lora_merges_the_speech_lora_first(tiny_model, tiny_tokenizer, speec
     with torch.no_grad():
         reference = PeftModel.from_pretrained(copy.deepcopy(tiny_model), speech_dir)(**batch).logits
         plain = copy.deepcopy(tiny_model)(**batch).logits
-        peft = prepare_for_training(cfg(strategy="new-lora", speech_adapter=speech_dir), tiny_model, tiny_tokenizer)
+        config = cfg(strategy="new-lora", speech_adapter=speech_dir)
+        peft = prepare_for_training(config, merge_speech_lora(config, tiny_model), tiny_tokenizer)
         merged = peft(**batch).logits  # fresh LoRA B = 0: the merged base alone
     assert torch.allclose(merged, reference, atol=1e-4)
     assert not torch.allclose(merged, plain, atol=1e-2)  # the speech LoRA really changed the model

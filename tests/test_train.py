@@ -3,6 +3,7 @@ it saves and reloads, it resumes after SIGKILL to the same weights, and it runs 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -181,3 +182,49 @@ def test_bad_override_is_a_clear_cli_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "learning_rat=1" in done.stderr and "known key" in done.stderr
+
+
+@pytest.fixture()
+def local_base(tmp_path, tiny_model, tiny_tokenizer):
+    """The tiny model saved in the hub repo's layout: weights, tokenizer, and a `speech-lora/` adapter."""
+    base = tmp_path / "phi4-local"
+    tiny_model.save_pretrained(base)
+    tiny_tokenizer.save_pretrained(base)
+    make_speech_adapter(tiny_model, base / "speech-lora")
+    return base
+
+
+def _logits(model, tokenizer, utterance, cfg):
+    from pronlm.collate import Collator
+    from pronlm.prompts import PromptSet, build_examples
+
+    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    batch = Collator(tokenizer, model.config.audio_config.audio_token_id)(build_examples(utterance, prompts))
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+def test_untrained_base_is_used_with_its_speech_lora_merged(local_base, train_utterances):
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    model, tokenizer = load_for_inference(str(local_base), device="cpu")
+    plain = Phi4MultimodalForCausalLM.from_pretrained(local_base)
+    merged = PeftModel.from_pretrained(copy.deepcopy(plain), str(local_base / "speech-lora")).merge_and_unload()
+    cfg = load_config("tiny-cpu")
+    got = _logits(model, tokenizer, train_utterances[0], cfg)
+    assert torch.equal(got, _logits(merged, tokenizer, train_utterances[0], cfg))
+    assert (got - _logits(plain, tokenizer, train_utterances[0], cfg)).abs().max() > 1.0
+
+
+@pytest.mark.parametrize("strategy", ["speech-lora", "new-lora"])
+def test_real_loading_path_trains_and_reloads_the_same_model(strategy, local_base, corpus_dir, tmp_path,
+                                                             train_utterances):
+    """Not `base: tiny`: the hub code path (from_pretrained, <base>/speech-lora) on a local folder."""
+    cfg = load_config("tiny-cpu", dict(base=str(local_base), strategy=strategy, corpus=str(corpus_dir),
+                                       output_dir=str(tmp_path / "run"), limit=2, max_steps=3,
+                                       save_strategy="no", learning_rate=1e-2))
+    trainer = train(cfg)
+    model, tokenizer = load_for_inference(str(local_base), str(tmp_path / "run"), device="cpu")
+    trained = _logits(trainer.model, trainer.processing_class, train_utterances[0], cfg)
+    assert torch.allclose(_logits(model, tokenizer, train_utterances[0], cfg), trained, atol=1e-4)

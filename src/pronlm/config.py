@@ -87,6 +87,15 @@ class Config:
         Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
 
+def run_config(adapter: str | None) -> dict:
+    """The config.yaml a training run saved, found in an adapter folder or its run folder; {} if none."""
+    if adapter:
+        for folder in (Path(adapter), Path(adapter).parent):
+            if (folder / "config.yaml").is_file():
+                return yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    return {}
+
+
 def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
+from pronlm.config import run_config
 from pronlm.collate import Collator
 from pronlm.data import PronlmError, UtteranceError, load_audio, read_corpus
 from pronlm.model import load_for_inference
@@ -28,12 +28,8 @@ log = logging.getLogger(__name__)
 
 def training_templates(adapter: str | None) -> dict[str, str]:
     """The prompt templates an adapter was trained with (its run's config.yaml), else the defaults."""
-    if adapter:
-        for folder in (Path(adapter), Path(adapter).parent):
-            if (folder / "config.yaml").is_file():
-                cfg = yaml.safe_load((folder / "config.yaml").read_text())
-                return {"apa": cfg.get("apa_template", "default"), "mdd": cfg.get("mdd_template", "default")}
-    return {"apa": "default", "mdd": "default"}
+    run = run_config(adapter)
+    return {"apa": run.get("apa_template", "default"), "mdd": run.get("mdd_template", "default")}
 
 
 @dataclass

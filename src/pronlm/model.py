@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import Config, ConfigError
+from pronlm.config import Config, ConfigError, run_config
 from pronlm.data import PronlmError
 from pronlm.prompts import CONTROL_TOKENS
 
@@ -110,9 +110,24 @@ def _modules_to_save(cfg: Config) -> list[str] | None:
     return [AUDIO_ENCODER, *SPEECH_PROJECTOR] if cfg.strategy == "unfreeze" else None
 
 
+def merge_speech_lora(cfg: Config, model):
+    """The base with its speech LoRA merged in: where new-lora starts, and how an untrained Phi-4 hears.
+
+    The tiny model has no speech LoRA unless `speech_adapter` names one: then it is left as it is.
+    """
+    from peft import PeftModel
+
+    if cfg.is_tiny and not (Path(cfg.speech_adapter) / "adapter_config.json").is_file():
+        return model
+    return PeftModel.from_pretrained(model, speech_adapter_dir(cfg)).merge_and_unload()
+
+
 def prepare_for_training(cfg: Config, model, tokenizer):
-    """Wrap the base in the strategy's peft adapter; returns the PeftModel."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    """Wrap the base in the strategy's peft adapter; returns the PeftModel.
+
+    For new-lora, `model` must already have the speech LoRA merged in (`merge_speech_lora`).
+    """
+    from peft import LoraConfig, get_peft_model
 
     token_ids = list(add_control_tokens(tokenizer, model).values())
     if cfg.strategy in ("speech-lora", "unfreeze"):
@@ -123,8 +138,6 @@ def prepare_for_training(cfg: Config, model, tokenizer):
         lcfg.trainable_token_indices = _token_indices(model, token_ids)
         lcfg.modules_to_save = _modules_to_save(cfg)
         return load_lora_weights(get_peft_model(model, lcfg), speech_dir)
-    if not cfg.is_tiny or (Path(cfg.speech_adapter) / "adapter_config.json").is_file():
-        model = PeftModel.from_pretrained(model, speech_adapter_dir(cfg)).merge_and_unload()
     if cfg.quantize_4bit:
         model = quantize_lm_4bit(model)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -226,7 +239,11 @@ def format_table(table: dict) -> str:
 
 def load_for_inference(base: str, adapter: str | None = None, device: str | None = None,
                        revision: str | None = "refs/pr/70"):
-    """(model, tokenizer) ready to generate: the base, plus a trained adapter folder when given."""
+    """(model, tokenizer) ready to generate: the base, plus a trained adapter folder when given.
+
+    A speech-lora / unfreeze adapter *is* the (continued) speech LoRA; a new-lora adapter was
+    trained on the base with the speech LoRA merged, and so is the untrained model (no adapter).
+    """
     from peft import PeftModel
 
     if base == "tiny":
@@ -242,6 +259,8 @@ def load_for_inference(base: str, adapter: str | None = None, device: str | None
         cfg = Config(base=base, revision=revision)
         model, tokenizer = load_base(cfg)
         add_control_tokens(tokenizer, model)
+        if adapter is None or run_config(adapter).get("strategy") == "new-lora":
+            model = merge_speech_lora(cfg, model)
     if adapter is not None:
         from transformers import AutoTokenizer
 

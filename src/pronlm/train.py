@@ -21,8 +21,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
 from pronlm.config import Config
 from pronlm.data import UtteranceError, audio_seconds, load_audio, read_corpus
-from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base, parameter_table,
-                          prepare_for_training, resolve_dtype)
+from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base,
+                          merge_speech_lora, parameter_table, prepare_for_training, resolve_dtype)
 from pronlm.prompts import Example, PromptSet, build_examples
 from pronlm.targets import AccentPolicy
 
@@ -198,6 +198,8 @@ def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
         log.warning("--resume: no checkpoint in %s yet, starting from the beginning", out)
     model, tokenizer = load_base(cfg)
     add_control_tokens(tokenizer, model)
+    if cfg.strategy == "new-lora":
+        model = merge_speech_lora(cfg, model)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
         model.save_pretrained(out / TINY_BASE_DIR)
         tokenizer.save_pretrained(out / TINY_BASE_DIR)
