@@ -144,11 +144,6 @@ def check_audio(samples: np.ndarray, utt_id: str, where: str, max_seconds: float
     return samples
 
 
-def audio_seconds(path: str | Path) -> float:
-    info = sf.info(str(path))
-    return info.frames / info.samplerate
-
-
 # ---------------------------------------------------------------- readers
 
 

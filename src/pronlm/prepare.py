@@ -12,9 +12,11 @@ import logging
 import time
 from pathlib import Path
 from statistics import mean
+from typing import Iterator
 
-from pronlm.data import (HF_PREFIX, SAMPLE_RATE, AudioError, CorpusError, PronlmError, UtteranceError, load_audio,
-                         read_corpus)
+import numpy as np
+
+from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, Utterance, UtteranceError, load_audio, read_corpus
 from pronlm.prompts import TASKS, Example, PromptSet, build_examples
 from pronlm.targets import AccentPolicy, aligned_word_phones
 
@@ -78,17 +80,14 @@ def prepare(corpus: str, split: str, out: str | Path, tokenizer=None, accent_pol
     counter = TokenCounter(load_tokenizer(tokenizer)) if tokenizer is not None else None
     errors: list[UtteranceError] = []
     start = time.perf_counter()  # tokenizer loading excluded: it is not per-utterance work
-    utterances = _open_corpus(corpus, split, errors)
+    utterances = usable_utterances(corpus, split, errors, max_audio_seconds, limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: list[float] = []
     n_examples = n_unlabelled = n_phones = n_mispronounced = 0
     with open(out / "examples.jsonl", "w") as f:
-        for utt in itertools.islice(utterances, limit):
+        for utt, samples in utterances:
             try:
-                if utt.audio is None:
-                    raise AudioError(utt.id, f"no audio listed for it in {split}/wav.scp")
-                samples = load_audio(utt.audio, utt.id, max_audio_seconds)
                 examples = build_examples(utt, prompts, policy, word_boundaries)
                 pairs = [p for w in utt.words for p in aligned_word_phones(w, policy, utt.id)]
             except UtteranceError as exc:
@@ -123,14 +122,28 @@ def prepare(corpus: str, split: str, out: str | Path, tokenizer=None, accent_pol
     return stats
 
 
-def _open_corpus(corpus: str, split: str, errors: list[UtteranceError]):
-    """The split's utterances; a wrong folder or split fails here, before anything is written."""
-    if not corpus.startswith(HF_PREFIX) and not Path(corpus).is_dir():
-        raise CorpusError(f"corpus folder {corpus} not found: give the SpeechOcean762 folder (WAVE/, train/, "
-                          f"test/, resource/scores.json) or hf:mispeech/speechocean762")
+def usable_utterances(corpus: str, split: str, errors: list[UtteranceError], max_audio_seconds: float | None = 30.0,
+                      limit: int | None = None) -> Iterator[tuple[Utterance, np.ndarray]]:
+    """(utterance, 16 kHz samples) for the first `limit` utterances whose audio loads; the rest go to `errors`.
+
+    A wrong folder or split raises at once, before the caller writes anything.
+    """
     utterances = read_corpus(corpus, split, errors)
     first = next(utterances, None)  # read_corpus is lazy: make it check the split and files now
-    return itertools.chain([first] if first is not None else [], utterances)
+    return _with_audio(itertools.islice(itertools.chain([first] if first else [], utterances), limit),
+                       split, errors, max_audio_seconds)
+
+
+def _with_audio(utterances, split: str, errors: list[UtteranceError], max_audio_seconds: float | None):
+    for utt in utterances:
+        try:
+            if utt.audio is None:
+                raise AudioError(utt.id, f"no audio listed for it in {split}/wav.scp")
+            samples = load_audio(utt.audio, utt.id, max_audio_seconds)
+        except UtteranceError as exc:
+            errors.append(exc)
+            continue
+        yield utt, samples
 
 
 def _log_summary(stats: dict, out: Path) -> None:

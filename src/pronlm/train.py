@@ -20,10 +20,11 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
 from pronlm.config import Config
-from pronlm.data import UtteranceError, audio_seconds, load_audio, read_corpus
+from pronlm.data import UtteranceError
 from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base,
                           merge_speech_lora, parameter_table, prepare_for_training, resolve_dtype)
-from pronlm.prompts import Example, PromptSet, build_examples
+from pronlm.prepare import usable_utterances
+from pronlm.prompts import TASKS, Example, PromptSet, build_examples
 from pronlm.targets import AccentPolicy
 
 log = logging.getLogger(__name__)
@@ -99,19 +100,12 @@ def load_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
     errors: list[UtteranceError] = []
     examples, lengths = [], []
     policy = AccentPolicy(cfg.accent_policy)
-    prompt_tokens = {t: len(tokenizer(prompts.for_task(t), add_special_tokens=False).input_ids) for t in ("apa", "mdd")}
-    for i, utt in enumerate(read_corpus(cfg.corpus, cfg.train_split, errors)):
-        if cfg.limit is not None and i >= cfg.limit:
-            break
+    prompt_tokens = {t: len(tokenizer(prompts.for_task(t), add_special_tokens=False).input_ids) for t in TASKS}
+    for utt, samples in usable_utterances(cfg.corpus, cfg.train_split, errors, cfg.max_audio_seconds, cfg.limit):
         if not utt.labelled:
             errors.append(UtteranceError(utt.id, "has no scores.json entry: nothing to train on"))
             continue
-        try:
-            load_audio(utt.audio, utt.id, cfg.max_audio_seconds)
-        except UtteranceError as exc:
-            errors.append(exc)
-            continue
-        n_audio = n_audio_tokens(int(audio_seconds(utt.audio) * 16_000))
+        n_audio = n_audio_tokens(samples.size)
         for ex in build_examples(utt, prompts, policy, cfg.word_boundaries):
             examples.append(ex)
             lengths.append(prompt_tokens[ex.task] + n_audio + len(tokenizer(ex.target).input_ids) + 2)
