@@ -28,7 +28,8 @@ def test_records_follow_the_schema_for_both_tasks(corpus_dir, tmp_path):
     out = tmp_path / "pred.jsonl"
     predict("tiny", None, str(corpus_dir), "test", str(out), batch_size=4, limit=3, max_new_tokens=16)
     lines = read_lines(out)
-    assert [(r["id"], r["task"]) for r in lines] == [(i, t) for i in ("000030145", "000030153", "000030154")
+    # longest clip first: 000030154 (2.91 s), 000030145 (2.78 s), 000030153 (2.35 s)
+    assert [(r["id"], r["task"]) for r in lines] == [(i, t) for i in ("000030154", "000030145", "000030153")
                                                      for t in ("apa", "mdd")]
     for r in lines:
         common = {"id", "task", "raw", "ok", "error"}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
@@ -82,6 +83,18 @@ class Predictor:
         return records
 
 
+def clip_frames(utt) -> int:
+    """Samples in an utterance's clip (0 when unreadable: it fails later, with its reason).
+
+    `predict` batches clips longest first: similar lengths share a batch, so less audio padding
+    (which costs time and slightly changes a padded clip's encoding), and memory peaks at once.
+    """
+    try:
+        return sf.info(str(utt.audio)).frames
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return 0
+
+
 def done_keys(out: Path) -> set[tuple[str, str]]:
     """(id, task) already in a prediction file; a line cut short by a crash is dropped from the file."""
     if not out.is_file():
@@ -112,7 +125,7 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(out_path)
     utterances = list(read_corpus(corpus, split))[:limit]
-    todo = [u for u in utterances if any((u.id, t) not in done for t in tasks)]
+    todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
