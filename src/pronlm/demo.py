@@ -25,9 +25,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from pronlm.assess import cmudict_entries
 from pronlm.data import SAMPLE_RATE, PronlmError, load_audio, read_corpus
-from pronlm.targets import DELETED, strip_stress
+from pronlm.targets import DELETED, cmudict_entries, strip_stress
 
 # Sentences and the near-homophones a reading may swap in, one phone apart: substitutions common
 # among Mandarin-L1 learners, SpeechOcean762's speakers (TH->S/T, R->L, IH->IY, AE->EH, V->B,

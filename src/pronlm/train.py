@@ -117,7 +117,7 @@ def load_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
     return ExampleDataset(examples, lengths)
 
 
-def answer_share(batch: dict, pad_id: int) -> float:
+def answer_share(batch: dict) -> float:
     """Share of the real (non-padding) positions that carry a label: the answer part only."""
     real = batch["attention_mask"].bool()
     return float((batch["labels"] != IGNORE_INDEX)[real].float().mean())
@@ -133,7 +133,7 @@ def check_first_batch(collator: Collator, dataset: ExampleDataset, n: int) -> fl
         got = row[row != IGNORE_INDEX].tolist()
         if got != expected:
             raise AssertionError(f"labels of {ex.id}/{ex.task} are not answer-only: {tok.decode(got)!r}")
-    share = answer_share(batch, collator.pad_id)
+    share = answer_share(batch)
     log.info("answer-only check passed: %.1f %% of the first batch's positions are answer tokens", 100 * share)
     return share
 
