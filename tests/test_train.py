@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import Phi4MultimodalFeatureExtractor
 
 from pronlm.config import load_config
 from pronlm.infer import Predictor
@@ -93,6 +94,11 @@ def test_only_lora_and_control_token_rows_change(trained):
     others[ids] = False
     assert torch.equal(effective[others], base_embed[others])
     assert not torch.equal(effective[ids], base_embed[ids])  # the control-token rows did train
+    head = trainer.model.get_output_embeddings().token_adapter  # tied: lm_head reads the same trained rows
+    assert torch.equal(head.get_merged_weights(head.active_adapters), effective)
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    delta = [v for k, v in saved.items() if "trainable_tokens_delta" in k]
+    assert len(delta) == 1 and torch.equal(delta[0], effective[ids])  # one shared copy of the rows, saved
     lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero: it moved
 
@@ -129,6 +135,26 @@ def test_unfreeze_changes_the_audio_encoder_and_nothing_else_outside_adapters(co
     for name, p in frozen.items():  # originals of the saved modules and every LM weight
         key = _unwrap(name)
         assert torch.equal(p, before[key]), key
+
+
+def test_bf16_unfreeze_moves_the_encoder_at_the_paper_learning_rate(corpus_dir, tmp_path, tiny_model):
+    """bf16 weights and an Adam step of ~lr = 2e-5: without fp32 master weights most updates round away."""
+    speech = make_speech_adapter(tiny_model, tmp_path / "speech-lora")
+    out = tmp_path / "run"
+    cfg = load_config("tiny-cpu", dict(strategy="unfreeze", speech_adapter=str(speech), dtype="bf16",
+                                       corpus=str(corpus_dir), output_dir=str(out), limit=2, max_steps=3,
+                                       save_strategy="no", learning_rate=2e-5, warmup_ratio=0.0,
+                                       per_device_train_batch_size=2))
+    trainer = train(cfg)
+    assert trainer.args.bf16
+    base = load_file(str(out / TINY_BASE_DIR / "model.safetensors"))
+    assert base["lm_head.weight" if "lm_head.weight" in base else "model.embed_tokens.weight"].dtype == torch.bfloat16
+    params = dict(trainer.model.named_parameters())
+    assert {p.dtype for p in params.values() if p.requires_grad} == {torch.float32}
+    encoder = [n for n, p in params.items() if "audio_embed.encoder.modules_to_save" in n and p.dim() >= 2]
+    moved = sum(int((params[n].detach() != base[_unwrap(n)].float()).sum()) for n in encoder)
+    total = sum(params[n].numel() for n in encoder)
+    assert moved > 0.9 * total, f"{moved}/{total} encoder weights moved"
 
 
 def _unwrap(name: str) -> str:
@@ -190,6 +216,7 @@ def local_base(tmp_path, tiny_model, tiny_tokenizer):
     base = tmp_path / "phi4-local"
     tiny_model.save_pretrained(base)
     tiny_tokenizer.save_pretrained(base)
+    Phi4MultimodalFeatureExtractor().save_pretrained(base)  # preprocessor_config.json, as the hub repo has
     make_speech_adapter(tiny_model, base / "speech-lora")
     return base
 

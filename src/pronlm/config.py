@@ -16,6 +16,7 @@ import yaml
 from pronlm.data import PronlmError
 
 STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
+NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
 
 
 class ConfigError(PronlmError):
@@ -26,7 +27,7 @@ class ConfigError(PronlmError):
 class Config:
     # model
     base: str = "microsoft/Phi-4-multimodal-instruct"  # or "tiny": random tiny model built from config
-    revision: str | None = "refs/pr/70"  # the native-format (non remote-code) weights
+    revision: str | None = NATIVE_REVISION
     trust_remote_code: bool = False
     speech_adapter: str = "speech-lora"  # sub-folder of the base repo holding the built-in speech LoRA
     strategy: str = "speech-lora"  # speech-lora | unfreeze | new-lora (SPEC §2)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pronlm.config import run_config
 from pronlm.collate import Collator
 from pronlm.data import PronlmError, UtteranceError, load_audio, read_corpus
-from pronlm.model import load_for_inference
+from pronlm.model import load_feature_extractor, load_for_inference
 from pronlm.parse import parse_answer
 from pronlm.prompts import TASKS, Example, PromptSet
 
@@ -40,10 +40,12 @@ class Predictor:
     prompts: PromptSet
     max_new_tokens: int = 256
     max_audio_seconds: float | None = 30.0
+    feature_extractor: object = None  # the base's own; None: transformers' defaults (the tiny model)
 
     def __post_init__(self):
         self.collator = Collator(self.tokenizer, self.model.config.audio_config.audio_token_id,
-                                 self.max_audio_seconds, for_generation=True)
+                                 self.max_audio_seconds, for_generation=True,
+                                 feature_extractor=self.feature_extractor or load_feature_extractor("tiny"))
         self.stop_ids = list(self.collator.end_ids)
         # A generated audio/image placeholder id would be sent through the audio encoder again.
         self.suppress = [self.model.config.audio_config.audio_token_id, self.model.config.vision_config.image_token_id]
@@ -55,7 +57,7 @@ class Predictor:
         model, tokenizer = load_for_inference(base, adapter, device)
         templates = training_templates(adapter)
         prompts = PromptSet.from_templates(apa_template or templates["apa"], mdd_template or templates["mdd"])
-        return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds)
+        return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds, load_feature_extractor(base))
 
     @torch.inference_mode()
     def generate(self, examples: list[Example], audio: list[np.ndarray]) -> list[str]:

@@ -4,8 +4,12 @@ Strategies (SPEC §2):
 - speech-lora: keep training the base's shipped speech LoRA (the paper's "LoRA-only");
 - unfreeze: the same, plus the audio encoder and the speech projector;
 - new-lora: merge the speech LoRA into the base, optionally quantise the LM to 4-bit, train a fresh LoRA.
-In every strategy the two control-token rows of the input embedding and of the untied lm_head are
-trained through peft `trainable_token_indices`; the rest of both matrices stays frozen.
+In every strategy the two control-token rows of the input embedding are trained through peft
+`trainable_token_indices`; the real model ties lm_head to that matrix (`tie_word_embeddings`), and peft
+then shares the same rows' delta with lm_head. The rest of the matrix stays frozen.
+
+Every path here that only runs on the real checkpoint (hub loading, flash-attention, 4-bit, bf16) makes
+its decision in a small function that the tests check on the real module names (`pronlm.phi4_config`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import Config, ConfigError, run_config
+from pronlm.config import NATIVE_REVISION, Config, ConfigError, run_config
 from pronlm.data import PronlmError
 from pronlm.prompts import CONTROL_TOKENS
 
@@ -27,6 +31,10 @@ log = logging.getLogger(__name__)
 LM_LORA_TARGETS = r"model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
 AUDIO_ENCODER = "audio_embed.encoder"  # inside model.embed_tokens_extend
 SPEECH_PROJECTOR = ("up_proj_for_speech", "down_proj_for_speech")  # not the *_for_vision_speech pair
+# 4-bit skip list. transformers 5.2x matches it from the start of the module name or as a suffix
+# (quantizers_utils.should_convert_module), so the audio/vision towers are named in full.
+NOT_QUANTISED = ["lm_head", "model.embed_tokens_extend"]
+PEFT_PREFIX = "base_model.model."  # peft's key prefix; the converted speech-lora file has none
 TINY_BASE_DIR = "tiny-base"  # a tiny run saves its random base here, so an adapter always has its base
 
 
@@ -44,12 +52,19 @@ def add_control_tokens(tokenizer, model=None) -> dict[str, int]:
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     ids = {task: tokenizer.convert_tokens_to_ids(tok) for task, tok in CONTROL_TOKENS.items()}
+    for task, tok in CONTROL_TOKENS.items():
+        back = tokenizer.convert_ids_to_tokens(ids[task])
+        pieces = tokenizer(tok, add_special_tokens=False).input_ids
+        if back != tok or pieces != [ids[task]]:
+            raise ModelError(f"control token {tok} does not round-trip in the tokenizer (id {ids[task]} -> "
+                             f"{back!r}, text -> ids {pieces}): the task would be unreadable to the model")
     if model is not None:
         rows = model.get_input_embeddings().weight.shape[0]
         if max(ids.values()) >= rows:
             log.warning("control token ids %s exceed the %d embedding rows: resizing", ids, rows)
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
-        assert max(ids.values()) < model.get_input_embeddings().weight.shape[0]
+        if max(ids.values()) >= model.get_input_embeddings().weight.shape[0]:
+            raise ModelError(f"control token ids {ids} do not fit the embedding even after resizing")
     return ids
 
 
@@ -65,6 +80,18 @@ def resolve_attention(name: str) -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") and torch.cuda.is_available() else "sdpa"
 
 
+def attention_implementation(name: str) -> dict[str, str]:
+    """Attention per sub-config: the language model on `name`, the audio and vision encoders on sdpa.
+
+    A plain string propagates to every sub-config, and the audio encoder's attention (a float
+    relative-position bias mask, not causal) cannot run on flash-attention: it would crash, or run
+    causal without its bias. Eager stays eager everywhere.
+    """
+    lm = resolve_attention(name)
+    encoders = "eager" if lm == "eager" else "sdpa"
+    return {"": lm, "audio_config": encoders, "vision_config": encoders}
+
+
 def load_base(cfg: Config, device_map=None):
     """(model, tokenizer) of the base: the hub/local Phi-4-multimodal, or the tiny random one."""
     if cfg.is_tiny:
@@ -73,15 +100,40 @@ def load_base(cfg: Config, device_map=None):
         tokenizer = build_tiny_tokenizer()
         model = build_tiny_model(tokenizer, seed=cfg.seed, hidden_size=cfg.tiny_hidden_size,
                                  num_layers=cfg.tiny_layers)
-        return model, tokenizer
+        return model.to(resolve_dtype(cfg.dtype)), tokenizer
     from transformers import AutoTokenizer, Phi4MultimodalForCausalLM
 
     kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base, **kw)
     model = Phi4MultimodalForCausalLM.from_pretrained(
-        cfg.base, dtype=resolve_dtype(cfg.dtype), attn_implementation=resolve_attention(cfg.attn_implementation),
+        cfg.base, dtype=resolve_dtype(cfg.dtype), attn_implementation=attention_implementation(cfg.attn_implementation),
         device_map=device_map, **kw)
+    check_tied_embeddings(model)
     return model, tokenizer
+
+
+def check_tied_embeddings(model) -> None:
+    """A config that ties lm_head to the input embedding must load with one shared matrix.
+
+    The control-token rows are trained on the input embedding only; with an untied copy, lm_head
+    would keep the untrained rows and the model could never emit what it learned to read.
+    """
+    if model.config.tie_word_embeddings and model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        raise ModelError("the config ties lm_head to the input embedding, but the loaded model holds two "
+                         "matrices: the checkpoint or the transformers version does not tie them")
+
+
+def load_feature_extractor(base: str, revision: str | None = NATIVE_REVISION):
+    """The base's own audio feature extractor (its preprocessor_config.json); defaults for the tiny model."""
+    from transformers import Phi4MultimodalFeatureExtractor
+
+    if base == "tiny":
+        return Phi4MultimodalFeatureExtractor()
+    try:
+        return Phi4MultimodalFeatureExtractor.from_pretrained(base, revision=revision)
+    except OSError as exc:
+        raise ModelError(f"no audio feature extractor (preprocessor_config.json) for {base} at revision "
+                         f"{revision}: {exc}") from exc
 
 
 def speech_adapter_dir(cfg: Config) -> str:
@@ -99,7 +151,8 @@ def speech_adapter_dir(cfg: Config) -> str:
 
 
 def _token_indices(model, token_ids: list[int]) -> dict[str, list[int]]:
-    """Control-token rows to train: the input embedding, and lm_head when it is a separate matrix."""
+    """Control-token rows to train: the input embedding; lm_head too only when it is a separate matrix
+    (tied, peft gives lm_head the embedding's own delta)."""
     targets = {"embed_tokens": token_ids}
     if not model.config.tie_word_embeddings:
         targets["lm_head"] = token_ids
@@ -110,20 +163,48 @@ def _modules_to_save(cfg: Config) -> list[str] | None:
     return [AUDIO_ENCODER, *SPEECH_PROJECTOR] if cfg.strategy == "unfreeze" else None
 
 
+def speech_lora_config(cfg: Config, model, token_ids: list[int] | None = None, folder: str | None = None):
+    """The shipped speech LoRA's own r, alpha and dropout, on the language model's targets.
+
+    With `token_ids` (training), the control-token rows and, for unfreeze, the encoder and projector
+    are trainable too.
+    """
+    from peft import LoraConfig
+
+    lcfg = LoraConfig.from_pretrained(folder or speech_adapter_dir(cfg))
+    lcfg.inference_mode = False
+    lcfg.target_modules = LM_LORA_TARGETS
+    lcfg.task_type = "CAUSAL_LM"
+    if token_ids is not None:
+        lcfg.trainable_token_indices = _token_indices(model, token_ids)
+        lcfg.modules_to_save = _modules_to_save(cfg)
+    return lcfg
+
+
+def with_speech_lora(cfg: Config, model, token_ids: list[int] | None = None):
+    """The base wrapped in its shipped speech LoRA, every weight loaded and checked (`load_lora_weights`).
+
+    The one way the speech LoRA is read: continued in training (speech-lora, unfreeze) or merged
+    (`merge_speech_lora`: new-lora and the untrained baseline).
+    """
+    from peft import get_peft_model
+
+    folder = speech_adapter_dir(cfg)
+    return load_lora_weights(get_peft_model(model, speech_lora_config(cfg, model, token_ids, folder)), folder)
+
+
 def merge_speech_lora(cfg: Config, model):
     """The base with its speech LoRA merged in: where new-lora starts, and how an untrained Phi-4 hears.
 
     The tiny model has no speech LoRA unless `speech_adapter` names one: then it is left as it is.
     """
-    from peft import PeftModel
-
     if cfg.is_tiny and not (Path(cfg.speech_adapter) / "adapter_config.json").is_file():
         return model
-    return PeftModel.from_pretrained(model, speech_adapter_dir(cfg)).merge_and_unload()
+    return with_speech_lora(cfg, model).merge_and_unload()
 
 
 def prepare_for_training(cfg: Config, model, tokenizer):
-    """Wrap the base in the strategy's peft adapter; returns the PeftModel.
+    """Wrap the base in the strategy's peft adapter; returns the PeftModel, trainable weights in fp32.
 
     For new-lora, `model` must already have the speech LoRA merged in (`merge_speech_lora`).
     """
@@ -131,38 +212,103 @@ def prepare_for_training(cfg: Config, model, tokenizer):
 
     token_ids = list(add_control_tokens(tokenizer, model).values())
     if cfg.strategy in ("speech-lora", "unfreeze"):
-        speech_dir = speech_adapter_dir(cfg)
-        lcfg = LoraConfig.from_pretrained(speech_dir)  # the shipped r, alpha, dropout
-        lcfg.inference_mode = False
-        lcfg.target_modules = LM_LORA_TARGETS
-        lcfg.trainable_token_indices = _token_indices(model, token_ids)
-        lcfg.modules_to_save = _modules_to_save(cfg)
-        return load_lora_weights(get_peft_model(model, lcfg), speech_dir)
+        return upcast_trainable(with_speech_lora(cfg, model, token_ids))
     if cfg.quantize_4bit:
         model = quantize_lm_4bit(model)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=LM_LORA_TARGETS, trainable_token_indices=_token_indices(model, token_ids),
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
+    return upcast_trainable(get_peft_model(model, lcfg))
+
+
+def upcast_trainable(model):
+    """Every trainable parameter in fp32: the optimizer's master weights (compute stays bf16 under autocast).
+
+    HF Trainer keeps no fp32 copy of bf16 weights, and at lr 2e-5 an Adam step (~lr) is below bf16's
+    resolution for most weights (2^-8 of their size): unfreeze's encoder and projector would barely move.
+    """
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+def read_lora_file(folder: str) -> dict[str, torch.Tensor]:
+    """A saved LoRA's tensors under peft's keys, whether the file carries peft's prefix or not.
+
+    transformers' conversion script (`extract_adapters_data`) writes the shipped speech-lora as
+    `model.layers.0.self_attn.qkv_proj.lora_A.weight`; peft itself saves `base_model.model.model.…`.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise ModelError(f"no adapter_model.safetensors in {folder}")
+    return {k if k.startswith(PEFT_PREFIX) else PEFT_PREFIX + k: v for k, v in load_file(str(path)).items()}
 
 
 def load_lora_weights(peft_model, folder: str):
-    """Put a saved LoRA's weights into a model that also has token rows / saved modules.
+    """Put a saved LoRA's weights into a model that also has token rows / saved modules, and verify them.
 
     `PeftModel.from_pretrained` with extra `trainable_token_indices` fails (peft 0.21 looks for
-    the token deltas in the file), so start from the model's own adapter state and overwrite it.
+    the token deltas in the file), and with keys it does not expect it leaves lora_B at zero behind a
+    warning. So start from the model's own adapter state, overwrite it, and refuse to go on when a
+    LoRA tensor of the targets got no value, when every lora_B is zero, or when a value did not land.
     """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    saved = load_file(str(Path(folder) / "adapter_model.safetensors"))
+    saved = read_lora_file(folder)
     state = get_peft_model_state_dict(peft_model)
     unknown = sorted(set(saved) - set(state))
     if unknown:
         raise ModelError(f"{folder} holds weights outside the language model's LoRA targets, e.g. {unknown[:3]}")
     state.update(saved)
     set_peft_model_state_dict(peft_model, state)
+    return check_lora_landed(peft_model, saved, folder)
+
+
+def check_lora_landed(peft_model, saved: dict[str, torch.Tensor], folder: str):
+    """Every LoRA tensor of the model's targets got the file's value, and not every lora_B is zero."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model)
+    lora_keys = {k for k in state if ".lora_A." in k or ".lora_B." in k}
+    missing = sorted(lora_keys - set(saved))
+    if missing:
+        raise ModelError(f"{folder} has no value for {len(missing)} of the {len(lora_keys)} LoRA tensors of the "
+                         f"language model's targets, e.g. {missing[:3]}")
+    if not any(saved[k].any() for k in lora_keys if ".lora_B." in k):
+        raise ModelError(f"every lora_B in {folder} is zero: this LoRA would change nothing")
+    wrong = [k for k in saved if k in state and not torch.equal(state[k].to(saved[k].dtype).cpu(), saved[k])]
+    if wrong:
+        raise ModelError(f"{len(wrong)} tensors of {folder} did not reach the model, e.g. {wrong[:3]}")
     return peft_model
+
+
+def bnb_4bit_config():
+    """NF4 for the language model's linear layers; the skip list keeps the encoders, projectors and lm_head."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=NOT_QUANTISED)
+
+
+def quantisable_linears(model, skip: list[str] = NOT_QUANTISED) -> list[str]:
+    """The nn.Linear modules transformers would put in 4-bit with this skip list (its own matching rule)."""
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    not_converted = HfQuantizer.get_modules_to_not_convert(model, skip, model._keep_in_fp32_modules)
+    return [n for n, m in model.named_modules()
+            if type(m) is torch.nn.Linear and should_convert_module(n, not_converted)]
+
+
+def check_lm_only(names: list[str]) -> None:
+    """Refuse a quantisation that touches anything outside the language model's decoder layers."""
+    outside = [n for n in names if not n.startswith("model.layers.")]
+    if outside or not names:
+        raise ModelError(f"4-bit would quantise {len(outside)} modules outside the language model, "
+                         f"e.g. {outside[:3]}" if outside else "4-bit would quantise nothing")
 
 
 def quantize_lm_4bit(model):
@@ -172,15 +318,17 @@ def quantize_lm_4bit(model):
     import tempfile
 
     from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig, Phi4MultimodalForCausalLM
+    from transformers import Phi4MultimodalForCausalLM
 
-    qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16,
-                              llm_int8_skip_modules=["lm_head", "embed_tokens_extend"])
+    check_lm_only(quantisable_linears(model))
+    attention = {"": model.config._attn_implementation, "audio_config": model.config.audio_config._attn_implementation,
+                 "vision_config": model.config.vision_config._attn_implementation}
     with tempfile.TemporaryDirectory() as tmp:  # bitsandbytes quantises while loading: reload the merged base
         model.save_pretrained(tmp)
-        model = Phi4MultimodalForCausalLM.from_pretrained(tmp, quantization_config=qcfg, dtype=torch.bfloat16,
+        model = Phi4MultimodalForCausalLM.from_pretrained(tmp, quantization_config=bnb_4bit_config(),
+                                                          dtype=torch.bfloat16, attn_implementation=attention,
                                                           device_map={"": torch.cuda.current_device()})
+    check_lm_only([n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"])
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
@@ -238,7 +386,7 @@ def format_table(table: dict) -> str:
 
 
 def load_for_inference(base: str, adapter: str | None = None, device: str | None = None,
-                       revision: str | None = "refs/pr/70"):
+                       revision: str | None = NATIVE_REVISION):
     """(model, tokenizer) ready to generate: the base, plus a trained adapter folder when given.
 
     A speech-lora / unfreeze adapter *is* the (continued) speech LoRA; a new-lora adapter was
@@ -265,7 +413,7 @@ def load_for_inference(base: str, adapter: str | None = None, device: str | None
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(adapter)
-        model = PeftModel.from_pretrained(model, adapter)
+        model = check_lora_landed(PeftModel.from_pretrained(model, adapter), read_lora_file(adapter), adapter)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 

@@ -1,7 +1,7 @@
 """A tiny, randomly initialised Phi-4-multimodal and a tokenizer for it, built offline.
 
 For CPU runs, tests and the demo: same classes and code paths as the real model (audio encoder,
-projector, LM, `<|audio_1|>` expansion), a few hundred thousand parameters. Not a pronunciation
+projector, LM, tied embeddings, `<|audio_1|>` expansion), a few hundred thousand parameters. Not a pronunciation
 model: it learns only what it is trained on.
 """
 
@@ -65,6 +65,7 @@ def tiny_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, extra_row
         vocab_size=vocab, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=4096, original_max_position_embeddings=4096, initializer_range=init_range,
+        tie_word_embeddings=True,  # as the real model: lm_head shares the input embedding
         bos_token_id=ids("<|endoftext|>"), pad_token_id=ids("<|endoftext|>"),
         eos_token_id=[ids("<|endoftext|>"), ids("<|end|>")],
         audio_config=dict(hidden_size=32, intermediate_size=64, num_blocks=2, num_attention_heads=2,

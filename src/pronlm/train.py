@@ -22,7 +22,8 @@ from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
 from pronlm.config import Config
 from pronlm.data import UtteranceError
 from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base,
-                          merge_speech_lora, parameter_table, prepare_for_training, resolve_dtype)
+                          load_feature_extractor, merge_speech_lora, parameter_table, prepare_for_training,
+                          resolve_dtype)
 from pronlm.prepare import usable_utterances
 from pronlm.prompts import TASKS, Example, PromptSet, build_examples
 from pronlm.targets import AccentPolicy
@@ -151,7 +152,7 @@ def replica_digests(model) -> list[list[float]] | None:
 
 
 def training_arguments(cfg: Config) -> TrainingArguments:
-    bf16 = resolve_dtype(cfg.dtype) == torch.bfloat16 and not cfg.is_tiny
+    bf16 = resolve_dtype(cfg.dtype) == torch.bfloat16  # autocast; the trainable weights are fp32 masters
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun / accelerate
     return TrainingArguments(
         output_dir=cfg.output_dir, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
@@ -176,7 +177,8 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
     args = args or training_arguments(cfg)
     prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
     dataset = load_examples(cfg, prompts, tokenizer)
-    collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds)
+    collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
+                        feature_extractor=load_feature_extractor(cfg.base, cfg.revision))
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=tokenizer, callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl")])

@@ -1,0 +1,140 @@
+"""Decisions that only run on the real Phi-4-multimodal, checked on its real module names and sizes.
+
+The full-size model is built on the meta device (no memory, no download) from `pronlm.phi4_config`:
+which modules get LoRA, how many parameters each recipe trains, what 4-bit quantises, which
+attention each tower gets, and whether the control tokens fit the 200,064 embedding rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import Phi4MultimodalForCausalLM, PreTrainedModel
+
+from pronlm import phi4_config
+from pronlm.config import Config, load_config
+from pronlm.model import (LM_LORA_TARGETS, ModelError, add_control_tokens, attention_implementation, check_lm_only,
+                          load_base, parameter_table, quantisable_linears, speech_lora_config)
+
+LAYERS = phi4_config.LM_LAYERS
+
+
+@pytest.fixture(scope="module")
+def real_model():
+    with torch.device("meta"):
+        return Phi4MultimodalForCausalLM(phi4_config.real_config())
+
+
+@pytest.fixture(scope="module")
+def shipped_speech_lora(tmp_path_factory):
+    """The speech-lora adapter_config.json as transformers' conversion script writes it (no weights)."""
+    folder = tmp_path_factory.mktemp("speech-lora")
+    LoraConfig(r=320, lora_alpha=640, lora_dropout=0.01, task_type="CAUSAL_LM",
+               target_modules=r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))",
+               ).save_pretrained(folder)
+    return str(folder)
+
+
+def _wrapped(real_model, strategy, folder):
+    cfg = load_config("paper-lora", {"strategy": strategy})
+    with torch.device("meta"):
+        return get_peft_model(copy.deepcopy(real_model), speech_lora_config(cfg, real_model, [200_029, 200_030], folder))
+
+
+def test_the_real_config_ties_its_embeddings(real_model):
+    assert real_model.config.tie_word_embeddings
+    assert real_model.lm_head.weight is real_model.model.embed_tokens.weight
+    assert real_model.get_input_embeddings().weight.shape == (phi4_config.VOCAB_ROWS, 3072)
+
+
+def test_lora_targets_four_modules_per_language_model_layer_and_nothing_else(real_model, shipped_speech_lora):
+    peft = _wrapped(real_model, "speech-lora", shipped_speech_lora)
+    wrapped = sorted(n.removeprefix("base_model.model.").removesuffix(".lora_A")
+                     for n, m in peft.named_modules() if n.endswith(".lora_A"))
+    assert len(wrapped) == 4 * LAYERS
+    per_layer = {re.sub(r"\.\d+\.", ".N.", n) for n in wrapped}
+    assert per_layer == {"model.layers.N.self_attn.qkv_proj", "model.layers.N.self_attn.o_proj",
+                         "model.layers.N.mlp.gate_up_proj", "model.layers.N.mlp.down_proj"}
+    # the audio encoder and the vision tower have o_proj / gate_up_proj / down_proj of their own
+    same_names = [n for n, _ in real_model.named_modules()
+                  if "embed_tokens_extend" in n and n.rsplit(".", 1)[-1] in ("o_proj", "gate_up_proj", "down_proj")]
+    assert len(same_names) >= 3 * phi4_config.AUDIO_BLOCKS
+    assert not any(re.fullmatch(LM_LORA_TARGETS, n) for n in same_names)
+
+
+def test_paper_recipes_train_the_parameter_counts_the_readme_states(real_model, shipped_speech_lora):
+    per_layer = 320 * ((3072 + 5120) + (3072 + 3072) + (3072 + 2 * 8192) + (8192 + 3072))  # A + B of each target
+    lora = _wrapped(real_model, "speech-lora", shipped_speech_lora)
+    table = parameter_table(lora)
+    assert table["by_group"] == {"lora": LAYERS * per_layer, "token rows": 2 * 3072}
+    assert round(table["by_group"]["lora"] / 1e6) == 461  # README: "r 320, ≈461 M params"
+    unfreeze = parameter_table(_wrapped(real_model, "unfreeze", shipped_speech_lora))["by_group"]
+    assert round((unfreeze["audio encoder"] + unfreeze["projector"]) / 1e6) == 454  # README: "≈454 M more"
+
+
+def test_4bit_quantises_the_language_model_layers_and_nothing_else(real_model):
+    quantised = quantisable_linears(real_model)
+    assert len(quantised) == 4 * LAYERS and all(n.startswith("model.layers.") for n in quantised)
+    assert "lm_head" not in quantised
+    check_lm_only(quantised)
+    # The skip list read as a bare name: transformers matches it from the start, so the towers go 4-bit.
+    bare = quantisable_linears(real_model, ["lm_head", "embed_tokens_extend"])
+    assert any(".audio_embed.encoder." in n for n in bare) and any("up_proj_for_speech" in n for n in bare)
+    with pytest.raises(ModelError, match="outside the language model"):
+        check_lm_only(bare)
+
+
+@pytest.fixture()
+def flash_available(monkeypatch):
+    """`auto` resolves to flash-attention 2, and transformers accepts it without the package or a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn"
+                        else real_find_spec(name, *a))
+    check = PreTrainedModel._check_and_adjust_attn_implementation
+
+    def accept_flash(self, impl, is_init_check=False, allow_all_kernels=False):
+        return impl if impl == "flash_attention_2" else check(self, impl, is_init_check, allow_all_kernels)
+
+    monkeypatch.setattr(PreTrainedModel, "_check_and_adjust_attn_implementation", accept_flash)
+
+
+def test_auto_attention_keeps_the_encoders_off_flash_attention(flash_available):
+    assert attention_implementation("auto") == {"": "flash_attention_2", "audio_config": "sdpa",
+                                                "vision_config": "sdpa"}
+    config = phi4_config.real_config(lm_layers=1, audio_blocks=1, vision_layers=1)
+    config._attn_implementation = attention_implementation("auto")
+    assert config._attn_implementation == "flash_attention_2"
+    assert (config.audio_config._attn_implementation, config.vision_config._attn_implementation) == ("sdpa", "sdpa")
+    assert attention_implementation("eager") == {"": "eager", "audio_config": "eager", "vision_config": "eager"}
+
+
+def test_a_loaded_base_runs_its_audio_encoder_on_sdpa_when_the_lm_gets_flash(flash_available, tmp_path, tiny_model,
+                                                                             tiny_tokenizer):
+    tiny_model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    model, _ = load_base(Config(base=str(tmp_path), dtype="fp32", attn_implementation="auto"))
+    encoder = model.model.embed_tokens_extend.audio_embed.encoder
+    assert model.config._attn_implementation == "flash_attention_2"
+    assert encoder.config._attn_implementation == "sdpa"
+    assert model.model.embed_tokens_extend.image_embed.img_processor.config._attn_implementation == "sdpa"
+    # what the old string form did: every tower on flash-attention
+    plain = Phi4MultimodalForCausalLM.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
+    assert plain.model.embed_tokens_extend.audio_embed.encoder.config._attn_implementation == "flash_attention_2"
+
+
+def test_control_tokens_fit_the_real_embedding_without_a_resize(real_model):
+    """A tokenizer as long as the real one (its last token near id 200,028) gets ids inside the 200,064 rows."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(200_029)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")))
+    ids = add_control_tokens(tokenizer, real_model)
+    assert sorted(ids.values()) == [200_029, 200_030]
+    assert real_model.get_input_embeddings().weight.shape[0] == phi4_config.VOCAB_ROWS  # no resize
