@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 import warnings
 
 import pytest
 
+from pronlm.data import Mispronunciation, read_corpus
 from pronlm.metrics import (MddCounts, align_to_canonical, bootstrap_ci, f1_ci, mdd_counts, mdd_labels, mse, pcc,
                             pcc_ci, per, per_ci, phone_errors, spearman, wer)
+from pronlm.targets import (ARPABET, DELETED, UNK, AccentPolicy, aligned_word_phones, canonical_phones, heard_phones,
+                            strip_stress)
+
+PHONES = sorted(ARPABET)
 
 # ---------------------------------------------------------------- APA
 
@@ -94,8 +101,67 @@ def test_human_deletion():
 def test_predicted_insertions_are_ignored_by_mdd_but_count_in_per():
     assert mdd_labels(ROAD, ROAD_HEARD, ["L", "OW", "D", "Z"]) == ["CD", "TA", "TA"]
     assert mdd_labels(ROAD, ROAD_HEARD, ["AH", "L", "OW", "D"]) == ["CD", "TA", "TA"]
-    assert align_to_canonical(ROAD, ["AH", "L", "OW", "D"]) == ["L", "OW", "D"]
+    assert align_to_canonical(ROAD, ["AH", "L", "OW", "D"], ROAD_HEARD) == ["L", "OW", "D"]
     assert per([ROAD_HEARD], [["AH", "L", "OW", "D"]]) == pytest.approx(1 / 3)
+
+
+def test_alignment_uses_the_annotation():
+    # R deleted and OW heard as R: the heard R belongs to OW's position, not to the canonical R
+    canonical, human = ["R", "OW", "D"], [None, "R", "D"]
+    assert mdd_labels(canonical, human, ["R", "D"]) == ["CD", "CD", "TA"]  # plain edit distance: FA, DE, TA
+    assert align_to_canonical(canonical, ["R", "D"], human) == [None, "R", "D"]
+    # WHALE in 014350017 (train): W deleted, EY heard as OW, L unclear
+    assert mdd_labels(["W", "EY", "L"], [None, "OW", UNK], ["OW", UNK]) == ["CD", "CD", "CD"]  # was DE x3
+    assert mdd_labels(["AH", "R", "OW"], ["AH", DELETED, "OW"], ["AH", "OW"]) == ["TA", "CD", "TA"]
+    with pytest.raises(ValueError, match="3 canonical phones but 2 human"):
+        align_to_canonical(ROAD, ROAD, ["L", "OW"])
+
+
+def test_alignment_ties():
+    # "AE T" for "K AE": K left out, AE right, T inserted (cost 2) rather than two substitutions (cost 2)
+    assert mdd_labels(["K", "AE"], ["K", "AE"], ["AE", "T"]) == ["FR", "TA"]  # plain edit distance: FR, FR
+    assert align_to_canonical(["K", "AE"], ["S", "K"]) == ["K", None]
+    # a wrong phone where the annotators heard nothing is a diagnosis error, not an insertion
+    assert mdd_labels(["DH", "AH"], [None, "AH"], ["Z", "AH"]) == ["DE", "TA"]
+    assert mdd_labels(["DH", "AH"], [None, "AH"], ["DH", "AH"]) == ["FA", "TA"]
+
+
+def _reference_alignment(canonical, human, predicted):
+    """align_to_canonical's costs and tie rule, cell by cell: what the bit-parallel table must reproduce."""
+    drop = [int(h is not None) for h in human]
+    cost = [list(range(len(predicted) + 1))]
+    for i, (c, h) in enumerate(zip(canonical, human)):
+        row = [cost[i][0] + drop[i]]
+        for j, p in enumerate(predicted):
+            row.append(min(cost[i][j] + (p not in (c, h)), cost[i][j + 1] + drop[i], row[j] + 1))
+        cost.append(row)
+    aligned, i, j = [None] * len(canonical), len(canonical), len(predicted)
+    while i and j:
+        here, agrees = cost[i][j], predicted[j - 1] in (canonical[i - 1], human[i - 1])
+        diag, up, left = cost[i - 1][j - 1], cost[i - 1][j], cost[i][j - 1]
+        if (agrees and here == diag) or (human[i - 1] is None and here == diag + 1):
+            pair = True
+        elif here == up + drop[i - 1]:
+            i, pair = i - 1, False
+        elif here == left + 1:
+            j, pair = j - 1, False
+        else:
+            pair = True
+        if pair:
+            i, j = i - 1, j - 1
+            aligned[i] = predicted[j]
+    return aligned
+
+
+def test_bit_parallel_alignment_equals_the_cell_by_cell_one():
+    rng = random.Random(0)
+    for k in range(3000):
+        longest = 80 if k % 10 == 0 else 10  # beyond 64 bits now and then
+        canonical = rng.choices("ABCDE", k=rng.randint(0, longest))
+        human = [rng.choice("ABCDE") if rng.random() < 0.2 else None if rng.random() < 0.2 else c for c in canonical]
+        predicted = rng.choices("ABCDE", k=rng.randint(0, longest))
+        assert align_to_canonical(canonical, predicted, human) == _reference_alignment(canonical, human, predicted)
+        assert align_to_canonical(canonical, predicted) == _reference_alignment(canonical, canonical, predicted)
 
 
 def test_unk_is_a_phone_like_any_other():
@@ -146,6 +212,88 @@ def test_predicting_the_canonical_phones_finds_nothing():
     assert counts == MddCounts(ta=7, fa=2)
     assert counts.recall == 0.0
     assert math.isnan(counts.precision)  # nothing flagged: 0/0
+
+
+def _annotated(utt, policy=AccentPolicy.UNK):
+    """Canonical and human (heard, None = deleted) phone per position, as report.mdd_row builds them."""
+    pairs = [pair for w in utt.words for pair in aligned_word_phones(w, policy, utt.id)]
+    return [c for c, _ in pairs], [h for _, h in pairs]
+
+
+def _with_injected_errors(utt, rng, rate=0.3):
+    """A copy of `utt` with about `rate` of its phones annotated again: substituted, deleted, <unk> or accented."""
+    words = []
+    for w in utt.words:
+        mis = {m.index: m for m in w.mispronunciations}
+        for i, phone in enumerate(w.canonical_phones):
+            if rng.random() < rate:
+                base = strip_stress(phone)
+                mis[i] = Mispronunciation(i, base, rng.choice([rng.choice(PHONES), DELETED, UNK, base + "*"]))
+        words.append(dataclasses.replace(w, mispronunciations=tuple(mis[i] for i in sorted(mis))))
+    return dataclasses.replace(utt, words=tuple(words))
+
+
+@pytest.fixture(scope="module")
+def utterances(corpus_dir):
+    """The real labelled subset (train and test) and five seeded copies of it with many injected errors."""
+    real = [u for split in ("train", "test") for u in read_corpus(str(corpus_dir), split) if u.labelled]
+    rng = random.Random(0)
+    return real + [_with_injected_errors(u, rng) for _ in range(5) for u in real]
+
+
+def test_predicting_the_heard_phones_diagnoses_every_error(utterances):
+    for n, utt in enumerate(utterances):
+        for policy in AccentPolicy:
+            canonical, human = _annotated(utt, policy)
+            wrong = sum(h != c for c, h in zip(canonical, human))
+            counts = mdd_counts(canonical, human, heard_phones(utt, policy))
+            assert counts == MddCounts(ta=len(canonical) - wrong, cd=wrong), (n, utt.id, policy)
+
+
+def test_predicting_the_canonical_phones_accepts_every_error(utterances):
+    for n, utt in enumerate(utterances):
+        canonical, human = _annotated(utt)
+        wrong = sum(h != c for c, h in zip(canonical, human))
+        assert mdd_counts(canonical, human, canonical_phones(utt)) == MddCounts(ta=len(canonical) - wrong, fa=wrong), n
+
+
+def _perturbed(canonical, human, rng):
+    """A prediction whose true outcome per canonical phone is known, and those true counts.
+
+    Each canonical phone is produced as canonical, as heard, as another phone, or left out; about
+    one gap in fifty gets a random inserted phone (no outcome of its own).
+    """
+    predicted, truth = [], []
+    for c, h in zip(canonical, human):
+        if rng.random() < 0.02:
+            predicted.append(rng.choice(PHONES))
+        kind = rng.choices(("canonical", "heard", "other", "left out"), (0.3, 0.55, 0.075, 0.075))[0]
+        if kind == "canonical":
+            predicted.append(c)
+            truth.append("TA" if h == c else "FA")
+        elif kind == "heard":
+            predicted += [h] if h is not None else []
+            truth.append("TA" if h == c else "CD")
+        elif kind == "other":
+            predicted.append(rng.choice([p for p in PHONES if p not in (c, h)]))
+            truth.append("FR" if h == c else "DE")
+        else:
+            truth.append("FR" if h == c else "CD" if h is None else "DE")
+    return predicted, MddCounts.from_labels(truth)
+
+
+def test_perturbed_predictions_get_their_true_counts(utterances):
+    rng = random.Random(1)
+    got, true = [], []
+    for utt in utterances:
+        canonical, human = _annotated(utt)
+        for _ in range(4):
+            predicted, truth = _perturbed(canonical, human, rng)
+            got.append(mdd_counts(canonical, human, predicted))
+            true.append(truth)
+    exact = sum(g == t for g, t in zip(got, true)) / len(got)
+    assert exact >= 0.9  # the rest: readings as cheap as the truth, or cheaper
+    assert sum(got, MddCounts()).f1 == pytest.approx(sum(true, MddCounts()).f1, abs=0.005)
 
 
 def test_mdd_rejects_misaligned_human_phones():

@@ -1,7 +1,7 @@
 """Metrics of SPEC §4, as pure functions: APA correlations, WER, PER, MDD counts, bootstrap CIs.
 
 Everything comes from a library (scipy, jiwer, rapidfuzz - jiwer's own edit-distance engine)
-except the MDD counting, which no library provides.
+except the MDD alignment and counting, which no library provides.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import jiwer
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 from scipy import stats
+
+from pronlm.targets import DELETED
 
 NAN = float("nan")
 
@@ -145,18 +147,109 @@ class MddCounts:
         return {"TA": self.ta, "FR": self.fr, "FA": self.fa, "TR": self.tr, "CD": self.cd, "DE": self.de}
 
 
-def align_to_canonical(canonical: Sequence[str], predicted: Sequence[str]) -> list[str | None]:
+def align_to_canonical(canonical: Sequence[str], predicted: Sequence[str],
+                       human: Sequence[str | None] | None = None) -> list[str | None]:
     """The predicted phone aligned with each canonical phone (None: not produced); insertions dropped.
 
-    A minimum-edit-distance alignment (unit costs) backtraced by rapidfuzz, which is deterministic.
+    A minimum-cost alignment that uses the annotation (SPEC §4): pairing a predicted phone with
+    canonical position i costs 0 when it equals the canonical or the heard (`human`) phone there,
+    else 1; leaving position i unproduced costs 0 when the annotators deleted it (None or `<DEL>`),
+    else 1; an inserted predicted phone costs 1. So a prediction equal to the heard phones, or to the
+    canonical ones, aligns position by position. Without `human` the canonical phones count as heard.
+    Ties (equally cheap alignments): the backtrace runs from the end and at each step prefers pairing
+    a phone that agrees with the position (or, at an annotated deletion, any phone: a wrong phone
+    where nothing was heard is a diagnosis error), then leaving the canonical phone unproduced, then
+    an insertion, then a substitution; so "X Y" where Y is the canonical phone at i reads as X
+    inserted, Y correct, i + 1 skipped, not two substitutions. On perturbed utterances this tie
+    rule gave the true counts more often than preferring any pairing.
     """
-    aligned: list[str | None] = list(canonical)
-    for op in Levenshtein.editops(list(canonical), list(predicted)):
-        if op.tag == "replace":
-            aligned[op.src_pos] = predicted[op.dest_pos]
-        elif op.tag == "delete":
-            aligned[op.src_pos] = None
+    canonical = list(canonical)
+    human = canonical if human is None else _deleted_as_none(human)
+    if len(human) != len(canonical):
+        raise ValueError(f"align: {len(canonical)} canonical phones but {len(human)} human phones")
+    return _align(canonical, human, list(predicted))
+
+
+def _deleted_as_none(human: Sequence[str | None]) -> list[str | None]:
+    """The human phones as a list, `<DEL>` read as None (the form `pronlm.targets` gives)."""
+    return [None if h == DELETED else h for h in human] if DELETED in human else list(human)
+
+
+def _align(canonical: list[str], human: list[str | None], predicted: list[str]) -> list[str | None]:
+    """`align_to_canonical` on lists of equal length, deletions as None."""
+    if predicted == canonical:
+        return canonical
+    if predicted == [h for h in human if h is not None]:
+        return human
+    aligned: list[str | None] = [None] * len(canonical)
+    if not predicted:
+        return aligned
+    rows = _cost_rows(canonical, human, predicted)
+    i, j = len(canonical), len(predicted)
+    here = _cost(rows[i], j)
+    while i and j:
+        p, c, h = predicted[j - 1], canonical[i - 1], human[i - 1]
+        up = _cost(rows[i - 1], j)
+        diag = up - _step(rows[i - 1], j)
+        left = here - _step(rows[i], j)
+        agrees = p == c or p == h
+        if (here == diag and agrees) or (here == diag + 1 and h is None):
+            i, j, here = i - 1, j - 1, diag
+            aligned[i] = p
+        elif here == up + (h is not None):
+            i, here = i - 1, up
+        elif here == left + 1:
+            j, here = j - 1, left
+        else:  # here == diag + 1: a substitution
+            i, j, here = i - 1, j - 1, diag
+            aligned[i] = p
     return aligned
+
+
+def _cost_rows(canonical: list[str], human: list[str | None], predicted: list[str]) -> list[tuple[int, int, int]]:
+    """Rows of the alignment's cost table D[i][j] (canonical[:i] against predicted[:j]), bit-parallel.
+
+    Row i is (D[i][0], vp, vn): bit j-1 of vp (vn) is set where D[i][j] - D[i][j-1] is +1 (-1).
+    A row whose deletion costs 1 is Hyyrö's step of Myers' algorithm for global edit distance
+    (Hyyrö 2001, "Explaining and extending the bit-parallel approximate string matching algorithm
+    of Myers"), its match mask holding the canonical and the heard phone. A row whose deletion is
+    free has D[i][j] = D[i-1][j] - x[j], where x[j] = 1 when D[i-1][j] - D[i-1][j-1] = +1 and
+    (predicted[j-1] matches or x[j-1] = 1): a carry chain, one addition as in Myers' D0.
+    Three times faster than a cell-by-cell loop, which the tests keep as the reference.
+    """
+    mask = (1 << len(predicted)) - 1
+    match: dict[str, int] = {}
+    for j, p in enumerate(predicted):
+        match[p] = match.get(p, 0) | 1 << j
+    first, vp, vn = 0, mask, 0
+    rows = [(first, vp, vn)]
+    for c, h in zip(canonical, human):
+        if h is None:
+            start = match.get(c, 0) & vp
+            x = (((start + vp) ^ vp) | start) & vp
+            carried = x << 1 & mask
+            vp, vn = (x & carried) | (vp & ~(x | carried)) | (carried & ~(x | vn)), vn & ~carried
+        else:
+            eq = match.get(c, 0) | match.get(h, 0)
+            d0 = (((eq & vp) + vp) ^ vp) | eq | vn
+            hp = (vn | ~(d0 | vp)) << 1 | 1
+            hn = (vp & d0) << 1
+            vp, vn = (hn | ~(hp | d0)) & mask, hp & d0 & mask
+            first += 1
+        rows.append((first, vp, vn))
+    return rows
+
+
+def _cost(row: tuple[int, int, int], j: int) -> int:
+    """D[i][j] from row i of `_cost_rows`."""
+    first, vp, vn = row
+    low = (1 << j) - 1
+    return first + (vp & low).bit_count() - (vn & low).bit_count()
+
+
+def _step(row: tuple[int, int, int], j: int) -> int:
+    """D[i][j] - D[i][j-1] from row i of `_cost_rows`."""
+    return (row[1] >> (j - 1) & 1) - (row[2] >> (j - 1) & 1)
 
 
 def mdd_labels(canonical: Sequence[str], human: Sequence[str | None], predicted: Sequence[str]) -> list[str]:
@@ -164,15 +257,17 @@ def mdd_labels(canonical: Sequence[str], human: Sequence[str | None], predicted:
 
     Hand-written because no library implements the three-way canonical/human/predicted comparison
     of Li et al. (2016), and the paper released no code. `human` aligns with `canonical` by index
-    (None = deleted; SpeechOcean762 annotates no insertions); `predicted` is aligned to `canonical`
-    by `align_to_canonical`. A deletion counts as "differs"; human and prediction both deleted is a
-    correct diagnosis. Predicted insertions sit between canonical phones and are ignored, as in the
-    standard protocol (they still count in PER).
+    (None or `<DEL>` = deleted; SpeechOcean762 annotates no insertions); `predicted` is aligned to
+    both by `align_to_canonical`, which uses the annotation, so a prediction equal to the heard
+    phones scores CD on every error and no FR, FA or DE. A deletion counts as "differs"; human and
+    prediction both deleted is a correct diagnosis. Predicted insertions sit between canonical
+    phones and are ignored, as in the standard protocol (they still count in PER).
     """
     if len(canonical) != len(human):
         raise ValueError(f"mdd: {len(canonical)} canonical phones but {len(human)} human phones")
+    canonical, human = list(canonical), _deleted_as_none(human)
     labels = []
-    for c, h, p in zip(canonical, human, align_to_canonical(canonical, predicted)):
+    for c, h, p in zip(canonical, human, _align(canonical, human, list(predicted))):
         if h == c:
             labels.append("TA" if p == c else "FR")
         elif p == c:
