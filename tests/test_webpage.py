@@ -40,20 +40,34 @@ def spoken_wav(espeak, tmp_path_factory) -> Path:
 
 def assess_in_page(browser, url: str, wav: Path, screenshot: str):
     """Open the page, upload `wav`, type the sentence, submit; the page once the result shows."""
+    page, errors = open_page(browser, url)
+    choose_clip(page, wav)
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden]) #sentence .word", timeout=60_000)
+    save_screenshot(page, screenshot)
+    assert errors == [], errors
+    return page
+
+
+def open_page(browser, url: str):
+    """A new page at `url` and the list its script errors go to."""
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
+    return page, errors
+
+
+def choose_clip(page, wav: Path) -> None:
     page.fill("#text", SENTENCE)
     page.set_input_files("#file", str(wav))
     page.wait_for_selector("#submit:not([disabled])", timeout=15_000)  # the clip was converted to WAV
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden]) #sentence .word", timeout=60_000)
+
+
+def save_screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
-    assert (ARTIFACTS / screenshot).stat().st_size > 0
-    assert errors == [], errors
-    return page
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    assert (ARTIFACTS / name).stat().st_size > 0
 
 
 def words_shown(page) -> list[tuple[str, str]]:
@@ -65,7 +79,7 @@ def test_page_with_the_tiny_model(browser, spoken_wav, tmp_path):
     with pronlm_server(tmp_path / "server.log") as url:
         page = assess_in_page(browser, url, spoken_wav, "webpage.png")
     assert [w for w, _ in words_shown(page)] == ["WE", "CALL", "ZORBLAX", "BEAR"]
-    assert any("omission" in c for _, c in words_shown(page))  # nothing understood: highlighted as omitted
+    assert all("notjudged" in c for _, c in words_shown(page))  # nothing understood: not judged, not omitted
     assert "could not be read" in page.inner_text("#problems")
     assert [s.inner_text() for s in page.query_selector_all("#scores .value")] == ["—"] * 4
     page.close()
@@ -96,3 +110,35 @@ def _espeak_seconds(path: Path) -> float:
 
     info = sf.info(str(path))
     return info.frames / info.samplerate
+
+
+def test_page_asks_for_the_key_once(browser, spoken_wav):
+    """A server with a key: the page asks when it answers 401, again when the key is wrong, then
+    keeps the key for the tab (sessionStorage), so a reload assesses without asking."""
+    from pronlm.serve import create_app
+
+    key = "classroom-key"
+    predictor = CannedPredictor()
+    with inprocess_server(create_app(predictor, api_key=key)) as url:
+        page, errors = open_page(browser, url)
+        assert page.is_hidden("#key-row")
+        choose_clip(page, spoken_wav)
+        page.click("#submit")
+        page.wait_for_selector("#key-row:not([hidden])", timeout=15_000)
+        assert "needs an API key" in page.inner_text("#status")
+        save_screenshot(page, "webpage-key-asked.png")
+        page.fill("#key", "a guess")
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('status').textContent.includes('not accepted')")
+        page.fill("#key", key)
+        page.click("#submit")
+        page.wait_for_selector("#result:not([hidden]) #sentence .word", timeout=60_000)
+        save_screenshot(page, "webpage-key.png")
+        assert page.is_hidden("#key-row") and page.evaluate("sessionStorage.getItem('pronlm-api-key')") == key
+        page.reload()
+        choose_clip(page, spoken_wav)
+        page.click("#submit")
+        page.wait_for_selector("#result:not([hidden]) #sentence .word", timeout=60_000)
+        assert page.is_hidden("#key-row")
+    assert predictor.batches == [1, 1] and errors == [], errors  # 401s never reached the model
+    page.close()

@@ -3,6 +3,7 @@
 "use strict";
 
 const RATE = 16000;
+const KEY_STORE = "pronlm-api-key";  // sessionStorage: asked once, forgotten when the tab closes
 const $ = (id) => document.getElementById(id);
 let clip = null;        // {blob, name} to upload
 let recorder = null;
@@ -96,6 +97,23 @@ async function pickFile() {
 
 // ------------------------------------------------------------ request
 
+function authHeaders() {
+  const typed = $("key").value.trim();
+  if (typed) sessionStorage.setItem(KEY_STORE, typed);
+  const key = sessionStorage.getItem(KEY_STORE);
+  return key ? {Authorization: `Bearer ${key}`} : {};
+}
+
+function askForKey(hadKey) {
+  // the server answered 401: show the key field; the next Assess sends what is typed there
+  sessionStorage.removeItem(KEY_STORE);
+  $("key").value = "";
+  $("key-row").hidden = false;
+  $("key").focus();
+  setStatus(hadKey ? "That API key was not accepted: enter it again, then press Assess."
+                   : "This server needs an API key: enter it, then press Assess.", true);
+}
+
 async function submit(event) {
   event.preventDefault();
   const text = $("text").value.trim();
@@ -107,7 +125,11 @@ async function submit(event) {
   $("submit").disabled = true;
   setStatus("Assessing…");
   try {
-    const response = await fetch("/assess", {method: "POST", body: form});
+    const headers = authHeaders();
+    const response = await fetch("/assess", {method: "POST", body: form, headers});
+    if (response.status === 401) { askForKey("Authorization" in headers); return; }
+    $("key-row").hidden = true;
+    $("key").value = "";
     const body = await response.json().catch(() => ({detail: response.statusText}));
     if (!response.ok) {
       const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
@@ -175,7 +197,7 @@ function renderWords(words) {
     const span = el("span", wordClass(w), w.error_type === "Insertion" ? `+${w.word}` : w.word);
     span.title = `${w.error_type}: expected ${w.expected_phones.join(" ") || "—"}, heard ${w.heard_phones.join(" ") || "—"}`;
     sentence.append(span, " ");
-    if (w.error_type === "None" && w.known) continue;
+    if ((w.error_type === "None" && w.known) || w.error_type === "NotJudged") continue;  // problems says why
     const row = el("tr");
     row.append(el("td", wordClass(w), w.word),
                el("td", "", w.known ? w.error_type : `${w.error_type === "None" ? "not judged" : w.error_type}` +
