@@ -7,19 +7,22 @@ import json
 import numpy as np
 import pytest
 
-from pronlm.assess import (UNKNOWN, AssessError, Lexicon, align_phones, assess, expected_words, feedback, format_table,
-                           normalise_words, read_lexicon, word_feedback)
+import soundfile as sf
+
+from pronlm.assess import (UNKNOWN, AssessError, Lexicon, align_phones, assess, assess_long, expected_words, feedback,
+                           format_table, normalise_words, read_lexicon, word_feedback)
+from pronlm.data import load_audio
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
 WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones"}
-ERROR_TYPES = {"None", "Mispronunciation", "Omission", "Insertion"}
+ERROR_TYPES = {"None", "Mispronunciation", "Omission", "Insertion", "NotJudged"}
 STATUSES = {"correct", "substituted", "deleted", "inserted"}
+KEYS = {"text", "scores", "word_transcript", "phoneme_transcript", "words", "errors", "unknown_words"}
 
 
 def check_schema(result: dict) -> None:
-    """The assessment schema shared by `assess`, the CLI and the service."""
-    assert set(result) == {"text", "scores", "word_transcript", "phoneme_transcript", "words", "errors",
-                           "unknown_words"}
+    """The assessment schema shared by `assess`, the CLI and the service (`assess_long` adds `chunks`)."""
+    assert set(result) == KEYS | ({"chunks"} & set(result))
     assert result["scores"] is None or set(result["scores"]) == set(SCORES)
     assert isinstance(result["word_transcript"], str) and isinstance(result["phoneme_transcript"], str)
     assert result["words"], "every sentence has at least one word"
@@ -58,9 +61,49 @@ def test_canonical_phones_of_a_known_sentence():
     assert " ".join(p for _, phones in words for p in phones) == "W IY K AO L IH T B EH R"
 
 
-def test_words_are_normalised_keeping_apostrophes():
-    assert normalise_words("Don’t stop, it's   WELL-known!") == ["DON'T", "STOP", "IT'S", "WELL", "KNOWN"]
+def test_words_are_normalised_keeping_apostrophes_and_hyphens():
+    assert normalise_words("Don’t stop, it's   WELL-known!") == ["DON'T", "STOP", "IT'S", "WELL-KNOWN"]
     assert dict(expected_words("don't"))["DON'T"] == ("D", "OW", "N", "T")  # first pronunciation
+
+
+def test_hyphenated_word_is_one_word_with_its_parts_phones():
+    assert expected_words("well-known") == [("WELL-KNOWN", ("W", "EH", "L", "N", "OW", "N"))]
+    assert expected_words("ad-hoc") == [("AD-HOC", ("AE", "D", "HH", "AA", "K"))]  # CMUdict's own entry
+    assert expected_words("well-zorblax") == [("WELL-ZORBLAX", None)]
+
+
+def test_a_hyphenated_word_matches_its_parts_heard_as_two_words():
+    result = run("A well-known bear", "A WELL KNOWN BEAR", "AH W EH L N OW N B EH R")
+    assert summary(result) == [("A", "None", "AH"), ("WELL-KNOWN", "None", "W EH L N OW N"), ("BEAR", "None", "B EH R")]
+    result = run("A well-known bear", "A WELL THE KNOWN BEAR", "AH W EH L DH AH N OW N B EH R")
+    assert [(w, e) for w, e, _ in summary(result)] == [("A", "None"), ("WELL-KNOWN", "Mispronunciation"),
+                                                       ("THE", "Insertion"), ("BEAR", "None")]
+
+
+def test_accented_words_are_folded_not_split():
+    # before: résumé -> R, SUM (two judged words); café -> CAF (unknown)
+    assert expected_words("Résumé") == [("RESUME", ("R", "IH", "Z", "UW", "M"))]
+    assert expected_words("un café") == [("UN", ("AH", "N")), ("CAFE", ("K", "AH", "F", "EY"))]
+
+
+def test_numbers_are_spelled_out():
+    # before: 42 -> one unknown word "42"
+    assert [w for w, _ in expected_words("I am 42")] == ["I", "AM", "FORTY", "TWO"]
+    assert all(phones for _, phones in expected_words("the 2nd of May 1990, 3.5%"))
+
+
+def test_text_without_latin_letters_is_rejected():
+    # before: 東京 disappeared, and with it the only word: "has no words"
+    with pytest.raises(AssessError, match="no words in Latin letters"):
+        expected_words("東京")
+    with pytest.raises(AssessError, match=r"not in Latin letters \(東京\)"):
+        expected_words("I live in 東京")
+
+
+def test_lexicon_headwords_are_normalised_like_the_text(tmp_path):
+    path = tmp_path / "lexicon.txt"
+    path.write_text("Résumé R EH1 Z AH0 M EY2\n", encoding="utf-8")
+    assert dict(expected_words("my résumé", Lexicon.load(path)))["RESUME"] == ("R", "EH", "Z", "AH", "M", "EY")
 
 
 def test_text_without_words_is_rejected():
@@ -221,8 +264,24 @@ def test_unparsed_answers_still_give_the_schema():
     check_schema(result)
     assert result["scores"] is None
     assert result["errors"] == [{"task": "apa", "error": "empty answer"}, {"task": "mdd", "error": "no JSON object"}]
-    assert {w["error_type"] for w in result["words"]} == {"Omission"}
+    assert {w["error_type"] for w in result["words"]} == {"NotJudged"}
     assert feedback("We call it bear", None, None)["errors"][0]["error"] == "no APA prediction was returned"
+
+
+def test_a_failed_mdd_answer_judges_no_word_and_keeps_the_scores():
+    # before: every word an Omission with its phones struck through (deleted)
+    apa, _ = ok("", "")
+    mdd = {"id": "0", "task": "mdd", "ok": False, "error": "no JSON object", "word_transcript": "",
+           "phoneme_transcript": ""}
+    result = feedback("We call zorblax", apa, mdd)
+    check_schema(result)
+    assert result["scores"] == SCORES and result["errors"] == [{"task": "mdd", "error": "no JSON object"}]
+    assert [(w["word"], w["error_type"], w["known"], w["expected_phones"], w["phones"]) for w in result["words"]] == [
+        ("WE", "NotJudged", True, ["W", "IY"], []), ("CALL", "NotJudged", True, ["K", "AO", "L"], []),
+        ("ZORBLAX", "NotJudged", False, [], [])]
+    table = format_table(result)
+    assert "Omission" not in table and "-W" not in table
+    assert "no word is judged: the phones heard could not be read" in table and "no JSON object" in table
 
 
 def test_format_table_marks_errors_and_colours_only_when_asked():
@@ -248,3 +307,117 @@ def test_assess_command_reports_a_missing_file(tmp_path, capsys):
 
     assert main(["assess", "--audio", str(tmp_path / "none.wav"), "--text", "hello"]) == 2
     assert "audio file not found" in capsys.readouterr().err
+
+
+def test_assess_command_rejects_text_without_latin_letters(corpus_dir, capsys):
+    from pronlm.cli import main
+
+    wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
+    assert main(["assess", "--audio", str(wav), "--text", "東京"]) == 2
+    assert "has no words in Latin letters" in capsys.readouterr().err
+
+
+def test_assess_command_reports_a_truncated_wav(corpus_dir, tmp_path, capsys):
+    from pronlm.cli import main
+    from tests.test_data import cut_wav
+
+    wav = tmp_path / "cut.wav"
+    wav.write_bytes((corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV").read_bytes())
+    cut_wav(wav)
+    assert main(["assess", "--audio", str(wav), "--text", "We call it bear"]) == 2  # before: assessed half a clip
+    assert "is truncated: its header promises 2.58 s of samples" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- long recordings
+
+
+def write_reading(train_utterances, path, n: int = 15) -> tuple[str, list[int]]:
+    """The first `n` train clips as one WAV (47 s for 15): its text and clip ends."""
+    from tests.test_data import long_reading
+
+    samples, texts, ends = long_reading(train_utterances, n)
+    sf.write(path, samples, 16000)
+    return " ".join(texts), ends
+
+
+def test_assess_command_refuses_a_clip_over_the_limit_in_one_line(train_utterances, tmp_path, capsys):
+    from pronlm.cli import main
+
+    text, _ = write_reading(train_utterances, tmp_path / "long.wav")
+    # before: no limit, and the encoder crashed inside transformers ("view size is not compatible")
+    assert main(["assess", "--audio", str(tmp_path / "long.wav"), "--text", text]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "long.wav lasts 47.0 s, over the limit of 30 s: pass --split-long" in err
+
+
+def test_assess_command_refuses_a_limit_above_the_encoders(corpus_dir, capsys):
+    from pronlm.cli import main
+
+    wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
+    assert main(["assess", "--audio", str(wav), "--text", "We call it bear", "--max-audio-seconds", "120"]) == 2
+    assert "max_audio_seconds is 120 s, but the model's audio encoder takes at most 40 s" in capsys.readouterr().err
+
+
+class PiecePredictor:
+    """Test double of `Predictor` for `assess_long`: piece k gets `answers[k]`, (scores, words said);
+    the heard phones are the words' dictionary phones; words None: an unreadable MDD answer."""
+
+    max_audio_seconds = 30.0
+
+    def __init__(self, answers):
+        self.answers, self.pieces = answers, []
+
+    def predict(self, items, tasks=("apa", "mdd"), batch_size=8):
+        out = []
+        for item_id, samples in items:
+            self.pieces.append(len(samples))
+            scores, words = self.answers[int(item_id)]
+            out.append({"id": item_id, "task": "apa", "ok": True, "error": None, "scores": scores, "raw": ""})
+            phones = " ".join(p for _, ph in expected_words(words) for p in ph) if words else ""
+            out.append({"id": item_id, "task": "mdd", "ok": words is not None, "raw": "",
+                        "error": None if words else "no JSON object", "word_transcript": words or "",
+                        "phoneme_transcript": phones})
+        return out
+
+
+def test_assess_long_scores_each_piece_and_judges_the_whole_text(train_utterances):
+    from tests.test_data import long_reading
+
+    samples, texts, _ = long_reading(train_utterances)
+    answers = [({"accuracy": k % 10, "fluency": 8, "prosodic": 6, "total": 5}, t) for k, t in enumerate(texts)]
+    predictor = PiecePredictor(answers)
+    result = assess_long(predictor, samples, " ".join(texts))
+    check_schema(result)
+    chunks = result["chunks"]
+    assert [c["word_transcript"] for c in chunks] == texts and result["errors"] == []
+    assert max(predictor.pieces) <= 30 * 16000 and all(c["end"] - c["start"] <= 30 for c in chunks)
+    assert [(w["word"], w["error_type"]) for w in result["words"]] == [(w, "None") for w in " ".join(texts).split()]
+    assert result["word_transcript"] == " ".join(texts)
+    durations = [c["end"] - c["start"] for c in chunks]
+    mean = sum(c["scores"]["accuracy"] * d for c, d in zip(chunks, durations)) / sum(durations)
+    assert result["scores"] == {"accuracy": round(mean, 1), "fluency": 8.0, "prosodic": 6.0, "total": 5.0}
+    assert "piece 15" in format_table(result)
+
+
+def test_assess_long_judges_no_word_when_a_piece_was_not_understood(train_utterances):
+    from tests.test_data import long_reading
+
+    samples, texts, _ = long_reading(train_utterances, 4)
+    answers = [(SCORES, t) for t in texts]
+    answers[2] = (SCORES, None)
+    result = assess_long(PiecePredictor(answers), samples, " ".join(texts))
+    check_schema(result)
+    assert {w["error_type"] for w in result["words"]} == {"NotJudged"} and result["scores"] == SCORES
+    (error,) = result["errors"]
+    assert error["task"] == "mdd" and error["error"].startswith("piece 3 (") and error["error"].endswith("no JSON object")
+
+
+def test_assess_command_split_long_with_the_tiny_model(train_utterances, tmp_path, capsys):
+    from pronlm.assess import assess_command
+
+    text, _ = write_reading(train_utterances, tmp_path / "long.wav")
+    assert assess_command(str(tmp_path / "long.wav"), text, fmt="json", max_new_tokens=8, split_long=True) == 0
+    result = json.loads(capsys.readouterr().out)
+    check_schema(result)
+    assert len(result["chunks"]) == 15 and all(c["end"] - c["start"] <= 30 for c in result["chunks"])
+    assert [w["word"] for w in result["words"] if w["error_type"] != "Insertion"] == normalise_words(text)

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import bisect
+import io
 import json
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from pronlm.data import AudioError, CorpusError, LabelError, Mispronunciation, load_audio, read_corpus
+from pronlm.data import (SAMPLE_RATE, AudioError, CorpusError, LabelError, Mispronunciation, check_complete, load_audio,
+                         read_corpus, speech_chunks)
+
+
+def long_reading(utterances, n: int = 15) -> tuple[np.ndarray, list[str], list[int]]:
+    """Real clips read one after another (47 s for the first 15 train clips): samples, texts, clip ends."""
+    clips = [load_audio(u.audio, u.id) for u in utterances[:n]]
+    return np.concatenate(clips), [u.text for u in utterances[:n]], list(np.cumsum([len(c) for c in clips]))
+
+
+def cut_wav(path, keep: float = 0.5) -> None:
+    """Keep the first `keep` of a file's bytes, header and all, as a recording cut short does."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
 
 
 def write_corpus(root, entries: dict, split: str = "train", wav_seconds: float = 1.0):
@@ -125,6 +140,30 @@ def test_silent_wav(tmp_path):
         load_audio(tmp_path / "silent.wav", "u4")
 
 
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_truncated_wav_is_reported(tmp_path, subtype):
+    # before: read as a 1 s clip without a word (libsndfile cuts its frame count to what is there)
+    sf.write(tmp_path / "cut.wav", np.full(32000, 0.1), 16000, subtype=subtype)
+    cut_wav(tmp_path / "cut.wav")
+    assert 0 < sf.info(str(tmp_path / "cut.wav")).frames < 32000
+    with pytest.raises(AudioError, match=r"utterance u6: audio .*cut\.wav is truncated: its header promises 2\.00 s "
+                                         r"of samples but the file holds (0\.99|1\.00) s \(cut short"):
+        load_audio(tmp_path / "cut.wav", "u6")
+
+
+def test_complete_wavs_pass_the_truncation_check(tmp_path):
+    for name, frames in (("odd.wav", 16001), ("even.wav", 16000)):  # an odd-sized data chunk has a pad byte
+        sf.write(tmp_path / name, np.full(frames, 0.1), 16000, subtype="PCM_U8")
+        assert load_audio(tmp_path / name).shape == (frames,)
+    data = (tmp_path / "even.wav").read_bytes()
+    check_complete(io.BytesIO(data), "upload", "upload")  # what a service can call on the bytes it received
+    with pytest.raises(AudioError, match="truncated"):
+        check_complete(io.BytesIO(data[:-100]), "upload", "upload")
+    streamed = data[:40] + b"\xff\xff\xff\xff" + data[44:-100]  # data size unknown, as a piped recorder writes
+    check_complete(io.BytesIO(streamed), "upload", "upload")
+    check_complete(io.BytesIO(b"fLaC" + data[4:-100]), "upload", "upload")  # not a WAV: left to the decoder
+
+
 def test_too_long_wav(tmp_path):
     sf.write(tmp_path / "long.wav", np.full(48000, 0.1), 16000)
     with pytest.raises(AudioError, match=r"utterance u5: audio .* lasts 3\.0 s, over the maximum of 2 s"):
@@ -173,3 +212,34 @@ def test_small_corpus_reads_back(tmp_path):
     assert (u.id, u.speaker, u.text) == ("u1", "0042", "CAT")
     assert u.scores.accuracy == 8  # rounded to an integer target
     assert u.words[0].canonical_phones == ("K", "AE0", "T")
+
+
+# ---------------------------------------------------------------- cutting a long recording at pauses
+
+
+def test_a_reading_is_cut_between_its_sentences(train_utterances):
+    samples, texts, ends = long_reading(train_utterances)
+    spans = speech_chunks(samples, max_seconds=30.0)
+    # each piece holds one clip's speech: its middle lies inside that clip
+    assert [bisect.bisect(ends, (a + b) // 2) for a, b in spans] == list(range(len(texts)))
+
+
+def test_speech_without_long_pauses_is_cut_under_the_limit(train_utterances):
+    samples, _, _ = long_reading(train_utterances, 6)
+    spans = speech_chunks(samples, max_seconds=2.0)
+    assert max(b - a for a, b in spans) <= 2.0 * SAMPLE_RATE
+    assert len(spans) > 6  # some sentences were cut inside
+
+
+def test_no_speech_gives_no_pieces():
+    assert speech_chunks(np.zeros(3 * SAMPLE_RATE, np.float32), 30.0) == []
+
+
+def test_the_voice_detector_leaves_torch_threads_alone():
+    import subprocess
+    import sys
+
+    code = ("import numpy, torch; torch.set_num_threads(2); from pronlm.data import speech_chunks; "
+            "speech_chunks(numpy.zeros(16000, numpy.float32), 30.0); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "2"  # silero_vad's import alone would leave 1: the model would run on one core

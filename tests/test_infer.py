@@ -10,9 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from pronlm.data import load_audio
-from pronlm.infer import Predictor, done_keys, predict
+from pronlm.data import AudioError, load_audio
+from pronlm.infer import AudioLimitError, Predictor, done_keys, max_audio_seconds, predict
+from pronlm.phi4_config import real_config
+from pronlm.prompts import TASKS, Example
 from tests.conftest import kill_when
+from tests.test_data import cut_wav
 
 
 def predict_cmd(corpus, out, *extra):
@@ -93,3 +96,53 @@ def test_resume_after_sigkill_adds_exactly_the_missing_lines(corpus_dir, tmp_pat
     assert sorted(after) == sorted(full.read_text().splitlines(keepends=True))
     rerun = subprocess.run(predict_cmd(corpus_dir, cut), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and len(cut.read_text().splitlines()) == 20
+
+
+# ---------------------------------------------------------------- audio limits
+
+
+def noise(n_samples: int) -> np.ndarray:
+    return (0.1 * np.random.default_rng(0).standard_normal(n_samples)).astype(np.float32)
+
+
+def test_the_audio_limit_comes_from_the_encoder_config(tiny_model):
+    assert max_audio_seconds(real_config()) == 40.0  # bias_max_distance 500
+    assert max_audio_seconds(tiny_model.config) == 40.0  # bias_max_distance 1000: it limits nothing
+    assert max_audio_seconds(tiny_model.config.audio_config) == 40.0
+
+
+def test_the_limit_is_where_the_encoder_breaks():
+    """The experiment behind `max_audio_seconds`: 640,399 samples make 4,000 feature frames, 500 encoder
+    positions, and decode in a batch of two (APA and MDD, as assess sends them); 640,400 samples make
+    501 positions, and transformers fails. If this starts to pass, transformers was fixed: revisit the limit."""
+    predictor = Predictor.load("tiny", max_new_tokens=1, max_audio_seconds=None)
+    assert predictor.max_audio_seconds == 40.0
+    examples = [Example("x", task, None, predictor.prompts.for_task(task), None) for task in TASKS]
+    predictor.generate(examples, [noise(640_399)] * 2)
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        predictor.generate(examples, [noise(640_400)] * 2)
+
+
+def test_a_limit_above_the_encoders_is_refused_at_start_up():
+    # before: accepted, and the first clip over 40 s crashed inside transformers
+    with pytest.raises(AudioLimitError, match=r"max_audio_seconds is 120 s, but the model's audio encoder takes at "
+                                              r"most 40 s per clip: set it to 40 or less"):
+        Predictor.load("tiny", max_audio_seconds=120)
+
+
+def test_a_clip_over_the_limit_is_refused_before_generation():
+    # before: RuntimeError from transformers' audio encoder
+    predictor = Predictor.load("tiny", max_new_tokens=1)
+    with pytest.raises(AudioError, match=r"utterance long: audio lasts 50\.00 s, over the limit of 30 s"):
+        predictor.predict([("short", noise(16000)), ("long", noise(50 * 16000))])
+
+
+def test_a_truncated_clip_is_reported_and_the_rest_predicted(corpus_dir, tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, corpus, ignore=shutil.ignore_patterns("SPEAKER0001", "SPEAKER0005", "SPEAKER1*",
+                                                                        "SPEAKER2*"))
+    cut_wav(corpus / "WAVE" / "SPEAKER0003" / "000030145.WAV")
+    out = tmp_path / "p.jsonl"
+    predict("tiny", None, str(corpus), "test", str(out), batch_size=4, limit=3, max_new_tokens=4)
+    assert {r["id"] for r in read_lines(out)} == {"000030153", "000030154"}  # before: a cut clip was predicted
+    assert "utterance 000030145" in caplog.text and "is truncated" in caplog.text

@@ -1,16 +1,18 @@
 """Feedback for one recording of a known sentence: scores plus Azure-style per-word errors.
 
 The model gives sentence scores (APA) and the phones it heard as one flat list (MDD). The words
-of the sentence give the phones that were expected (CMUdict, or a lexicon file). Aligning the two
-says, per word, which phones were right, substituted, deleted or inserted, and so each word's
-`error_type` (None / Mispronunciation / Omission / Insertion, as Azure Pronunciation Assessment).
-`assess` returns the one schema that the CLI and the HTTP service share.
+of the sentence (normalised by `pronlm.text`: résumé -> RESUME, 42 -> FORTY TWO) give the phones
+that were expected (CMUdict, or a lexicon file). Aligning the two says, per word, which phones
+were right, substituted, deleted or inserted, and so each word's `error_type`: None /
+Mispronunciation / Omission / Insertion, as Azure Pronunciation Assessment, or `NotJudged` when
+the MDD answer could not be read (the word may well have been said: `errors` says why; its
+`phones` are then empty). `assess` returns the one schema that the CLI and the HTTP service
+share; `assess_long` adds `chunks` (one per piece of a long recording cut at pauses).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,14 +20,14 @@ from pathlib import Path
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from pronlm.data import PronlmError
+from pronlm.data import SAMPLE_RATE, ApaScores, PronlmError
 from pronlm.prompts import TASKS
 from pronlm.targets import cmudict_entries, strip_stress
+from pronlm.text import TextError, plain_word, sentence_words, words as spoken_words
 
 CORRECT, SUBSTITUTED, DELETED, INSERTED = "correct", "substituted", "deleted", "inserted"
 NONE, MISPRONUNCIATION, OMISSION, INSERTION = "None", "Mispronunciation", "Omission", "Insertion"
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
-_WORD = re.compile(r"[A-Z0-9]+(?:'[A-Z0-9]+)*")  # DON'T and O'CLOCK stay one word; hyphens split
+NOT_JUDGED = "NotJudged"  # the heard phones could not be read: unknown, not omitted
 
 
 class AssessError(PronlmError):
@@ -36,8 +38,8 @@ class AssessError(PronlmError):
 
 
 def normalise_words(text: str) -> list[str]:
-    """Upper-case words without punctuation; inner apostrophes kept ("don't!" -> ["DON'T"])."""
-    return _WORD.findall(text.translate(_APOSTROPHES).upper())
+    """Upper-case words without punctuation, as `pronlm.text` spells them ("don't!" -> ["DON'T"])."""
+    return spoken_words(text)
 
 
 def read_lexicon(path: str | Path) -> dict[str, tuple[str, ...]]:
@@ -52,7 +54,7 @@ def read_lexicon(path: str | Path) -> dict[str, tuple[str, ...]]:
         word, *phones = line.split()
         if not phones:
             raise AssessError(f"{path}:{number}: {word!r} has no phones; expected 'WORD PH1 PH2 ...'")
-        entries.setdefault(word.translate(_APOSTROPHES).upper(), tuple(strip_stress(p) for p in phones))
+        entries.setdefault(plain_word(word), tuple(strip_stress(p) for p in phones))
     return entries
 
 
@@ -67,7 +69,17 @@ class Lexicon:
         return cls(read_lexicon(path) if path else None)
 
     def phones(self, word: str) -> tuple[str, ...] | None:
-        """The first pronunciation of an upper-case word, or None when neither source knows it."""
+        """The first pronunciation of an upper-case word, or None when neither source knows it.
+
+        A hyphenated word that no source lists (WELL-KNOWN) is its parts' phones in order.
+        """
+        found = self._entry(word)
+        if found is None and "-" in word:
+            parts = [self._entry(part) for part in word.split("-")]
+            found = tuple(p for part in parts for p in part) if all(parts) else None
+        return found
+
+    def _entry(self, word: str) -> tuple[str, ...] | None:
         if word in self.extra:
             return self.extra[word]
         prons = cmudict_entries().get(word.lower())
@@ -76,7 +88,10 @@ class Lexicon:
 
 def expected_words(text: str, lexicon: Lexicon | None = None) -> list[tuple[str, tuple[str, ...] | None]]:
     """(word, canonical phones or None when unknown) for each word of the sentence."""
-    words = normalise_words(text)
+    try:
+        words = sentence_words(text)
+    except TextError as exc:
+        raise AssessError(str(exc)) from None
     if not words:
         raise AssessError(f"the text {text[:80]!r} has no words: send the sentence that was read")
     lexicon = lexicon or Lexicon()
@@ -96,7 +111,7 @@ class PhoneResult:
 @dataclass
 class WordResult:
     word: str
-    error_type: str  # None | Mispronunciation | Omission | Insertion
+    error_type: str  # None | Mispronunciation | Omission | Insertion | NotJudged
     known: bool  # False: neither CMUdict nor the lexicon knows the word, so it is not judged
     expected_phones: list[str] = field(default_factory=list)
     heard_phones: list[str] = field(default_factory=list)
@@ -151,11 +166,30 @@ def _backtrace(cost: list[list[int]], expected: list[str | None], heard: list[st
     return steps[::-1]
 
 
-def inserted_words(expected: list[str], recognised: list[str]) -> list[tuple[int, str]]:
-    """(position, word) for each recognised word with no counterpart in the text, said before
-    text word `position`. (rapidfuzz's `replace` blocks pair words one to one.)"""
-    return [(op.src_start, w) for op in Levenshtein.opcodes(expected, recognised)
-            if op.tag == "insert" for w in recognised[op.dest_start:op.dest_end]]
+def match_words(expected: list[str], recognised: list[str]) -> tuple[set[int], list[tuple[int, str]]]:
+    """Text words against the recognised ones: (indices of text words that were recognised,
+    [(position, word)] for each recognised word with no counterpart in the text, said before text
+    word `position`). Compared part by part, so that WELL-KNOWN matches WELL KNOWN; rapidfuzz's
+    `replace` blocks pair words one to one."""
+    parts, owner = [], []
+    for i, word in enumerate(expected):
+        parts += word.split("-")
+        owner += [i] * len(word.split("-"))
+    heard = [part for word in recognised for part in word.split("-")]
+    said, inserted = set(), []
+    for op in Levenshtein.opcodes(parts, heard):
+        if op.tag == "equal":
+            said.update(owner[op.src_start:op.src_end])
+        elif op.tag == "insert":
+            at = op.src_start
+            if at == len(parts):
+                position = len(expected)
+            elif at > 0 and owner[at - 1] == owner[at]:  # inside a compound (WELL <THE> KNOWN): after it
+                position = owner[at] + 1
+            else:
+                position = owner[at]
+            inserted += [(position, w) for w in heard[op.dest_start:op.dest_end]]
+    return said, inserted
 
 
 def word_feedback(words: list[tuple[str, tuple[str, ...] | None]], heard: list[str],
@@ -167,15 +201,15 @@ def word_feedback(words: list[tuple[str, tuple[str, ...] | None]], heard: list[s
     phone heard in addition belongs to the word before it (at the start, to the first word).
     """
     lexicon = lexicon or Lexicon()
+    said, inserted = match_words([w for w, _ in words], recognised)
     entries, expected, owner = [], [], []
-    for result in _spoken_order(words, recognised, lexicon):
+    for result in _spoken_order(words, inserted, lexicon):
         tokens = result.expected_phones or list(lexicon.phones(result.word) or [UNKNOWN])
         expected += tokens
         owner += [len(entries)] * len(tokens)
         entries.append(result)
     for t, op in align_phones(expected, heard):
         entries[owner[max(t, 0)]].phones.append(op)
-    said = _matched_words([w for w, _ in words], recognised)
     text_words = iter(range(len(words)))
     for result in entries:
         if result.error_type == INSERTION:  # nothing was expected: every phone heard is an insertion
@@ -186,21 +220,14 @@ def word_feedback(words: list[tuple[str, tuple[str, ...] | None]], heard: list[s
     return entries
 
 
-def _spoken_order(words, recognised: list[str], lexicon: Lexicon) -> list[WordResult]:
+def _spoken_order(words, inserted: list[tuple[int, str]], lexicon: Lexicon) -> list[WordResult]:
     """Empty results for the text's words, with the recognised words that are not in the text between them."""
-    inserted = inserted_words([w for w, _ in words], recognised)
     out = []
     for i in range(len(words) + 1):
         out += [WordResult(w, INSERTION, lexicon.phones(w) is not None) for pos, w in inserted if pos == i]
         if i < len(words):
             out.append(WordResult(words[i][0], NONE, words[i][1] is not None, list(words[i][1] or ())))
     return out
-
-
-def _matched_words(expected: list[str], recognised: list[str]) -> set[int]:
-    """Indices of text words that the recognised words contain, aligned in order."""
-    return {op.src_start + i for op in Levenshtein.opcodes(expected, recognised)
-            if op.tag == "equal" for i in range(op.src_end - op.src_start)}
 
 
 def _error_type(result: WordResult, said: bool) -> str:
@@ -218,20 +245,28 @@ def feedback(text: str, apa: dict | None, mdd: dict | None, lexicon: Lexicon | N
     """The assessment schema from one utterance's APA and MDD prediction records."""
     lexicon = lexicon or Lexicon()
     words = expected_words(text, lexicon)
+    answers = _answers(apa, mdd)
+    if any(e["task"] == "mdd" for e in answers["errors"]):
+        # what was heard is unknown: no word is judged, and none is called omitted
+        results = [WordResult(w, NOT_JUDGED, p is not None, list(p or ())) for w, p in words]
+    else:
+        heard = [p for p in answers["phoneme_transcript"].split() if p != "|"]
+        results = word_feedback(words, heard, normalise_words(answers["word_transcript"]), lexicon)
+    return {"text": text, "scores": answers["scores"], "word_transcript": answers["word_transcript"],
+            "phoneme_transcript": answers["phoneme_transcript"], "words": [asdict(r) for r in results],
+            "errors": answers["errors"], "unknown_words": list(dict.fromkeys(w for w, p in words if p is None))}
+
+
+def _answers(apa: dict | None, mdd: dict | None) -> dict:
+    """Scores, heard words and phones, and what failed, from one APA and one MDD prediction record."""
     apa = apa or {"ok": False, "error": "no APA prediction was returned"}
     mdd = mdd or {"ok": False, "error": "no MDD prediction was returned"}
-    heard = (mdd.get("phoneme_transcript") or "").split() if mdd.get("ok") else []
-    recognised = normalise_words(mdd.get("word_transcript") or "") if mdd.get("ok") else []
-    results = word_feedback(words, [p for p in heard if p != "|"], recognised, lexicon)
     return {
-        "text": text,
         "scores": apa.get("scores") if apa.get("ok") else None,
         "word_transcript": (mdd.get("word_transcript") or "") if mdd.get("ok") else "",
-        "phoneme_transcript": " ".join(heard),
-        "words": [asdict(r) for r in results],
+        "phoneme_transcript": " ".join((mdd.get("phoneme_transcript") or "").split()) if mdd.get("ok") else "",
         "errors": [{"task": task, "error": rec.get("error") or "unknown error"}
                    for task, rec in (("apa", apa), ("mdd", mdd)) if not rec.get("ok")],
-        "unknown_words": list(dict.fromkeys(w for w, p in words if p is None)),
     }
 
 
@@ -253,10 +288,42 @@ def assess(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | None = 
     return assess_batch(predictor, [(samples, text)], lexicon)[0]
 
 
+def assess_long(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | None = None,
+                batch_size: int = 8) -> dict:
+    """A recording of `text` of any length, cut at pauses into pieces the model takes (`speech_chunks`).
+
+    Each piece gets its own scores and heard words and phones (`chunks`, with its start and end in
+    seconds). The text is not split: its words are judged against the pieces' heard phones joined
+    in order, and `scores` is the pieces' scores averaged by duration (one decimal). When a piece's
+    heard phones cannot be read, no word is judged (which words it held is unknown).
+    """
+    from pronlm.data import speech_chunks
+
+    lexicon = lexicon or Lexicon()
+    expected_words(text, lexicon)
+    spans = speech_chunks(samples, predictor.max_audio_seconds)
+    if not spans:
+        raise AssessError("no speech found in the recording: check the microphone and the file")
+    records = predictor.predict([(str(k), samples[a:b]) for k, (a, b) in enumerate(spans)], tasks=TASKS,
+                                batch_size=batch_size)
+    by_key = {(str(r["id"]), r["task"]): r for r in records}
+    chunks = [{"start": round(a / SAMPLE_RATE, 2), "end": round(b / SAMPLE_RATE, 2),
+               **_answers(by_key.get((str(k), "apa")), by_key.get((str(k), "mdd")))} for k, (a, b) in enumerate(spans)]
+    errors = [{"task": e["task"], "error": f"piece {k + 1} ({c['start']:.1f}-{c['end']:.1f} s): {e['error']}"}
+              for k, c in enumerate(chunks) for e in c["errors"]]
+    scored = [(c["scores"], c["end"] - c["start"]) for c in chunks if c["scores"]]
+    apa = {"ok": True, "scores": {a: round(sum(s[a] * d for s, d in scored) / sum(d for _, d in scored), 1)
+                                  for a in ApaScores.ASPECTS}} if scored else None
+    mdd = {"ok": not any(e["task"] == "mdd" for e in errors), "error": "see the pieces' errors",
+           "word_transcript": " ".join(c["word_transcript"] for c in chunks if c["word_transcript"]),
+           "phoneme_transcript": " ".join(c["phoneme_transcript"] for c in chunks if c["phoneme_transcript"])}
+    return {**feedback(text, apa, mdd, lexicon), "errors": errors, "chunks": chunks}
+
+
 # ---------------------------------------------------------------- command line
 
 
-_COLOURS = {NONE: "32", MISPRONUNCIATION: "31", OMISSION: "35", INSERTION: "33"}
+_COLOURS = {NONE: "32", MISPRONUNCIATION: "31", OMISSION: "35", INSERTION: "33", NOT_JUDGED: "90"}
 
 
 def _paint(text: str, code: str | None, colour: bool) -> str:
@@ -273,8 +340,11 @@ def _phone_cell(p: dict, colour: bool) -> str:
 
 def format_table(result: dict, colour: bool = False) -> str:
     """A readable report: scores, then one line per word (`AO>AA` substituted, `-T` deleted, `+S` inserted)."""
-    scores = result["scores"]
-    lines = ["scores:   " + ("  ".join(f"{k} {v}" for k, v in scores.items()) if scores else "unavailable")]
+    lines = ["scores:   " + _scores(result["scores"])]
+    for k, c in enumerate(result.get("chunks", []), 1):
+        unread = any(e["task"] == "mdd" for e in c["errors"])
+        lines.append(f"piece {k:<3}{c['start']:6.1f}-{c['end']:.1f} s  {_scores(c['scores'])}  heard: "
+                     f"{c['word_transcript'] or ('(not read)' if unread else '(nothing)')}")
     lines.append(f"heard:    {result['phoneme_transcript'] or '(nothing)'}")
     width = max(len(w["word"]) for w in result["words"]) + 2
     lines.append(f"{'word':<{width}}{'result':<18}{'expected':<24}heard")
@@ -285,22 +355,40 @@ def format_table(result: dict, colour: bool = False) -> str:
                      + f"{' '.join(w['expected_phones']) or ('-' if w['known'] else '?'):<24}{heard}")
     if result["unknown_words"]:
         lines.append("not in the lexicon (not judged): " + ", ".join(result["unknown_words"]))
+    if any(w["error_type"] == NOT_JUDGED for w in result["words"]):
+        lines.append("no word is judged: the phones heard could not be read (below); the scores stand")
     lines += [_paint(f"{e['task'].upper()} answer not understood: {e['error']}", "33", colour)
               for e in result["errors"]]
     return "\n".join(lines)
 
 
+def _scores(scores: dict | None) -> str:
+    return "  ".join(f"{k} {v}" for k, v in scores.items()) if scores else "unavailable"
+
+
 def assess_command(audio: str, text: str, base: str = "tiny", adapter: str | None = None,
-                   fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256) -> int:
-    """`pronlm assess`: print the assessment of one audio file as JSON or as a table."""
+                   fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
+                   max_audio_seconds: float = 30.0, split_long: bool = False) -> int:
+    """`pronlm assess`: print the assessment of one audio file as JSON or as a table.
+
+    A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
+    """
     from pronlm.data import load_audio
 
     lex = Lexicon.load(lexicon)
     expected_words(text, lex)  # a bad sentence or clip fails before the model loads
     samples = load_audio(audio, utt_id=Path(audio).name)
+    seconds = len(samples) / SAMPLE_RATE
+    if seconds > max_audio_seconds and not split_long:
+        raise AssessError(f"{audio} lasts {seconds:.1f} s, over the limit of {max_audio_seconds:g} s: pass "
+                          "--split-long to cut it at pauses and assess each piece, or record one sentence at a time")
     from pronlm.infer import Predictor
 
-    result = assess(Predictor.load(base, adapter, max_new_tokens=max_new_tokens), samples, text, lex)
+    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds)
+    if split_long:
+        result = assess_long(predictor, samples, text, lex)
+    else:
+        result = assess(predictor, samples, text, lex)
     if fmt == "json":
         print(json.dumps(result, indent=2))
     else:

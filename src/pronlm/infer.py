@@ -1,7 +1,8 @@
 """Prediction: batched greedy generation for both tasks, parsed into one record schema.
 
 `Predictor` is the one prediction path: `pronlm predict` (a corpus, written as JSON lines and
-resumable), `pronlm assess` and `pronlm serve` all go through it.
+resumable), `pronlm assess` and `pronlm serve` all go through it. It refuses clips longer than
+the audio encoder takes (`max_audio_seconds`), and a configured limit above that at start-up.
 """
 
 from __future__ import annotations
@@ -17,14 +18,52 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pronlm.config import run_config
+from pronlm.config import ConfigError, run_config
 from pronlm.collate import Collator
-from pronlm.data import PronlmError, UtteranceError, load_audio, read_corpus
+from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, UtteranceError, load_audio, read_corpus
 from pronlm.model import load_feature_extractor, load_for_inference
 from pronlm.parse import parse_answer
 from pronlm.prompts import TASKS, Example, PromptSet
 
 log = logging.getLogger(__name__)
+
+# Phi4MultimodalAudioModel.forward (transformers 5.2x) encodes at most `max_seq_len = 500` positions
+# in one window, a constant of the code, not of the config. A longer clip is cut into independent
+# 500-position windows, and that path fails for batches of more than one clip ("view size is not
+# compatible with input tensor's size and stride": `unfold_tensor` views a permuted tensor); assess
+# and serve always batch (APA and MDD together). `bias_max_distance` (500 real, 1000 tiny) only
+# clips the relative attention bias and limits nothing.
+ENCODER_WINDOW = 500
+FEATURE_HOP_SECONDS = 0.01  # one log-mel frame per 10 ms (SPEC §2)
+
+
+class AudioLimitError(ConfigError):
+    """A configured clip limit the audio encoder cannot honour."""
+
+
+def max_audio_seconds(model_config) -> float:
+    """The longest clip the model's audio encoder takes: 500 positions x time_reduction frames x 10 ms.
+
+    40 s for Phi-4-multimodal and the tiny model (time_reduction 8: one position per 80 ms).
+    Takes the model's config or its `audio_config`.
+    """
+    audio = getattr(model_config, "audio_config", model_config)
+    return ENCODER_WINDOW * audio.time_reduction * FEATURE_HOP_SECONDS
+
+
+def audio_limit(configured: float | None, model_config) -> float:
+    """The clip limit to enforce: `configured`, or the model's own when None.
+
+    Raises `AudioLimitError` naming both numbers when `configured` is above the model's limit.
+    """
+    limit = max_audio_seconds(model_config)
+    if configured is None:
+        return limit
+    if configured > limit:
+        raise AudioLimitError(f"max_audio_seconds is {configured:g} s, but the model's audio encoder takes at most "
+                              f"{limit:g} s per clip: set it to {limit:g} or less (`pronlm assess --split-long` "
+                              "cuts a long recording at pauses)")
+    return configured
 
 
 def training_templates(adapter: str | None) -> dict[str, str]:
@@ -39,10 +78,11 @@ class Predictor:
     tokenizer: object
     prompts: PromptSet
     max_new_tokens: int = 256
-    max_audio_seconds: float | None = 30.0
+    max_audio_seconds: float | None = 30.0  # None: the audio encoder's own limit
     feature_extractor: object = None  # the base's own; None: transformers' defaults (the tiny model)
 
     def __post_init__(self):
+        self.max_audio_seconds = audio_limit(self.max_audio_seconds, self.model.config)
         self.collator = Collator(self.tokenizer, self.model.config.audio_config.audio_token_id,
                                  self.max_audio_seconds, for_generation=True,
                                  feature_extractor=self.feature_extractor or load_feature_extractor("tiny"))
@@ -73,7 +113,14 @@ class Predictor:
         return texts
 
     def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
-        """One record per (item, task), in order; items are (id, 16 kHz float32 mono samples)."""
+        """One record per (item, task), in order; items are (id, 16 kHz float32 mono samples).
+
+        Raises `AudioError` naming the first item longer than `max_audio_seconds`, before any generation.
+        """
+        for utt_id, samples in items:
+            if len(samples) > self.max_audio_seconds * SAMPLE_RATE:
+                raise AudioError(utt_id, f"audio lasts {len(samples) / SAMPLE_RATE:.2f} s, over the limit of "
+                                         f"{self.max_audio_seconds:g} s")
         jobs = [(utt_id, samples, task) for utt_id, samples in items for task in tasks]
         records = []
         for start in range(0, len(jobs), batch_size):

@@ -1,0 +1,50 @@
+"""The error family pronlm reports to a user, and reading the JSON/YAML files it is given.
+
+Every error a user can cause derives from `PronlmError`: the command line prints its message on
+one line and exits 2. A malformed file is a `FileFormatError` naming the path, line and column.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class PronlmError(Exception):
+    """Base class of every error pronlm reports to a user."""
+
+
+class FileFormatError(PronlmError):
+    """A file pronlm reads is not valid JSON / YAML; the message says where."""
+
+
+def read_json(path: str | Path):
+    """The parsed JSON of a file, or a `FileFormatError` with its path, line and column."""
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+
+
+def read_yaml(path: str | Path):
+    """The parsed YAML of a file, or a `FileFormatError` with its path, line and column."""
+    import yaml
+
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise FileFormatError(f"{where}: not valid YAML: {reason}") from None
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"cannot read {path}: {exc}") from None
