@@ -210,3 +210,33 @@ def test_a_real_base_uses_its_own_feature_extractor(tmp_path):
     assert load_feature_extractor("tiny").audio_compression_rate == 8
     with pytest.raises(ModelError, match="preprocessor_config.json"):
         load_feature_extractor(str(tmp_path / "nowhere"))
+
+
+def test_an_unreachable_hub_base_is_one_clear_line_at_once(corpus_dir, tmp_path, capsys, monkeypatch):
+    import time
+
+    from huggingface_hub import HfApi
+
+    from pronlm.cli import main
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "model_info", offline)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    start = time.perf_counter()
+    code = main(["predict", "--base", "someone/phi4-copy", "--corpus", str(corpus_dir), "--out", str(tmp_path / "p")])
+    assert code == 2 and time.perf_counter() - start < 10
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cannot fetch someone/phi4-copy" in err and "hf download someone/phi4-copy" in err
+    assert main(["predict", "--base", "./no-such-folder", "--corpus", str(corpus_dir), "--out", str(tmp_path / "p")]) == 2
+    assert "not a folder here, nor a hub id" in capsys.readouterr().err
+
+
+def test_adapter_folders_that_are_missing_or_not_adapters_say_what_to_give(tmp_path):
+    with pytest.raises(ModelError, match=r"adapter folder .*nope not found: give a training output_dir"):
+        load_for_inference("tiny", str(tmp_path / "nope"))
+    (tmp_path / "run" / "checkpoint-7").mkdir(parents=True)
+    with pytest.raises(ModelError, match=r"no adapter_config.json: not a training output .*checkpoint-7"):
+        load_for_inference("tiny", str(tmp_path / "run"))

@@ -44,8 +44,6 @@ def write_predictions(corpus_dir, path) -> list:
         if u.id == FAILED_APA:
             lines.append(_line(u.id, "apa", "I think the speaker is good", reparse=True))
         else:
-            # a stale line first: the later line for the same (id, task) must win
-            lines.append(_line(u.id, "apa", '{"accuracy": 0, "fluency": 0, "prosodic": 0, "total": 0}'))
             scores = {"accuracy": s.accuracy, "fluency": 7, "prosodic": PROSODIC[u.id], "total": 10 - s.total}
             lines.append(_line(u.id, "apa", "```json\n" + json.dumps(scores) + "\n```<|end|>"))
         if u.id == FAILED_MDD:
@@ -119,7 +117,8 @@ def test_parse_counts_and_files(evaluated):
     _, report, tmp = evaluated
     assert report["n_utterances"] == 10
     assert report["parse"] == {"apa_failed": 1, "apa_missing": 0, "mdd_failed": 1, "mdd_missing": 1,
-                               "unknown_ids": 1, "corpus_errors": 0}
+                               "unknown_ids": 1, "corpus_errors": 0, "out_of_range": 0, "repeated_agreeing": 0,
+                               "repeated_conflicting": 0}
     out = tmp / "out"
     assert json.loads((out / "report.json").read_text()) == report
     for png in ("apa_scatter.png", "per_vs_accuracy.png", "confusions.png"):
@@ -147,6 +146,8 @@ def test_cli_evaluate(evaluated, corpus_dir, tmp_path, capsys):
 def test_bad_prediction_files_raise_naming_the_line(tmp_path):
     with pytest.raises(PredictionsError, match="cannot read predictions"):
         read_predictions(tmp_path / "missing.jsonl")
+    with pytest.raises(ReportError, match="duplicates must be one of"):
+        read_predictions(tmp_path / "missing.jsonl", duplicates="any")
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": "a", "task": "mdd", "raw": "{}"}\n\n[1, 2]\n')
     with pytest.raises(PredictionsError, match=r"p\.jsonl:3: expected an object"):
@@ -164,3 +165,33 @@ def test_evaluate_refuses_predictions_for_another_split(corpus_dir, tmp_path):
         evaluate(str(path), str(corpus_dir), "test", str(tmp_path / "out"))
     with pytest.raises(ReportError, match="accent policy 'maybe'"):
         evaluate(str(path), str(corpus_dir), "test", str(tmp_path / "out"), accent_policy="maybe")
+
+
+APA_8 = '{"accuracy": 8, "fluency": 8, "prosodic": 8, "total": 8}'
+
+
+def test_repeated_lines_that_agree_count_once_and_disagreeing_ones_are_named(tmp_path):
+    path = tmp_path / "joined.jsonl"
+    one = [_line("a", "apa", APA_8), _line("a", "mdd", _mdd_raw("HI", ["HH", "AY"]))]
+    path.write_text("\n".join(one + one) + "\n")  # the same file twice, as `cat p1 p2` gives
+    preds, repeated = read_predictions(path)
+    assert len(preds) == 2 and repeated == {"agreeing": 2, "conflicting": 0, "kept": "error"}
+    other = _line("a", "apa", APA_8.replace("8", "3"))
+    path.write_text("\n".join(one + [other]) + "\n")
+    with pytest.raises(PredictionsError, match=r"joined\.jsonl: 1 \(id, task\) repeated .* a/apa \(line 3\)"):
+        read_predictions(path)
+    assert read_predictions(path, "first")[0]["a", "apa"]["scores"]["accuracy"] == 8
+    assert read_predictions(path, "last")[0]["a", "apa"]["scores"]["accuracy"] == 3
+
+
+def test_scores_outside_0_to_10_count_as_failed_answers(corpus_dir, tmp_path):
+    utts = list(read_corpus(str(corpus_dir), "test"))
+    lines = [json.dumps({"id": u.id, "task": "apa", "raw": "", "ok": True, "clamped": [],
+                         "scores": {"accuracy": 99 if i == 0 else -5 if i == 1 else 7, "fluency": 7,
+                                    "prosodic": 7, "total": 7}}) for i, u in enumerate(utts)]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report = evaluate(str(path), str(corpus_dir), "test", str(tmp_path / "out"))
+    assert report["parse"]["apa_failed"] == 2 and report["parse"]["out_of_range"] == 2
+    assert report["apa"]["accuracy"]["n"] == len(utts) - 2
+    assert "2 APA answers failed with a score outside 0-10" in (tmp_path / "out" / "report.md").read_text()

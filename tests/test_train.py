@@ -255,3 +255,35 @@ def test_real_loading_path_trains_and_reloads_the_same_model(strategy, local_bas
     model, tokenizer = load_for_inference(str(local_base), str(tmp_path / "run"), device="cpu")
     trained = _logits(trainer.model, trainer.processing_class, train_utterances[0], cfg)
     assert torch.allclose(_logits(model, tokenizer, train_utterances[0], cfg), trained, atol=1e-4)
+
+
+def test_training_over_an_earlier_run_is_refused_resumed_or_overwritten(corpus_dir, tmp_path, capsys):
+    from pronlm.cli import main
+
+    out = tmp_path / "run"
+    args = [f"corpus={corpus_dir}", f"output_dir={out}", "limit=2", "max_steps=2", "save_strategy=steps",
+            "save_steps=1", "per_device_train_batch_size=2", "logging_steps=1"]
+    assert main(["train", "--recipe", "tiny-cpu", *args]) == 0
+    first_log = (out / "log.jsonl").read_text()
+    assert main(["train", "--recipe", "tiny-cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (checkpoint-1, checkpoint-2" in err and "--resume" in err and "overwrite=true" in err
+    assert (out / "log.jsonl").read_text() == first_log  # nothing touched
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-2")  # as if killed after the first save
+    assert main(["train", "--recipe", "tiny-cpu", "--resume", *args]) == 0
+    assert "resuming from checkpoint-1 (step 1 of 2)" in capsys.readouterr().out
+    assert main(["train", "--recipe", "tiny-cpu", *args, "overwrite=true"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2]  # a fresh log: the earlier run's lines are gone
+
+
+def test_a_clip_limit_above_the_encoders_is_refused_before_training(corpus_dir, tmp_path):
+    from pronlm.infer import AudioLimitError
+
+    cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(tmp_path), max_audio_seconds=60))
+    with pytest.raises(AudioLimitError, match="60.*40|40.*60"):
+        train(cfg)
+    assert not (tmp_path / "log.jsonl").exists()

@@ -35,14 +35,14 @@ def _predict(a):
 def _evaluate(a):
     from pronlm.report import evaluate
 
-    evaluate(a.predictions, a.corpus, a.split, a.out, accent_policy=a.accent_policy)
+    evaluate(a.predictions, a.corpus, a.split, a.out, accent_policy=a.accent_policy, duplicates=a.duplicates)
 
 
 def _assess(a):
     from pronlm.assess import assess_command
 
     assess_command(audio=a.audio, text=a.text, base=a.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon,
-                   max_new_tokens=a.max_new_tokens)
+                   max_new_tokens=a.max_new_tokens, max_audio_seconds=a.max_audio_seconds, split_long=a.split_long)
 
 
 def _serve(a):
@@ -50,7 +50,8 @@ def _serve(a):
 
     serve(host=a.host, port=a.port, base=a.base, adapter=a.adapter, lexicon=a.lexicon,
           max_new_tokens=a.max_new_tokens, max_upload_bytes=int(a.max_upload_mb * 2**20),
-          max_audio_seconds=a.max_audio_seconds, max_queue=a.max_queue, max_batch=a.max_batch)
+          max_audio_seconds=a.max_audio_seconds, max_queue=a.max_queue, max_batch=a.max_batch,
+          api_key=a.api_key, rate_limit=a.rate_limit, cors_origins=tuple(a.cors_origin))
 
 
 def _demo(a):
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", required=True)
     s.add_argument("--split", default="test")
     s.add_argument("--out", required=True)
+    s.add_argument("--duplicates", default="error", choices=["error", "first", "last"],
+                   help="an (id, task) repeated with a different answer: stop (default), or keep the first/last")
     data_options(s)
     s.set_defaults(func=_evaluate)
 
@@ -120,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", required=True, help="the sentence that was read")
     s.add_argument("--format", default="table", choices=["json", "table"])
     s.add_argument("--lexicon", default=None, help="extra lexicon (WORD PH1 PH2 ...) for words CMUdict lacks")
+    s.add_argument("--max-audio-seconds", type=float, default=30.0,
+                   help="longest clip (or piece, with --split-long) assessed; the model takes at most 40")
+    s.add_argument("--split-long", action="store_true",
+                   help="cut the recording at pauses and assess each piece (for recordings of several sentences)")
     s.set_defaults(func=_assess)
 
     s = sub.add_parser("serve", help="HTTP API and web page")
@@ -131,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-audio-seconds", type=float, default=30.0)
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 503")
     s.add_argument("--max-batch", type=int, default=8, help="requests answered together in one generate call")
+    s.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /assess (the page asks for it; / and /health stay "
+                        "open); default: $PRONLM_API_KEY, which keeps it out of `ps`")
+    s.add_argument("--rate-limit", type=int, default=0, metavar="N",
+                   help="requests a minute per client IP, in bursts of up to N; more get 429 with Retry-After. "
+                        "Default 0: off (a full queue already answers 503); behind a proxy on this machine the "
+                        "client is taken from X-Forwarded-For")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="URL",
+                   help="let pages from this origin call the API (repeatable); default: none, same origin only")
     s.set_defaults(func=_serve)
 
     s = sub.add_parser("demo", help="the whole pipeline on a tiny model, on CPU, in minutes")

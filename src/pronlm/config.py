@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from pronlm.data import PronlmError
+from pronlm.errors import PronlmError, read_yaml
 
 STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
 NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
@@ -51,6 +51,7 @@ class Config:
     limit: int | None = None  # first N utterances only (smoke runs)
     # training
     output_dir: str = "runs/default"
+    overwrite: bool = False  # train into an output_dir that holds an earlier run, removing it
     num_train_epochs: float = 4
     max_steps: int = -1
     per_device_train_batch_size: int = 8
@@ -93,7 +94,7 @@ def run_config(adapter: str | None) -> dict:
     if adapter:
         for folder in (Path(adapter), Path(adapter).parent):
             if (folder / "config.yaml").is_file():
-                return yaml.safe_load((folder / "config.yaml").read_text()) or {}
+                return read_yaml(folder / "config.yaml") or {}
     return {}
 
 
@@ -129,7 +130,9 @@ def _coerce(name: str, value: str, current):
 
 def load_config(recipe: str | None = None, overrides: list[str] | dict | None = None) -> Config:
     """A recipe (name or path) plus `key=value` overrides, validated into a `Config`."""
-    values = yaml.safe_load(recipe_path(recipe).read_text()) or {} if recipe else {}
+    values = read_yaml(recipe_path(recipe)) or {} if recipe else {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {recipe} is not a mapping of key: value lines")
     known = {f.name: f for f in fields(Config)}
     unknown = sorted(set(values) - set(known))
     if unknown:

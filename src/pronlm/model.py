@@ -103,13 +103,42 @@ def load_base(cfg: Config, device_map=None):
         return model.to(resolve_dtype(cfg.dtype)), tokenizer
     from transformers import AutoTokenizer, Phi4MultimodalForCausalLM
 
+    check_base_reachable(cfg.base, cfg.revision)
     kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base, **kw)
-    model = Phi4MultimodalForCausalLM.from_pretrained(
-        cfg.base, dtype=resolve_dtype(cfg.dtype), attn_implementation=attention_implementation(cfg.attn_implementation),
-        device_map=device_map, **kw)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.base, **kw)
+        model = Phi4MultimodalForCausalLM.from_pretrained(
+            cfg.base, dtype=resolve_dtype(cfg.dtype), device_map=device_map,
+            attn_implementation=attention_implementation(cfg.attn_implementation), **kw)
+    except OSError as exc:
+        raise ModelError(f"cannot load the base model {cfg.base} (revision {cfg.revision}): {exc}") from None
     check_tied_embeddings(model)
     return model, tokenizer
+
+
+def check_base_reachable(base: str, revision: str | None) -> None:
+    """A base that is neither a local folder nor in the hub cache must be reachable on the hub, else say so now.
+
+    Without this, transformers retries for about a minute and ends in a raw OSError.
+    """
+    import os
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if Path(base).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    if base.count("/") != 1 or base.startswith((".", "/", "~")):
+        raise ModelError(f"base {base!r} is not a folder here, nor a hub id (owner/name): give the folder of a "
+                         "Phi-4-multimodal in transformers' format, a hub id, or 'tiny'")
+    if isinstance(try_to_load_from_cache(base, "config.json", revision=revision), str):
+        return
+    try:
+        HfApi().model_info(base, revision=revision, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the download below would fail too
+        raise ModelError(f"cannot fetch {base} (revision {revision}) from the Hugging Face hub, and it is not in "
+                         f"the local cache ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). Download it "
+                         f"where there is a network (`hf download {base} --revision {revision} --local-dir DIR`) "
+                         "and give the folder as the base") from None
 
 
 def check_tied_embeddings(model) -> None:
@@ -394,6 +423,8 @@ def load_for_inference(base: str, adapter: str | None = None, device: str | None
     """
     from peft import PeftModel
 
+    if adapter is not None:
+        check_adapter_folder(adapter)
     if base == "tiny":
         if adapter is None:
             from pronlm.tiny import build_tiny_model, build_tiny_tokenizer
@@ -416,6 +447,18 @@ def load_for_inference(base: str, adapter: str | None = None, device: str | None
         model = check_lora_landed(PeftModel.from_pretrained(model, adapter), read_lora_file(adapter), adapter)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
+
+
+def check_adapter_folder(adapter: str) -> None:
+    """An adapter is a training output or checkpoint folder: say what is missing when it is not one."""
+    folder = Path(adapter)
+    if not folder.is_dir():
+        raise ModelError(f"adapter folder {adapter} not found: give a training output_dir or one of its "
+                         "checkpoint-N folders")
+    if not (folder / "adapter_config.json").is_file():
+        inside = sorted(p.name for p in folder.glob("checkpoint-*"))
+        hint = f" (it holds {', '.join(inside[-3:])}: give one of those)" if inside else ""
+        raise ModelError(f"{adapter} has no adapter_config.json: not a training output or checkpoint{hint}")
 
 
 def _load_tiny_base(adapter: str):

@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 
 from pronlm import metrics
 from pronlm.data import ApaScores, PronlmError, Utterance, UtteranceError, read_corpus
-from pronlm.parse import TASKS, normalise_phones, parse_answer
+from pronlm.parse import SCORE_RANGE, TASKS, normalise_phones, parse_answer
 from pronlm.targets import DELETED, WORD_SEPARATOR, AccentPolicy, aligned_word_phones
+from pronlm.text import spoken_form
 
 ASPECTS = ApaScores.ASPECTS
 PAPER_TEST_SIZE = 2500
@@ -68,23 +69,47 @@ class MddRow:
 # ---------------------------------------------------------------- reading
 
 
-def read_predictions(path: str | Path) -> dict[tuple[str, str], dict]:
-    """(id, task) -> the parse schema of that answer; a later line for the same pair wins (resumed runs)."""
+DUPLICATE_POLICIES = ("error", "first", "last")
+COMPARED = ("ok", "scores", "word_transcript", "phoneme_transcript")  # what two answers agree on
+
+
+def read_predictions(path: str | Path, duplicates: str = "error") -> tuple[dict[tuple[str, str], dict], dict]:
+    """(id, task) -> the parse schema of that answer, and what was done with repeated (id, task) lines.
+
+    `predict` writes each (id, task) once, so a repeat means files were joined: repeats that agree
+    count once; repeats that disagree are an error naming them, unless `duplicates` is "first" or
+    "last" (which one to keep).
+    """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ReportError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, not {duplicates!r}")
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise PredictionsError(f"cannot read predictions {path}: {exc}") from exc
-    out = {}
+    out, agreeing, conflicting = {}, [], []
     for number, line in enumerate(lines, 1):
-        if line.strip():
-            record = prediction_record(line, f"{path}:{number}")
-            out[record["id"], record["task"]] = record
-    return out
+        if not line.strip():
+            continue
+        record = prediction_record(line, f"{path}:{number}")
+        key = record["id"], record["task"]
+        if key in out:
+            same = all(out[key].get(k) == record.get(k) for k in COMPARED)
+            (agreeing if same else conflicting).append(f"{key[0]}/{key[1]} (line {number})")
+            if same or duplicates == "first":
+                continue
+        out[key] = record
+    if conflicting and duplicates == "error":
+        raise PredictionsError(f"{path}: {len(conflicting)} (id, task) repeated with a different answer, e.g. "
+                               f"{', '.join(conflicting[:5])}; keep one with --duplicates first|last")
+    return out, {"agreeing": len(agreeing), "conflicting": len(conflicting), "kept": duplicates}
 
 
 def prediction_record(line: str, where: str) -> dict:
-    """One JSONL line checked; a line without "ok" is parsed again from its "raw" text."""
+    """One JSONL line checked; a line without "ok" is parsed again from its "raw" text.
+
+    An "ok" APA answer with a score outside 0-10 (a hand-edited or foreign file) becomes a failed answer.
+    """
     try:
         obj = json.loads(line)
     except ValueError as exc:
@@ -98,6 +123,11 @@ def prediction_record(line: str, where: str) -> dict:
     if obj["ok"] and obj["task"] == "mdd" and not all(isinstance(obj.get(k), str)
                                                       for k in ("word_transcript", "phoneme_transcript")):
         raise PredictionsError(f"{where}: \"ok\" MDD prediction without word_transcript and phoneme_transcript")
+    if obj["ok"] and obj["task"] == "apa":
+        outside = {a: v for a, v in obj["scores"].items() if a in ASPECTS and not SCORE_RANGE[0] <= v <= SCORE_RANGE[1]}
+        if outside:
+            return {**obj, "ok": False, "scores": None,
+                    "error": f"score outside {SCORE_RANGE[0]}-{SCORE_RANGE[1]}: {outside}"}
     return obj
 
 
@@ -138,8 +168,8 @@ def mdd_row(utt: Utterance, answer: dict, policy: AccentPolicy) -> MddRow:
 def mdd_section(utts: list[Utterance], preds: dict, rows: list[MddRow]) -> dict:
     """Corpus WER, PER, MDD rates and counts, with bootstrap CIs for PER and F1."""
     answered = [(u, preds[u.id, "mdd"]) for u in utts if (u.id, "mdd") in preds]
-    refs = [u.text for u, _ in answered]
-    hyps = [a["word_transcript"] if a["ok"] else "" for _, a in answered]
+    refs = [spoken_form(u.text) for u, _ in answered]  # accents folded, numbers spelled out, as assess reads them
+    hyps = [spoken_form(a["word_transcript"]) if a["ok"] else "" for _, a in answered]
     total = sum((r.counts for r in rows), metrics.MddCounts())
     heard = sum(r.heard for r in rows)
     return {
@@ -152,7 +182,8 @@ def mdd_section(utts: list[Utterance], preds: dict, rows: list[MddRow]) -> dict:
     }
 
 
-def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy: str = "unk") -> dict:
+def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy: str = "unk",
+             duplicates: str = "error") -> dict:
     """Score a prediction file against `split` of `corpus`; write report.json, report.md and plots to `out`."""
     try:
         policy = AccentPolicy(accent_policy)
@@ -161,7 +192,7 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
                           f"{', '.join(p.value for p in AccentPolicy)}") from None
     corpus_errors: list[UtteranceError] = []
     utts = [u for u in read_corpus(corpus, split, corpus_errors) if u.labelled]
-    preds = read_predictions(predictions)
+    preds, repeated = read_predictions(predictions, duplicates)
     known = {u.id for u in utts}
     if not any(i in known for i, _ in preds):
         raise ReportError(f"no prediction in {predictions} has the id of a labelled {split} utterance of {corpus} "
@@ -172,7 +203,9 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
         "n_utterances": len(utts), "split": split, "accent_policy": policy.value,
         "apa": apa, "mdd": mdd_section(utts, preds, rows),
         "parse": {f"{t}_{k}": v for t in TASKS for k, v in _parse_counts(utts, preds, t).items()}
-        | {"unknown_ids": sum(i not in known for i, _ in preds), "corpus_errors": len(corpus_errors)},
+        | {"unknown_ids": sum(i not in known for i, _ in preds), "corpus_errors": len(corpus_errors),
+           "out_of_range": sum((a.get("error") or "").startswith("score outside") for a in preds.values()),
+           "repeated_agreeing": repeated["agreeing"], "repeated_conflicting": repeated["conflicting"]},
     }
     report = _finite(report)
     out_dir = Path(out)
@@ -230,8 +263,13 @@ def markdown(report: dict, predictions: str) -> str:
         "PCC (Pearson r per aspect), WER and PER are defined as in the paper and compare directly when this run "
         "covers the 2,500 test utterances. Our precision, recall and F1 follow the standard MDD protocol "
         "(Li et al. 2016: per canonical phone, TR/(TR+FR) and TR/(TR+FA)) and compare with Joint-CAPT-L1, HMamba "
-        "and MuFFIN. The paper does not state how its P/R/F1 were counted (P≈R≈F1≈0.72 with PER 0.11 does not look "
-        "like the standard protocol), so its F1/P/R columns are not comparable with ours." + _coverage(report), "",
+        "and MuFFIN. The predicted phones are aligned with the canonical ones using the annotation: a predicted "
+        "phone pairs at no cost with the canonical or the heard phone of a position, and a phone the annotators "
+        "marked deleted may be left out at no cost (ties go to the reading with more agreeing pairs), so a "
+        "transcript equal to the heard phones scores every error as a correct diagnosis; predicted insertions are "
+        "left out of these counts and count in PER. The paper does not state how its P/R/F1 were counted "
+        "(P≈R≈F1≈0.72 with PER 0.11 does not look like the standard protocol), so its F1/P/R columns are not "
+        "comparable with ours." + _coverage(report), "",
         "## Details", "",
         "| aspect | PCC | 95% CI | p-value | Spearman | MSE | n |", "|---|---|---|---|---|---|---|",
         *[f"| {a} | {_num(v['pcc'])} | {_ci(v['ci95'])} | {_num(v['p_value'], 4)} | {_num(v['spearman'])} "
@@ -243,7 +281,9 @@ def markdown(report: dict, predictions: str) -> str:
         f"Parsing: {parse['apa_failed']} APA and {parse['mdd_failed']} MDD answers failed to parse (failed MDD "
         f"answers count as empty transcripts; failed APA answers are left out of the PCC); "
         f"{parse['apa_missing']} APA and {parse['mdd_missing']} MDD predictions missing (left out); "
-        f"{parse['unknown_ids']} prediction lines with ids not in the corpus skipped.", "",
+        f"{parse['unknown_ids']} prediction lines with ids not in the corpus skipped; {parse['out_of_range']} "
+        f"APA answers failed with a score outside 0-10; {parse['repeated_agreeing']} repeated lines agreed and "
+        f"counted once, {parse['repeated_conflicting']} disagreed.", "",
         *[f"![{Path(p).stem}]({p})" for p in PLOTS], "",
     ]
     return "\n".join(lines)

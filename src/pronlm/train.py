@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
-from pronlm.config import Config
+from pronlm.config import Config, ConfigError
 from pronlm.data import UtteranceError
+from pronlm.infer import audio_limit
 from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base,
                           load_feature_extractor, merge_speech_lora, parameter_table, prepare_for_training,
                           resolve_dtype)
@@ -175,6 +177,7 @@ def training_arguments(cfg: Config) -> TrainingArguments:
 def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None = None) -> "PronlmTrainer":
     """Dataset, collator (first batch checked answer-only) and Trainer around a prepared model."""
     args = args or training_arguments(cfg)
+    audio_limit(cfg.max_audio_seconds, model.config)  # longer clips crash the audio encoder in a batch
     prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
     dataset = load_examples(cfg, prompts, tokenizer)
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
