@@ -8,18 +8,29 @@ model: it learns only what it is trained on.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from importlib import resources
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM, PreTrainedTokenizerFast
+from transformers.models.phi4_multimodal.modeling_phi4_multimodal import Phi4MultimodalAudioMeanVarianceNormLayer
 
+from pronlm.collate import Collator
+from pronlm.data import PronlmError
 from pronlm.targets import ARPABET, cmudict_entries, strip_stress
 
 # Phi-4's own special tokens; the tiny vocabulary keeps their names, not their ids.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>",
                   "<|endoftext10|>", "<|endoftext11|>"]
 IMAGE_TOKEN, AUDIO_TOKEN = "<|endoftext10|>", "<|endoftext11|>"
+# The audio input normalisation of a tiny model built without a corpus (training fits per-bin values):
+# a round level of speech in Phi-4's log-mel features (log mel power of 16-bit samples, floored at 0).
+# The SpeechOcean762 clips measure 14.2 +- 4.1 (a steady noise floor), the demo's espeak-ng clips
+# 13.2 +- 6.9 (digital silence at 0); transformers' untouched 0 +- 1 drowns the clips' differences.
+REFERENCE_LOG_MEL = (12.0, 6.0)  # (mean, std)
+MIN_LOG_MEL_STD = 1.0  # a near-constant bin is not amplified into noise
 
 
 def _training_text(n_words: int = 4000) -> list[str]:
@@ -58,6 +69,8 @@ def tiny_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, extra_row
     The embedding keeps spare rows, like the real model's 200,064, so control tokens fit unresized.
     `init_range` is 10x Phi-4's 0.02: with hidden 64 and the lm_head frozen, 0.02 caps every logit
     near 1.3, so no LoRA can make a peaked distribution and the loss never leaves ln(vocab).
+    The audio encoder gets the same range: at 0.02 its signal after the first convolutions falls
+    below LayerNorm's epsilon and self-attention averages each clip into nearly one vector.
     """
     vocab = int(math.ceil((len(tokenizer) + extra_rows) / 64) * 64)
     ids = tokenizer.convert_tokens_to_ids
@@ -70,15 +83,51 @@ def tiny_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, extra_row
         eos_token_id=[ids("<|endoftext|>"), ids("<|end|>")],
         audio_config=dict(hidden_size=32, intermediate_size=64, num_blocks=2, num_attention_heads=2,
                           ext_pw_out_channel=32, depthwise_separable_out_channel=32, nemo_conv_channels=32,
-                          audio_token_id=ids(AUDIO_TOKEN)),
+                          audio_token_id=ids(AUDIO_TOKEN), initializer_range=init_range),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_token_id=ids(IMAGE_TOKEN)),
     )
 
 
 def build_tiny_model(tokenizer, seed: int = 0, **config_kwargs) -> Phi4MultimodalForCausalLM:
+    """A random tiny model whose audio encoder normalises with `REFERENCE_LOG_MEL` (see `fit_audio_normalisation`)."""
     torch.manual_seed(seed)
     model = Phi4MultimodalForCausalLM(tiny_config(tokenizer, **config_kwargs))
+    mean, std = REFERENCE_LOG_MEL
+    set_audio_normalisation(model, torch.tensor(mean), torch.tensor(std))  # every mel bin alike
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = model.config.eos_token_id
     return model.eval()
+
+
+def audio_normalisation(model) -> Phi4MultimodalAudioMeanVarianceNormLayer:
+    """The audio encoder's input layer: `(features - global_mean) * global_invstd`, per mel bin."""
+    return next(m for m in model.modules() if isinstance(m, Phi4MultimodalAudioMeanVarianceNormLayer))
+
+
+def set_audio_normalisation(model, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Normalise the audio encoder's input to `(features - mean) / std`, per mel bin."""
+    layer = audio_normalisation(model)
+    with torch.no_grad():
+        layer.global_mean.copy_(mean)
+        layer.global_invstd.copy_(1.0 / std.clamp_min(MIN_LOG_MEL_STD))
+
+
+def fit_audio_normalisation(model, tokenizer, clips: Iterable[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the per-bin mean and std of the clips' log-mel frames into the audio encoder; return them.
+
+    The real model's normalisation is learnt and ships with its weights; transformers initialises
+    it to mean 0 / std 1, while the features sit around 12 +- 7 and their differences drown. The
+    values are buffers saved with the model, so training and prediction hear the same.
+    """
+    collator = Collator(tokenizer, model.config.audio_config.audio_token_id)  # the features training sees
+    frames, total, squares = 0, 0.0, 0.0
+    for clip in clips:
+        feats = collator.features([clip])["audio_input_features"][0].double()
+        frames, total, squares = frames + len(feats), total + feats.sum(0), squares + (feats ** 2).sum(0)
+    if frames < 2:
+        raise PronlmError("no training clips to fit the tiny model's audio normalisation on")
+    mean = total / frames
+    std = ((squares - frames * mean ** 2) / (frames - 1)).clamp_min(0).sqrt()
+    set_audio_normalisation(model, mean.float(), std.float())
+    return mean.float(), std.float()

@@ -187,19 +187,46 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
                          processing_class=tokenizer, callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl")])
 
 
+RUN_FILES = ("log.jsonl", "train_result.json", "adapter_model.safetensors", "adapter_config.json")
+
+
+def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: bool) -> str | None:
+    """The checkpoint to resume from; refuses to train over an earlier run unless told to (then clears it)."""
+    last = get_last_checkpoint(str(out))
+    if resume:
+        if last is None:
+            log.warning("--resume: no checkpoint in %s yet, starting from the beginning", out)
+            return None
+        state = json.loads((Path(last) / "trainer_state.json").read_text())
+        print(f"resuming from {Path(last).name} (step {state['global_step']} of {state['max_steps']})", flush=True)
+        return last
+    earlier = [p.name for p in sorted(out.glob("checkpoint-*"))] + [f for f in RUN_FILES if (out / f).exists()]
+    if earlier and not overwrite:
+        raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}): continue it with --resume, "
+                          "or start again over it with overwrite=true")
+    if earlier and main_process:
+        log.warning("overwrite=true: removing the earlier run in %s", out)
+        for path in out.glob("checkpoint-*"):
+            shutil.rmtree(path)
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    return None
+
+
 def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
     """Train from a config; the summary goes to output_dir/train_result.json, the trainer is returned."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = training_arguments(cfg)
-    checkpoint = get_last_checkpoint(str(out)) if resume else None
-    if resume and checkpoint is None:
-        log.warning("--resume: no checkpoint in %s yet, starting from the beginning", out)
+    checkpoint = claim_output_dir(out, resume, cfg.overwrite, args.process_index == 0)
     model, tokenizer = load_base(cfg)
     add_control_tokens(tokenizer, model)
     if cfg.strategy == "new-lora":
         model = merge_speech_lora(cfg, model)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
+        from pronlm.tiny import fit_audio_normalisation  # a random encoder's input normalisation, saved with it
+        fit_audio_normalisation(model, tokenizer, (s for _, s in usable_utterances(
+            cfg.corpus, cfg.train_split, [], cfg.max_audio_seconds, cfg.limit)))
         model.save_pretrained(out / TINY_BASE_DIR)
         tokenizer.save_pretrained(out / TINY_BASE_DIR)
     model = prepare_for_training(cfg, model, tokenizer)
