@@ -7,6 +7,7 @@ import math
 import random
 import warnings
 
+import numpy as np
 import pytest
 
 from pronlm.data import Mispronunciation, read_corpus
@@ -319,8 +320,43 @@ def test_bootstrap_pcc_of_a_line_is_one_and_constant_resamples_are_dropped():
 
 def test_bootstrap_is_seeded_and_brackets_the_mean():
     data = list(range(100))
-    ci = bootstrap_ci(lambda x: x.mean(), data)
-    assert ci == bootstrap_ci(lambda x: x.mean(), data)
+    ci = bootstrap_ci(lambda x: x.mean(axis=1), data)
+    assert ci == bootstrap_ci(lambda x: x.mean(axis=1), data)
     assert ci[0] < 49.5 < ci[1]
-    assert ci != bootstrap_ci(lambda x: x.mean(), data, seed=1)
-    assert all(math.isnan(v) for v in bootstrap_ci(lambda x: x.mean(), []))
+    assert ci != bootstrap_ci(lambda x: x.mean(axis=1), data, seed=1)
+    assert all(math.isnan(v) for v in bootstrap_ci(lambda x: x.mean(axis=1), []))
+
+
+def test_vectorised_bootstrap_cis_equal_one_resample_at_a_time():
+    """Each CI equals the plain loop: the same seeded draws, the statistic of each resample."""
+    rng = np.random.default_rng(3)
+    pred, human = rng.integers(0, 11, 60).astype(float), rng.integers(0, 11, 60).astype(float)
+    counts = [MddCounts(*map(int, rng.integers(0, 6, 5))) for _ in range(40)]
+    errors, lengths = rng.integers(0, 5, 40), rng.integers(5, 30, 40)
+
+    def loop(statistic, *columns):
+        arrays = [np.asarray(c) for c in columns]
+        idx = np.random.default_rng(0).integers(0, len(arrays[0]), (1000, len(arrays[0])))
+        values = np.array([statistic(*(a[i] for a in arrays)) for i in idx], float)
+        return tuple(np.percentile(values[np.isfinite(values)], [2.5, 97.5]))
+
+    rows = [(c.ta, c.fr, c.fa, c.cd, c.de) for c in counts]
+    assert pcc_ci(pred, human) == pytest.approx(loop(lambda p, h: np.corrcoef(p, h)[0, 1], pred, human))
+    assert f1_ci(counts) == pytest.approx(loop(lambda m: MddCounts(*m.sum(axis=0).tolist()).f1, rows))
+    assert per_ci(errors, lengths) == pytest.approx(loop(lambda e, n: e.sum() / n.sum(), errors, lengths))
+
+
+def test_punctuation_removal_is_jiwers_own():
+    import random
+
+    import jiwer
+
+    from pronlm.metrics import RemovePunctuation
+
+    ours, theirs = RemovePunctuation(), jiwer.RemovePunctuation()
+    rng = random.Random(0)
+    alphabet = [chr(c) for c in range(0x20, 0x3000)] + list("¡¿«»—…“”‘’")
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(40))
+        assert ours.process_string(text) == theirs.process_string(text)
+    assert ours.process_string("Don't—stop! «Now»…") == "Dontstop Now"
