@@ -12,6 +12,7 @@ import pytest
 
 from pronlm.data import AudioError, load_audio
 from pronlm.infer import AudioLimitError, Predictor, done_keys, max_audio_seconds, predict
+from pronlm.prompts import load_template
 from pronlm.phi4_config import real_config
 from pronlm.prompts import TASKS, Example
 from tests.conftest import kill_when
@@ -146,3 +147,28 @@ def test_a_truncated_clip_is_reported_and_the_rest_predicted(corpus_dir, tmp_pat
     predict("tiny", None, str(corpus), "test", str(out), batch_size=4, limit=3, max_new_tokens=4)
     assert {r["id"] for r in read_lines(out)} == {"000030153", "000030154"}  # before: a cut clip was predicted
     assert "utterance 000030145" in caplog.text and "is truncated" in caplog.text
+
+
+def test_a_checkpoint_describes_itself_to_predict(corpus_dir, tmp_path, capsys):
+    """`predict --adapter CKPT` needs no other flag, and gives what the command with every flag gives."""
+    from pronlm.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={run}", "limit=2",
+                 "max_steps=2", "save_strategy=steps", "save_steps=2", "per_device_train_batch_size=2"]) == 0
+    ckpt = run / "checkpoint-2"
+    assert (ckpt / "prompts" / "apa.txt").read_text().strip() == load_template("apa", "short")
+    assert (ckpt / "config.yaml").is_file()
+    assert main(["predict", "--adapter", str(ckpt), "--split", "test", "--limit", "3", "--out",
+                 str(tmp_path / "short.jsonl")]) == 0
+    assert main(["predict", "--base", "tiny", "--adapter", str(ckpt), "--corpus", str(corpus_dir), "--split", "test",
+                 "--limit", "3", "--apa-template", "short", "--mdd-template", "short", "--out",
+                 str(tmp_path / "full.jsonl")]) == 0
+    short, full = (tmp_path / "short.jsonl").read_text(), (tmp_path / "full.jsonl").read_text()
+    assert short == full and len(short.splitlines()) == 6
+    capsys.readouterr()
+    assert main(["predict", "--adapter", str(ckpt), "--apa-template", "default", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--apa-template default disagrees with the checkpoint, which was trained with" in err and "apa.txt" in err
+    assert main(["predict", "--adapter", str(ckpt), "--base", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert f"--base {tmp_path} disagrees with the checkpoint, which was trained with tiny" in capsys.readouterr().err

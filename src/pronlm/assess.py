@@ -366,7 +366,7 @@ def _scores(scores: dict | None) -> str:
     return "  ".join(f"{k} {v}" for k, v in scores.items()) if scores else "unavailable"
 
 
-def assess_command(audio: str, text: str, base: str = "tiny", adapter: str | None = None,
+def assess_command(audio: str, text: str, base: str | None = None, adapter: str | None = None,
                    fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
                    max_audio_seconds: float = 30.0, split_long: bool = False) -> int:
     """`pronlm assess`: print the assessment of one audio file as JSON or as a table.

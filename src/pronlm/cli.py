@@ -27,15 +27,37 @@ def _train(a):
 def _predict(a):
     from pronlm.infer import predict
 
-    predict(base=a.base, adapter=a.adapter, corpus=a.corpus, split=a.split, out=a.out,
+    if a.data and a.corpus:
+        raise PronlmError("give --corpus (and --split) or --data, not both")
+    corpus = a.corpus or (None if a.data else _trained_on(a.adapter))
+    predict(base=a.base, adapter=a.adapter, corpus=corpus, split=a.split, out=a.out,
             tasks=tuple(a.tasks.split(",")), batch_size=a.batch_size, limit=a.limit,
-            max_new_tokens=a.max_new_tokens, apa_template=a.apa_template, mdd_template=a.mdd_template)
+            max_new_tokens=a.max_new_tokens, apa_template=a.apa_template, mdd_template=a.mdd_template,
+            data=a.data)
+
+
+def _trained_on(adapter: str | None) -> str:
+    """The corpus an adapter's run was trained on: predict's default --corpus."""
+    from pronlm.config import ConfigError, checkpoint_config
+
+    saved = checkpoint_config(adapter) if adapter else None
+    if saved is None:
+        raise ConfigError("--corpus or --data is needed: no --adapter with a saved config to take the corpus from")
+    if saved.data:
+        raise ConfigError(f"the adapter was trained on data={saved.data}, not a corpus: give --corpus or --data")
+    return saved.corpus
 
 
 def _evaluate(a):
     from pronlm.report import evaluate
 
     evaluate(a.predictions, a.corpus, a.split, a.out, accent_policy=a.accent_policy, duplicates=a.duplicates)
+
+
+def _table(a):
+    from pronlm.table import table_command
+
+    table_command(a.run, split=a.split, untrained=a.untrained)
 
 
 def _assess(a):
@@ -69,13 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--accent-policy", default="unk", choices=["unk", "canonical", "literal"],
                        help="what an accented phone X* becomes in the heard phones (default: <unk>)")
 
-    def model_options(s, base_default="tiny"):
-        s.add_argument("--base", default=base_default,
-                       help="hub id or local folder of Phi-4-multimodal (native format), or 'tiny'")
+    def model_options(s):
+        s.add_argument("--base", default=None,
+                       help="hub id or local folder of Phi-4-multimodal (native format), or 'tiny'; default: the "
+                            "adapter's own base, or 'tiny' without an adapter")
         s.add_argument("--adapter", default=None, help="a training output or checkpoint folder")
         s.add_argument("--max-new-tokens", type=int, default=256)
 
-    s = sub.add_parser("prepare", help="SpeechOcean762 -> examples.jsonl (two per utterance) + stats.json")
+    s = sub.add_parser("prepare", help="SpeechOcean762 -> examples.jsonl (two per utterance), manifest.jsonl, "
+                                                "stats.json: a training input (train data=DIR)")
     s.add_argument("--corpus", required=True, help="corpus folder (Kaldi layout) or hf:mispeech/speechocean762")
     s.add_argument("--split", required=True)
     s.add_argument("--out", required=True)
@@ -97,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="batched generation for both tasks, appended as JSON lines (resumable)")
     model_options(s)
-    s.add_argument("--corpus", required=True)
+    s.add_argument("--corpus", default=None, help="default: the corpus the adapter was trained on")
     s.add_argument("--split", default="test")
+    s.add_argument("--data", default=None, help="instead of --corpus: a folder with examples.jsonl (pronlm prepare's "
+                                                "or your own); each line is asked with its own prompt")
     s.add_argument("--out", required=True)
     s.add_argument("--tasks", default="apa,mdd")
     s.add_argument("--batch-size", type=int, default=8)
@@ -116,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an (id, task) repeated with a different answer: stop (default), or keep the first/last")
     data_options(s)
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("table", help="the paper's Table 3 for a run: every checkpoint predicted and evaluated "
+                                     "(resumable; also what train eval_split=test does)")
+    s.add_argument("--run", required=True, help="a training output_dir holding checkpoint-N folders")
+    s.add_argument("--split", default=None, choices=["test", "train"], help="default: the run's eval_split")
+    s.add_argument("--untrained", action="store_true", help="add the untrained row (the base, no adapter)")
+    s.set_defaults(func=_table)
 
     s = sub.add_parser("assess", help="scores and per-word feedback for one recording")
     model_options(s)

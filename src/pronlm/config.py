@@ -43,6 +43,7 @@ class Config:
     # data
     corpus: str = "hf:mispeech/speechocean762"
     train_split: str = "train"
+    data: str | None = None  # a folder with examples.jsonl (`pronlm prepare` or your own): trains on it, not corpus
     apa_template: str = "default"
     mdd_template: str = "default"
     accent_policy: str = "unk"
@@ -68,6 +69,10 @@ class Config:
     logging_steps: int = 10
     dataloader_num_workers: int = 0
     seed: int = 42
+    # evaluation after training (pronlm.table): every checkpoint on a split, the paper's Table 3
+    eval_split: str | None = None  # e.g. test (of `corpus`); null: no evaluation after training
+    eval_untrained: bool = False  # also the base with no adapter: the paper's "no training" row
+    dev_fraction: float = 0.0  # this share of train_split's speakers held out as a development split
 
     def __post_init__(self):
         if self.accent_policy not in ("unk", "canonical", "literal"):
@@ -79,6 +84,16 @@ class Config:
                               "on quantised weights: set quantize_4bit=false")
         if self.quantize_4bit and self.strategy != "new-lora":
             raise ConfigError("quantize_4bit needs strategy=new-lora (the speech LoRA is merged first)")
+        if self.eval_split not in (None, "train", "test"):
+            raise ConfigError(f"eval_split must be test, train or null, not {self.eval_split!r}")
+        if not 0 <= self.dev_fraction < 1:
+            raise ConfigError(f"dev_fraction is a share of the training speakers, 0 <= x < 1, not {self.dev_fraction}")
+        if self.dev_fraction and self.data:
+            raise ConfigError("dev_fraction holds out speakers of corpus/train_split; a data folder trains as it is")
+        if self.eval_untrained and not self.eval_split:
+            raise ConfigError("eval_untrained adds the untrained row to the eval_split table: set eval_split=test")
+        if (self.eval_split or self.dev_fraction) and self.save_strategy == "no":
+            raise ConfigError("eval_split and dev_fraction evaluate the saved checkpoints: set save_strategy=epoch")
 
     @property
     def is_tiny(self) -> bool:
@@ -98,6 +113,44 @@ def run_config(adapter: str | None) -> dict:
     return {}
 
 
+TEMPLATE_COPIES = {"apa_template": "prompts/apa.txt", "mdd_template": "prompts/mdd.txt"}
+
+
+def save_run_config(cfg: Config, folder: str | Path) -> None:
+    """config.yaml and the prompt instructions actually used (by content), so the folder describes itself."""
+    from pronlm.prompts import load_template
+
+    folder = Path(folder)
+    cfg.to_yaml(folder / "config.yaml")
+    for key, copy in TEMPLATE_COPIES.items():
+        (folder / copy).parent.mkdir(parents=True, exist_ok=True)
+        (folder / copy).write_text(load_template(key[:3], getattr(cfg, key)) + "\n")
+
+
+def checkpoint_config(adapter: str | Path) -> Config | None:
+    """The config a checkpoint (or its run folder) was trained with, templates read from its own copies."""
+    for folder in (Path(adapter), Path(adapter).parent):
+        if (folder / "config.yaml").is_file():
+            values = read_yaml(folder / "config.yaml") or {}
+            known = {f.name for f in fields(Config)}
+            values = {k: v for k, v in values.items() if k in known}
+            for key, copy in TEMPLATE_COPIES.items():
+                if (folder / copy).is_file():
+                    values[key] = str(folder / copy)
+            return Config(**values)
+    return None
+
+
+def agree(flag: str, given, saved, same=None):
+    """`given` when the flag was set, else the checkpoint's `saved`; a disagreement names both values."""
+    if given is None:
+        return saved
+    if saved is not None and not (same(given, saved) if same else given == saved):
+        raise ConfigError(f"{flag} {given} disagrees with the checkpoint, which was trained with {saved}: "
+                          f"leave {flag} out to use the checkpoint's own")
+    return given
+
+
 def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
@@ -107,6 +160,9 @@ def recipe_path(name_or_path: str) -> Path:
         return Path(str(packaged))
     names = sorted(p.name.removesuffix(".yaml") for p in (resources.files("pronlm") / "recipes").iterdir())
     raise ConfigError(f"no recipe {name_or_path!r}: give a YAML path or one of {', '.join(names)}")
+
+
+STR_FIELDS = {f.name: f.type == "str | None" for f in fields(Config)}  # text fields that may be null
 
 
 def _coerce(name: str, value: str, current):
@@ -123,8 +179,8 @@ def _coerce(name: str, value: str, current):
         if not isinstance(parsed, (int, float)) or isinstance(parsed, bool):
             raise ConfigError(f"{name} takes a number, not {value!r}")
         return type(current)(parsed) if isinstance(current, float) else parsed
-    if isinstance(current, str) and parsed is not None:
-        return str(value)
+    if (isinstance(current, str) or STR_FIELDS.get(name)) and parsed is not None:
+        return str(value)  # a path or name that YAML would read as a number ("data=2024")
     return parsed
 
 

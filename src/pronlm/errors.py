@@ -28,6 +28,14 @@ def read_json(path: str | Path):
         raise FileFormatError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
 
 
+def json_line(path: str | Path, lineno: int, line: str):
+    """The parsed JSON of one line of a JSON-lines file, or a `FileFormatError` naming path:line:column."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"{path}:{lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+
+
 def read_yaml(path: str | Path):
     """The parsed YAML of a file, or a `FileFormatError` with its path, line and column."""
     import yaml

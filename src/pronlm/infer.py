@@ -1,7 +1,7 @@
 """Prediction: batched greedy generation for both tasks, parsed into one record schema.
 
-`Predictor` is the one prediction path: `pronlm predict` (a corpus, written as JSON lines and
-resumable), `pronlm assess` and `pronlm serve` all go through it. It refuses clips longer than
+`Predictor` is the one prediction path: `pronlm predict` (a corpus or a data folder, written as
+JSON lines and resumable), `pronlm assess` and `pronlm serve` all go through it. It refuses clips longer than
 the audio encoder takes (`max_audio_seconds`), and a configured limit above that at start-up.
 """
 
@@ -18,12 +18,13 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pronlm.config import ConfigError, run_config
+from pronlm.config import Config, ConfigError, agree, checkpoint_config
 from pronlm.collate import Collator
 from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, UtteranceError, load_audio, read_corpus
 from pronlm.model import load_feature_extractor, load_for_inference
 from pronlm.parse import parse_answer
-from pronlm.prompts import TASKS, Example, PromptSet
+from pronlm.prepare import read_examples
+from pronlm.prompts import TASKS, Example, PromptSet, load_template
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,6 @@ def audio_limit(configured: float | None, model_config) -> float:
     return configured
 
 
-def training_templates(adapter: str | None) -> dict[str, str]:
-    """The prompt templates an adapter was trained with (its run's config.yaml), else the defaults."""
-    run = run_config(adapter)
-    return {"apa": run.get("apa_template", "default"), "mdd": run.get("mdd_template", "default")}
-
-
 @dataclass
 class Predictor:
     model: torch.nn.Module
@@ -91,13 +86,19 @@ class Predictor:
         self.suppress = [self.model.config.audio_config.audio_token_id, self.model.config.vision_config.image_token_id]
 
     @classmethod
-    def load(cls, base: str = "tiny", adapter: str | None = None, device: str | None = None,
+    def load(cls, base: str | None = None, adapter: str | None = None, device: str | None = None,
              max_new_tokens: int = 256, apa_template: str | None = None, mdd_template: str | None = None,
              max_audio_seconds: float | None = 30.0) -> "Predictor":
-        model, tokenizer = load_for_inference(base, adapter, device)
-        templates = training_templates(adapter)
-        prompts = PromptSet.from_templates(apa_template or templates["apa"], mdd_template or templates["mdd"])
-        return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds, load_feature_extractor(base))
+        """The model ready to answer: an adapter needs nothing else (its checkpoint says base and prompts).
+
+        Without an adapter, `base` (default: the tiny model) is the untrained baseline. A flag that
+        disagrees with the checkpoint's own config is an error naming both values.
+        """
+        cfg = inference_config(base, adapter, apa_template, mdd_template)
+        model, tokenizer = load_for_inference(cfg.base, adapter, device, cfg.revision)
+        prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+        return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds,
+                   load_feature_extractor(cfg.base, cfg.revision))
 
     @torch.inference_mode()
     def generate(self, examples: list[Example], audio: list[np.ndarray]) -> list[str]:
@@ -122,14 +123,37 @@ class Predictor:
                 raise AudioError(utt_id, f"audio lasts {len(samples) / SAMPLE_RATE:.2f} s, over the limit of "
                                          f"{self.max_audio_seconds:g} s")
         jobs = [(utt_id, samples, task) for utt_id, samples in items for task in tasks]
+        examples = [Example(i, t, None, self.prompts.for_task(t), None) for i, _, t in jobs]
+        return self.predict_examples(examples, [s for _, s, _ in jobs], batch_size)
+
+    def predict_examples(self, examples: list[Example], audio: list[np.ndarray], batch_size: int = 8) -> list[dict]:
+        """One record per example, in order, each asked with its own prompt (a data folder's lines)."""
         records = []
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            examples = [Example(i, t, None, self.prompts.for_task(t), None) for i, _, t in chunk]
-            raws = self.generate(examples, [s for _, s, _ in chunk])
-            for (utt_id, _, task), raw in zip(chunk, raws):
-                records.append({"id": utt_id, "task": task, "raw": raw, **parse_answer(task, raw)})
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            raws = self.generate(chunk, audio[start:start + batch_size])
+            for ex, raw in zip(chunk, raws):
+                records.append({"id": ex.id, "task": ex.task, "raw": raw, **parse_answer(ex.task, raw)})
         return records
+
+
+def inference_config(base: str | None = None, adapter: str | None = None, apa_template: str | None = None,
+                     mdd_template: str | None = None) -> Config:
+    """Base, revision and prompt templates for inference: the checkpoint's own, flags only where they agree."""
+    saved = checkpoint_config(adapter) if adapter else None
+    if saved is None:
+        return Config(base=base or "tiny", apa_template=apa_template or "default",
+                      mdd_template=mdd_template or "default")
+    same_text = {key: (lambda given, kept, task=key[:3]: load_template(task, given) == load_template(task, kept))
+                 for key in ("apa_template", "mdd_template")}
+    saved.base = agree("--base", base, saved.base, lambda given, kept: _same_base(given, kept))
+    saved.apa_template = agree("--apa-template", apa_template, saved.apa_template, same_text["apa_template"])
+    saved.mdd_template = agree("--mdd-template", mdd_template, saved.mdd_template, same_text["mdd_template"])
+    return saved
+
+
+def _same_base(given: str, kept: str) -> bool:
+    return given == kept or (Path(given).exists() and Path(given).resolve() == Path(kept).resolve())
 
 
 def clip_frames(utt) -> int:
@@ -165,20 +189,29 @@ def done_keys(out: Path) -> set[tuple[str, str]]:
 
 def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, tasks=TASKS,
             batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
-            apa_template: str | None = None, mdd_template: str | None = None) -> dict:
-    """Predict a corpus split into `out` (JSON lines), skipping what the file already holds."""
+            apa_template: str | None = None, mdd_template: str | None = None,
+            max_audio_seconds: float | None = 30.0, speakers=None, data: str | None = None) -> dict:
+    """Predict a corpus split into `out` (JSON lines), skipping what the file already holds.
+
+    `data`: a folder's examples.jsonl instead of the corpus (`predict_folder`).
+
+    `speakers`: only their utterances (a development split carved from train, `pronlm.table`).
+    """
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise PronlmError(f"unknown task(s) {bad}: choose from {', '.join(TASKS)}")
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(out_path)
-    utterances = list(read_corpus(corpus, split))[:limit]
+    if data is not None:
+        return predict_folder(data, out_path, done, base, adapter, tasks, batch_size, limit, max_new_tokens,
+                              max_audio_seconds)
+    utterances = [u for u in read_corpus(corpus, split) if speakers is None or u.speaker in speakers][:limit]
     todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
-    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens,
+    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                apa_template=apa_template, mdd_template=mdd_template)
     written, failed, t0 = 0, [], time.perf_counter()
     per_step = max(1, batch_size // len(tasks))
@@ -200,3 +233,41 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     rate = len(todo) / (time.perf_counter() - t0)
     log.info("wrote %d predictions to %s (%.2f utterances/s); %d utterances skipped", written, out, rate, len(failed))
     return {"written": written, "skipped_audio": len(failed), "utterances_per_second": rate}
+
+
+def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: str | None, adapter: str | None,
+                   tasks=TASKS, batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
+                   max_audio_seconds: float | None = 30.0) -> dict:
+    """Predict each line of `data`/examples.jsonl (its id, task, audio and prompt) not yet in `out_path`.
+
+    Longest clips first, as for a corpus; targets may be null. Bad lines and clips are reported and skipped.
+    """
+    errors: list[PronlmError] = []
+    lines = read_examples(data, errors, need_targets=False, limit=limit)
+    for exc in errors:
+        log.warning("skipped %s", exc)
+    todo = sorted(((ex, n) for ex, n in lines if ex.task in tasks and (ex.id, ex.task) not in done),
+                  key=lambda pair: (-pair[1], pair[0].audio))  # one clip's lines side by side
+    log.info("%d lines of %s, %d to predict", len(lines), data, len(todo))
+    if not todo:
+        return {"written": 0, "skipped_audio": 0}
+    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds)
+    written, failed, t0 = 0, [], time.perf_counter()
+    with out_path.open("a") as f, tqdm(total=len(todo), unit="line", desc="predict") as bar:
+        for start in range(0, len(todo), batch_size):
+            examples, audio = [], []
+            for ex, _ in todo[start:start + batch_size]:
+                try:
+                    audio.append(load_audio(ex.audio, ex.id, predictor.max_audio_seconds))
+                    examples.append(ex)
+                except UtteranceError as exc:
+                    log.warning("skipped %s", exc)
+                    failed.append(str(exc))
+            for rec in predictor.predict_examples(examples, audio, batch_size):
+                f.write(json.dumps(rec) + "\n")
+                written += 1
+            f.flush()
+            bar.update(len(todo[start:start + batch_size]))
+    rate = len(todo) / (time.perf_counter() - t0)
+    log.info("wrote %d predictions to %s (%.2f lines/s); %d lines skipped", written, out_path, rate, len(failed))
+    return {"written": written, "skipped_audio": len(failed), "skipped_lines": len(errors), "lines_per_second": rate}

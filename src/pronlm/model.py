@@ -296,8 +296,12 @@ def load_lora_weights(peft_model, folder: str):
     return check_lora_landed(peft_model, saved, folder)
 
 
-def check_lora_landed(peft_model, saved: dict[str, torch.Tensor], folder: str):
-    """Every LoRA tensor of the model's targets got the file's value, and not every lora_B is zero."""
+def check_lora_landed(peft_model, saved: dict[str, torch.Tensor], folder: str, zero_is_error: bool = True):
+    """Every LoRA tensor of the model's targets got the file's value, and not every lora_B is zero.
+
+    All-zero lora_B is an error for the shipped speech LoRA (a failed conversion); for a trained
+    adapter it only means it has not moved yet (a checkpoint after a warm-up step): a warning.
+    """
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(peft_model)
@@ -307,7 +311,9 @@ def check_lora_landed(peft_model, saved: dict[str, torch.Tensor], folder: str):
         raise ModelError(f"{folder} has no value for {len(missing)} of the {len(lora_keys)} LoRA tensors of the "
                          f"language model's targets, e.g. {missing[:3]}")
     if not any(saved[k].any() for k in lora_keys if ".lora_B." in k):
-        raise ModelError(f"every lora_B in {folder} is zero: this LoRA would change nothing")
+        if zero_is_error:
+            raise ModelError(f"every lora_B in {folder} is zero: this LoRA would change nothing")
+        log.warning("every lora_B in %s is zero: this adapter has not moved from its start yet", folder)
     wrong = [k for k in saved if k in state and not torch.equal(state[k].to(saved[k].dtype).cpu(), saved[k])]
     if wrong:
         raise ModelError(f"{len(wrong)} tensors of {folder} did not reach the model, e.g. {wrong[:3]}")
@@ -444,7 +450,8 @@ def load_for_inference(base: str, adapter: str | None = None, device: str | None
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(adapter)
-        model = check_lora_landed(PeftModel.from_pretrained(model, adapter), read_lora_file(adapter), adapter)
+        model = check_lora_landed(PeftModel.from_pretrained(model, adapter), read_lora_file(adapter), adapter,
+                                  zero_is_error=False)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 

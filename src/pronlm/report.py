@@ -183,15 +183,19 @@ def mdd_section(utts: list[Utterance], preds: dict, rows: list[MddRow]) -> dict:
 
 
 def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy: str = "unk",
-             duplicates: str = "error") -> dict:
-    """Score a prediction file against `split` of `corpus`; write report.json, report.md and plots to `out`."""
+             duplicates: str = "error", speakers=None) -> dict:
+    """Score a prediction file against `split` of `corpus`; write report.json, report.md and plots to `out`.
+
+    `speakers`: only their utterances count (a development split carved from train, `pronlm.table`).
+    """
     try:
         policy = AccentPolicy(accent_policy)
     except ValueError:
         raise ReportError(f"unknown accent policy {accent_policy!r}: use one of "
                           f"{', '.join(p.value for p in AccentPolicy)}") from None
     corpus_errors: list[UtteranceError] = []
-    utts = [u for u in read_corpus(corpus, split, corpus_errors) if u.labelled]
+    utts = [u for u in read_corpus(corpus, split, corpus_errors)
+            if u.labelled and (speakers is None or u.speaker in speakers)]
     preds, repeated = read_predictions(predictions, duplicates)
     known = {u.id for u in utts}
     if not any(i in known for i, _ in preds):

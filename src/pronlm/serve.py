@@ -397,7 +397,7 @@ def create_app(predictor, lexicon: Lexicon | None = None, max_upload_bytes: int 
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, base: str = "tiny", adapter: str | None = None,
+def serve(host: str = "127.0.0.1", port: int = 8000, base: str | None = None, adapter: str | None = None,
           lexicon: str | None = None, max_new_tokens: int = 256, max_upload_bytes: int = Limits.max_upload_bytes,
           max_audio_seconds: float = Limits.max_audio_seconds, max_queue: int = Limits.max_queue,
           max_batch: int = Limits.max_batch, api_key: str | None = None, rate_limit: int = 0,
@@ -415,7 +415,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, base: str = "tiny", adapter
     lex.phones("A")  # load CMUdict now rather than in the first request
     start = time.perf_counter()
     predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds)
-    log.info("model %s%s loaded in %.1f s; serving on http://%s:%d", base,
+    log.info("model %s%s loaded in %.1f s; serving on http://%s:%d", base or "(the adapter's base)",
              f" + {adapter}" if adapter else "", time.perf_counter() - start, host, port)
     _log_access(host, api_key, rate_limit, cors_origins)
     app = create_app(predictor, lex, max_upload_bytes, max_audio_seconds, max_queue, max_batch, api_key,

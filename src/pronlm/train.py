@@ -20,14 +20,15 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
-from pronlm.config import Config, ConfigError
-from pronlm.data import UtteranceError
+from pronlm.config import Config, ConfigError, save_run_config
+from pronlm.data import PronlmError, UtteranceError, load_audio
 from pronlm.infer import audio_limit
 from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base,
                           load_feature_extractor, merge_speech_lora, parameter_table, prepare_for_training,
                           resolve_dtype)
-from pronlm.prepare import usable_utterances
+from pronlm.prepare import read_examples, usable_utterances
 from pronlm.prompts import TASKS, Example, PromptSet, build_examples
+from pronlm.table import build_table, dev_speakers, save_dev_speakers
 from pronlm.targets import AccentPolicy
 
 log = logging.getLogger(__name__)
@@ -98,26 +99,76 @@ class JsonlLog(TrainerCallback):
             f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class DescribeCheckpoint(TrainerCallback):
+    """Each saved checkpoint-N gets the run's config and prompt texts: `predict --adapter` needs nothing else."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            save_run_config(self.cfg, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+def sequence_length(tokenizer, prompt_tokens: int, n_samples: int, target: str) -> int:
+    """An example's length in tokens: prompt, audio embeddings, answer, <|end|><|endoftext|>."""
+    return prompt_tokens + n_audio_tokens(n_samples) + len(tokenizer(target).input_ids) + 2
+
+
 def load_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
-    """Both tasks' examples of every usable utterance; broken ones are reported and skipped."""
+    """Both tasks' examples of every usable utterance (of `cfg.data` when set); broken ones are reported and skipped."""
+    if cfg.data:
+        return load_folder_examples(cfg, prompts, tokenizer)
     errors: list[UtteranceError] = []
     examples, lengths = [], []
     policy = AccentPolicy(cfg.accent_policy)
     prompt_tokens = {t: len(tokenizer(prompts.for_task(t), add_special_tokens=False).input_ids) for t in TASKS}
-    for utt, samples in usable_utterances(cfg.corpus, cfg.train_split, errors, cfg.max_audio_seconds, cfg.limit):
+    held_out = dev_speakers(cfg)  # dev_fraction: the development split's speakers never train
+    for utt, samples in usable_utterances(cfg.corpus, cfg.train_split, errors, cfg.max_audio_seconds, cfg.limit,
+                                          held_out):
         if not utt.labelled:
             errors.append(UtteranceError(utt.id, "has no scores.json entry: nothing to train on"))
             continue
-        n_audio = n_audio_tokens(samples.size)
         for ex in build_examples(utt, prompts, policy, cfg.word_boundaries):
             examples.append(ex)
-            lengths.append(prompt_tokens[ex.task] + n_audio + len(tokenizer(ex.target).input_ids) + 2)
+            lengths.append(sequence_length(tokenizer, prompt_tokens[ex.task], samples.size, ex.target))
     for exc in errors:
         log.warning("skipped %s", exc)
     if not examples:
         raise UtteranceError("*", f"no usable training utterances in {cfg.corpus} ({cfg.train_split})")
     log.info("%d examples from %d utterances (%d skipped)", len(examples), len(examples) // 2, len(errors))
     return ExampleDataset(examples, lengths)
+
+
+def load_folder_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
+    """The lines of `cfg.data`/examples.jsonl, each with its own prompt; bad lines are reported and skipped."""
+    errors: list[PronlmError] = []
+    pairs = read_examples(cfg.data, errors, cfg.max_audio_seconds, limit=cfg.limit)
+    for exc in errors:
+        log.warning("skipped %s", exc)
+    prompt_tokens, lengths = {}, []
+    for ex, samples in pairs:
+        if ex.prompt not in prompt_tokens:
+            prompt_tokens[ex.prompt] = len(tokenizer(ex.prompt, add_special_tokens=False).input_ids)
+        lengths.append(sequence_length(tokenizer, prompt_tokens[ex.prompt], samples, ex.target))
+    for task in TASKS:
+        other = sum(ex.task == task and ex.prompt != prompts.for_task(task) for ex, _ in pairs)
+        if other:  # the run's templates are what predict --corpus, assess and serve will prompt with
+            log.warning("%d %s lines of %s differ from the prompt %s_template=%s renders: later commands prompt "
+                        "with the template, so set %s_template to the instructions the lines hold", other, task,
+                        cfg.data, task, getattr(cfg, f"{task}_template"), task)
+    log.info("%d examples of %d utterances from %s (%d lines skipped)", len(pairs),
+             len({ex.id for ex, _ in pairs}), cfg.data, len(errors))
+    return ExampleDataset([ex for ex, _ in pairs], lengths)
+
+
+def training_clips(cfg: Config):
+    """The 16 kHz samples of each training clip once (the tiny model fits its audio normalisation on them)."""
+    if not cfg.data:
+        return (s for _, s in usable_utterances(cfg.corpus, cfg.train_split, [], cfg.max_audio_seconds, cfg.limit,
+                                                dev_speakers(cfg)))
+    paths = dict.fromkeys(ex.audio for ex, _ in read_examples(cfg.data, [], cfg.max_audio_seconds, limit=cfg.limit))
+    return (load_audio(path) for path in paths)  # each one checked by read_examples
 
 
 def answer_share(batch: dict) -> float:
@@ -184,7 +235,8 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
                         feature_extractor=load_feature_extractor(cfg.base, cfg.revision))
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                         processing_class=tokenizer, callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl")])
+                         processing_class=tokenizer,
+                         callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg)])
 
 
 RUN_FILES = ("log.jsonl", "train_result.json", "adapter_model.safetensors", "adapter_config.json")
@@ -225,15 +277,15 @@ def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
         model = merge_speech_lora(cfg, model)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
         from pronlm.tiny import fit_audio_normalisation  # a random encoder's input normalisation, saved with it
-        fit_audio_normalisation(model, tokenizer, (s for _, s in usable_utterances(
-            cfg.corpus, cfg.train_split, [], cfg.max_audio_seconds, cfg.limit)))
+        fit_audio_normalisation(model, tokenizer, training_clips(cfg))
         model.save_pretrained(out / TINY_BASE_DIR)
         tokenizer.save_pretrained(out / TINY_BASE_DIR)
     model = prepare_for_training(cfg, model, tokenizer)
     table = parameter_table(model)
     check_trainable(cfg, table)
     if args.process_index == 0:
-        cfg.to_yaml(out / "config.yaml")
+        save_run_config(cfg, out)
+        save_dev_speakers(cfg, out)
         print(format_table(table), flush=True)
         (out / "parameters.json").write_text(json.dumps(table, indent=2))
     trainer = make_trainer(cfg, model, tokenizer, args)
@@ -247,4 +299,6 @@ def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
             log.info("trainable weights agree across %d processes", len(digests))
         summary = {**result.metrics, "global_step": result.global_step, "replica_digests": digests}
         (out / "train_result.json").write_text(json.dumps(summary))
+        if cfg.eval_split or cfg.dev_fraction:  # every checkpoint on the test / dev split: the paper's Table 3
+            build_table(out, cfg)
     return trainer

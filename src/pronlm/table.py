@@ -1,0 +1,277 @@
+"""The paper's Table 3 for a run: every saved checkpoint predicted and evaluated, one row per epoch.
+
+`pronlm train ... eval_split=test` builds it after training and `pronlm table --run RUN` (re)builds
+it for an existing run. Every step resumes: predictions go to `checkpoint-N/<split>.jsonl` (`predict`
+adds only what is missing) and a report is written again only when its predictions are newer.
+With `dev_fraction`, a speaker-disjoint development split carved from train is evaluated too: the
+epoch it selects gives the honest test row (an epoch chosen on the test set itself is optimistic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from pronlm.config import Config, ConfigError, load_config
+from pronlm.data import PronlmError, read_corpus
+from pronlm.infer import predict
+from pronlm.report import ASPECTS, PAPER_TABLE3, PAPER_TEST_SIZE, evaluate
+
+log = logging.getLogger(__name__)
+
+# Paper Table 3's columns, in its order (report.PAPER_TABLE3 holds its rows in the same order)
+COLUMNS = ("acc_pcc", "flu_pcc", "pro_pcc", "total_pcc", "wer", "per", "f1", "precision", "recall")
+HEADERS = ("acc PCC", "flu PCC", "pro PCC", "total PCC", "WER", "PER", "F1", "P", "R")
+DEV = "dev"  # the development split's file names: checkpoint-N/dev.jsonl, checkpoint-N/report-dev/
+DEV_SPEAKERS = "dev_speakers.json"
+UNTRAINED = "untrained"  # folder of the no-adapter predictions in the run
+
+
+class TableError(PronlmError):
+    """The run cannot give a table (no config.yaml, no checkpoint, nothing to evaluate)."""
+
+
+# ---------------------------------------------------------------- development split
+
+
+def pick_dev_speakers(speakers, fraction: float, seed: int) -> list[str]:
+    """round(fraction x speakers), at least one, drawn with `seed`; sorted. Leaves at least one to train on."""
+    pool = sorted(set(speakers))
+    n = max(1, round(fraction * len(pool)))
+    if n >= len(pool):
+        raise ConfigError(f"dev_fraction {fraction} of {len(pool)} speakers leaves none to train on: lower it")
+    return sorted(random.Random(seed).sample(pool, n))
+
+
+@functools.lru_cache(maxsize=8)
+def _speakers(corpus: str, split: str) -> tuple[str, ...]:
+    return tuple(sorted({u.speaker for u in read_corpus(corpus, split, [])}))
+
+
+def dev_speakers(cfg: Config) -> list[str]:
+    """The speakers of `train_split` held out as the development split; [] when `dev_fraction` is 0."""
+    if not cfg.dev_fraction:
+        return []
+    return pick_dev_speakers(_speakers(cfg.corpus, cfg.train_split), cfg.dev_fraction, cfg.seed)
+
+
+def save_dev_speakers(cfg: Config, run: str | Path) -> None:
+    """dev_speakers.json in the run: which speakers never trained, and how they were drawn.
+
+    A run that already holds checkpoints (resumed) must keep the development split it started with.
+    """
+    path, speakers = Path(run) / DEV_SPEAKERS, dev_speakers(cfg)
+    if checkpoints(Path(run)):
+        before = json.loads(path.read_text())["speakers"] if path.is_file() else []
+        if before != speakers:
+            raise ConfigError(f"{run} was trained so far with development speakers {before or 'none'}, this "
+                              f"config holds out {speakers or 'none'}: resume with the run's own dev_fraction, "
+                              "seed and corpus")
+    if speakers:
+        record = {"split": cfg.train_split, "fraction": cfg.dev_fraction, "seed": cfg.seed, "speakers": speakers}
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    else:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- what is evaluated
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model to evaluate: a checkpoint (its folder is the adapter) or the base alone (adapter None)."""
+
+    name: str
+    folder: Path
+    adapter: str | None
+    epoch: float
+    step: int
+
+
+def checkpoints(run: Path) -> list[Target]:
+    """The run's checkpoint-N folders by step; the epoch each one ends is its trainer_state.json's."""
+    found = []
+    for folder in run.glob("checkpoint-*"):
+        state = folder / "trainer_state.json"
+        if folder.name.removeprefix("checkpoint-").isdigit() and state.is_file():
+            epoch = json.loads(state.read_text())["epoch"]
+            found.append(Target(folder.name, folder, str(folder), epoch, int(folder.name.split("-")[1])))
+    return sorted(found, key=lambda t: t.step)
+
+
+def untrained(run: Path) -> Target:
+    return Target(UNTRAINED, run / UNTRAINED, None, 0, 0)
+
+
+def evaluate_target(cfg: Config, target: Target, name: str, split: str, speakers=None) -> dict:
+    """Predict (resumable) then evaluate `split` of the run's corpus; `name` names the files (test, dev)."""
+    preds, out = target.folder / f"{name}.jsonl", target.folder / f"report-{name}"
+    # A tiny run's adapter finds its random base (tiny-base/) itself; with no adapter, "tiny" is a fresh one.
+    predict(base=cfg.base, adapter=target.adapter, corpus=cfg.corpus, split=split, out=str(preds),
+            apa_template=cfg.apa_template, mdd_template=cfg.mdd_template,
+            max_audio_seconds=cfg.max_audio_seconds, speakers=speakers)
+    done = out / "report.json"
+    if done.is_file() and done.stat().st_mtime_ns >= preds.stat().st_mtime_ns:
+        return json.loads(done.read_text())
+    log.info("evaluating %s on %s", target.name, name)
+    return evaluate(str(preds), cfg.corpus, split, str(out), accent_policy=cfg.accent_policy, speakers=speakers)
+
+
+def metrics_row(report: dict) -> dict[str, float | None]:
+    """A report's numbers in Table 3's columns (None where undefined, e.g. PCC of constant scores)."""
+    apa, mdd = report["apa"], report["mdd"]
+    values = [apa[a]["pcc"] for a in ASPECTS] + [mdd[k] for k in ("wer", "per", "f1", "precision", "recall")]
+    return dict(zip(COLUMNS, values))
+
+
+def table_row(target: Target, report: dict) -> dict:
+    return {"checkpoint": target.name, "epoch": target.epoch, "step": target.step,
+            "n_apa": report["apa"]["total"]["n"], "n_mdd": report["mdd"]["n"], **metrics_row(report)}
+
+
+# ---------------------------------------------------------------- choosing the epoch
+
+
+def _best(rows: list[dict]) -> dict | None:
+    """The row of highest total PCC (the earliest on a tie); None when no row has one."""
+    scored = [r for r in rows if r["total_pcc"] is not None]
+    return max(scored, key=lambda r: (r["total_pcc"], -r["step"])) if scored else None
+
+
+def choose_epoch(dev_rows: list[dict], test_rows: list[dict]) -> dict:
+    """The epoch the development split selects (best dev total PCC), its test row, and the best-on-test row."""
+    chosen = _best(dev_rows)
+    trained = [r for r in test_rows if r["checkpoint"] != UNTRAINED]
+    honest = next((r for r in trained if chosen and r["checkpoint"] == chosen["checkpoint"]), None)
+    return {"selected": chosen and {k: chosen[k] for k in ("checkpoint", "epoch", "step", "total_pcc")},
+            "honest": honest, "best_on_test": _best(trained)}
+
+
+# ---------------------------------------------------------------- the table
+
+
+def build_table(run: str | Path, cfg: Config | None = None) -> dict:
+    """Evaluate what is missing, then write table.json and table.md in the run; returns the table."""
+    run = Path(run)
+    cfg = cfg or run_config(run)
+    targets = checkpoints(run)
+    if not targets:
+        raise TableError(f"{run} has no checkpoint-N folder with a trainer_state.json: train with "
+                         "save_strategy=epoch to evaluate every epoch")
+    table = {"run": str(run), "corpus": cfg.corpus, "strategy": cfg.strategy, "split": cfg.eval_split,
+             "columns": list(COLUMNS), "paper": [dict(strategy=s, epoch=e, **dict(zip(COLUMNS, v)))
+                                                 for s, e, *v in PAPER_TABLE3],
+             "rows": [], "n_utterances": None, "dev": None}
+    if cfg.eval_split:
+        models = ([untrained(run)] if cfg.eval_untrained else []) + targets
+        for target in models:
+            report = evaluate_target(cfg, target, cfg.eval_split, cfg.eval_split)
+            table["rows"].append(table_row(target, report))
+            table["n_utterances"] = report["n_utterances"]
+    if cfg.dev_fraction:
+        speakers = read_dev_speakers(run)
+        dev_rows, n = [], None
+        for target in targets:
+            report = evaluate_target(cfg, target, DEV, cfg.train_split, set(speakers))
+            dev_rows.append(table_row(target, report))
+            n = report["n_utterances"]
+        table["dev"] = {"split": cfg.train_split, "fraction": cfg.dev_fraction, "speakers": speakers,
+                        "n_utterances": n, "rows": dev_rows, **choose_epoch(dev_rows, table["rows"])}
+    (run / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+    (run / "table.md").write_text(markdown(table))
+    return table
+
+
+def run_config(run: Path) -> Config:
+    if not (run / "config.yaml").is_file():
+        raise TableError(f"{run} has no config.yaml: give the output_dir of a `pronlm train` run")
+    return load_config(str(run / "config.yaml"))
+
+
+def read_dev_speakers(run: Path) -> list[str]:
+    path = run / DEV_SPEAKERS
+    if not path.is_file():
+        raise TableError(f"{path} not found: the run was trained without dev_fraction, so there is no "
+                         "development split to evaluate")
+    return json.loads(path.read_text())["speakers"]
+
+
+def table_command(run: str, split: str | None = None, untrained: bool = False) -> dict:
+    """`pronlm table`: the run's own eval_split (or `split`), the untrained row if asked; prints table.md."""
+    cfg = run_config(Path(run))
+    cfg = dataclasses.replace(cfg, eval_split=split or cfg.eval_split, eval_untrained=untrained or cfg.eval_untrained)
+    if not cfg.eval_split and not cfg.dev_fraction:
+        raise TableError(f"{run} was trained without eval_split: give --split test")
+    table = build_table(run, cfg)
+    print((Path(run) / "table.md").read_text(), end="")
+    return table
+
+
+# ---------------------------------------------------------------- table.md
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _cells(row: dict) -> str:
+    return " | ".join(_num(row[c]) for c in COLUMNS)
+
+
+def _epoch(row: dict) -> str:
+    return f"{row['epoch']:g}"
+
+
+def markdown(table: dict) -> str:
+    """Our rows beside the paper's Table 3; with a development split, the epoch it selects."""
+    dev = table["dev"]
+    header = ["| system | epoch | " + " | ".join(HEADERS) + " |", "|---|---|" + "---|" * len(HEADERS)]
+    lines = [f"# Table 3 for {table['run']}", "",
+             f"Strategy `{table['strategy']}`, corpus `{table['corpus']}`; each checkpoint's predictions and "
+             "report are in `checkpoint-N/<split>.jsonl` and `checkpoint-N/report-<split>/`.", ""]
+    if table["rows"]:
+        chosen = dev and dev["selected"] and dev["selected"]["checkpoint"]
+        lines += [f"## SpeechOcean762 {table['split']} ({table['n_utterances']} utterances) against the paper "
+                  "(Ahn & Nam 2025, Table 3: test, 2,500 utterances)", "", *header,
+                  *[f"| paper {p['strategy']} | {p['epoch']} | {_cells(p)} |" for p in table["paper"]],
+                  *[f"| **this run{', no training' if r['checkpoint'] == UNTRAINED else ''}** "
+                    f"({r['checkpoint']}{', selected on dev' if r['checkpoint'] == chosen else ''}) "
+                    f"| {_epoch(r)} | {_cells(r)} |" for r in table["rows"]], ""]
+    if dev:
+        lines += _dev_section(dev, header)
+    lines += ["## What compares", "",
+              "PCC (Pearson r per aspect), WER and PER are defined as in the paper. Our F1, P and R follow the "
+              "standard MDD protocol (Li et al. 2016); the paper does not say how it counted its own, so those "
+              "three columns do not compare (see any `report.md`)." + _coverage(table), ""]
+    return "\n".join(lines)
+
+
+def _dev_section(dev: dict, header: list[str]) -> list[str]:
+    lines = ["## Choosing the epoch on a development split", "",
+             f"{len(dev['speakers'])} speakers of {dev['split']} ({dev['n_utterances']} utterances; dev_fraction "
+             f"{dev['fraction']:g}, listed in `{DEV_SPEAKERS}`) were held out of training and evaluated every epoch:",
+             "", *header, *[f"| dev ({r['checkpoint']}) | {_epoch(r)} | {_cells(r)} |" for r in dev["rows"]], ""]
+    if dev["selected"] is None:
+        return lines + ["No epoch has a development total PCC (constant or unreadable scores): none selected.", ""]
+    selected = dev["selected"]
+    lines.append(f"The development split selects **epoch {selected['epoch']:g}** ({selected['checkpoint']}, "
+                 f"dev total PCC {_num(selected['total_pcc'])}).")
+    if dev["honest"]:
+        best = dev["best_on_test"]
+        lines += ["Its test row is the honest result; the best row on test was chosen by looking at the test set:",
+                  "", *header, f"| **honest: selected on dev** | {_epoch(dev['honest'])} | {_cells(dev['honest'])} |"]
+        if best:
+            lines.append(f"| best on test (optimistic) | {_epoch(best)} | {_cells(best)} |")
+    return lines + [""]
+
+
+def _coverage(table: dict) -> str:
+    if not table["rows"] or (table["split"] == "test" and table["n_utterances"] == PAPER_TEST_SIZE):
+        return ""
+    return (f" This table covers {table['n_utterances']} utterances of the {table['split']} split, not the "
+            f"paper's {PAPER_TEST_SIZE:,} test utterances, so its numbers do not compare directly.")

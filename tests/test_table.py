@@ -1,0 +1,286 @@
+"""The paper's Table 3 from one command: every checkpoint predicted and evaluated, resumable, with a
+speaker-disjoint development split choosing the epoch. Fast tests use prediction files written here
+(predict finds them complete and loads no model); the slow ones train the tiny model end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from pronlm.cli import main
+from pronlm.config import ConfigError, load_config
+from pronlm.data import read_corpus
+from pronlm.infer import predict
+from pronlm.parse import parse_answer
+from pronlm.report import PAPER_TABLE3, evaluate
+from pronlm.table import (COLUMNS, build_table, checkpoints, choose_epoch, dev_speakers, metrics_row,
+                          pick_dev_speakers, save_dev_speakers)
+from pronlm.targets import heard_phones
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Hidden-64 ops are too small to split: on a busy 2-core machine two threads made these runs ~10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TRAIN_SPEAKERS = ["0001", "0005", "1362", "1372", "1435", "2799"]  # the real subset (../shared/data/README.md)
+DEV_034 = ["0001", "2799"]  # dev_fraction 0.34, seed 42: round(0.34 x 6) = 2 speakers, 18 utterances
+
+
+def test_dev_speakers_are_a_seeded_share_of_the_training_speakers():
+    assert pick_dev_speakers(TRAIN_SPEAKERS, 0.34, 42) == DEV_034
+    assert pick_dev_speakers(reversed(TRAIN_SPEAKERS * 2), 0.34, 42) == DEV_034  # order and repeats do not matter
+    assert len(pick_dev_speakers(TRAIN_SPEAKERS, 0.1, 42)) == 1  # at least one speaker
+    assert len(pick_dev_speakers(TRAIN_SPEAKERS, 0.8, 42)) == 5
+    assert any(pick_dev_speakers(TRAIN_SPEAKERS, 0.34, s) != DEV_034 for s in range(5))
+    with pytest.raises(ConfigError, match="none to train on"):
+        pick_dev_speakers(TRAIN_SPEAKERS, 0.95, 42)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(eval_split="dev"), "eval_split must be"),
+    (dict(eval_untrained=True), "set eval_split=test"),
+    (dict(eval_split="test", save_strategy="no"), "save_strategy=epoch"),
+    (dict(dev_fraction=0.1, save_strategy="no"), "save_strategy=epoch"),
+    (dict(dev_fraction=1.0), "0 <= x < 1"),
+    (dict(dev_fraction=0.1, data="prepared"), "data folder"),
+])
+def test_evaluation_settings_are_checked_before_training(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny-cpu", overrides)
+
+
+def test_training_leaves_the_development_speakers_out(corpus_dir, tmp_path, tiny_tokenizer, train_utterances):
+    from pronlm.prompts import PromptSet
+    from pronlm.train import load_examples
+
+    cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(tmp_path), dev_fraction=0.34))
+    assert dev_speakers(cfg) == DEV_034
+    speaker = {u.id: u.speaker for u in train_utterances}
+    examples = load_examples(cfg, PromptSet.from_templates(cfg.apa_template, cfg.mdd_template), tiny_tokenizer)
+    trained = {speaker[ex.id] for ex in examples.examples}
+    assert trained == set(TRAIN_SPEAKERS) - set(DEV_034)
+    limited = load_examples(load_config("tiny-cpu", dict(corpus=str(corpus_dir), dev_fraction=0.34, limit=3)),
+                            PromptSet.from_templates("short", "short"), tiny_tokenizer)
+    assert len(limited) == 6 and {speaker[ex.id] for ex in limited.examples} == {"0005"}  # limit counts after
+    save_dev_speakers(cfg, tmp_path)
+    assert json.loads((tmp_path / "dev_speakers.json").read_text()) == {
+        "split": "train", "fraction": 0.34, "seed": 42, "speakers": DEV_034}
+
+
+def test_a_resumed_run_keeps_its_development_split(corpus_dir, tmp_path):
+    cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(tmp_path), dev_fraction=0.34))
+    save_dev_speakers(cfg, tmp_path)
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"epoch": 1.0}))
+    save_dev_speakers(cfg, tmp_path)  # the same split: fine
+    for other in (dict(dev_fraction=0.0), dict(dev_fraction=0.34, seed=1)):
+        with pytest.raises(ConfigError, match="resume with the run's own dev_fraction"):
+            save_dev_speakers(load_config("tiny-cpu", dict(corpus=str(corpus_dir), **other)), tmp_path)
+    assert json.loads((tmp_path / "dev_speakers.json").read_text())["speakers"] == DEV_034
+
+
+def test_checkpoints_in_step_order_with_the_epoch_they_end(tmp_path):
+    for step, epoch in ((10, 2.0), (9, 1.8), (5, 1.0)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"epoch": epoch}))
+    (tmp_path / "checkpoint-3").mkdir()  # killed before its state was written: not a checkpoint yet
+    (tmp_path / "checkpoint-x").mkdir()
+    assert [(t.name, t.epoch, t.step) for t in checkpoints(tmp_path)] == [
+        ("checkpoint-5", 1.0, 5), ("checkpoint-9", 1.8, 9), ("checkpoint-10", 2.0, 10)]
+
+
+def _row(name, step, total, **values):
+    return {"checkpoint": name, "epoch": step / 4, "step": step, **dict.fromkeys(COLUMNS), **values,
+            "total_pcc": total}
+
+
+def test_the_development_split_chooses_the_epoch_and_the_test_set_does_not():
+    dev = [_row("checkpoint-4", 4, 0.2), _row("checkpoint-8", 8, 0.5), _row("checkpoint-12", 12, 0.5)]
+    test = [_row("untrained", 0, 0.9), _row("checkpoint-4", 4, 0.7), _row("checkpoint-8", 8, 0.3),
+            _row("checkpoint-12", 12, None)]
+    chosen = choose_epoch(dev, test)
+    # a tie goes to the earlier epoch
+    assert chosen["selected"] == {"checkpoint": "checkpoint-8", "epoch": 2.0, "step": 8, "total_pcc": 0.5}
+    assert chosen["honest"] is test[2]
+    assert chosen["best_on_test"] is test[1]  # the untrained row is no epoch to choose
+    nothing = choose_epoch([_row("checkpoint-4", 4, None)], test)
+    assert nothing == {"selected": None, "honest": None, "best_on_test": test[1]}
+
+
+# ---------------------------------------------------------------- a run with predictions written here
+
+
+def _apa(utt, reverse: bool) -> str:
+    s = utt.scores.as_dict()
+    scores = {a: (10 - v if reverse else v) for a, v in s.items() if a in ("accuracy", "fluency", "prosodic", "total")}
+    return json.dumps(scores) + "<|end|>"
+
+
+def _write_predictions(path, utts, reverse: bool) -> None:
+    """Exact scores (PCC 1) or 10 - score (PCC -1); the heard words and phones (WER 0, PER 0)."""
+    lines = []
+    for u in utts:
+        mdd = json.dumps({"word_transcript": u.text, "phoneme_transcript": " ".join(heard_phones(u))}) + "<|end|>"
+        for task, raw in (("apa", _apa(u, reverse)), ("mdd", mdd)):
+            lines.append(json.dumps({"id": u.id, "task": task, "raw": raw, **parse_answer(task, raw)}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture()
+def written_run(corpus_dir, tmp_path):
+    """A run whose epoch 1 is right on test and wrong on dev, and epoch 2 the other way round."""
+    run = tmp_path / "run"
+    cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(run), eval_split="test",
+                                       dev_fraction=0.34))
+    run.mkdir()
+    cfg.to_yaml(run / "config.yaml")
+    save_dev_speakers(cfg, run)
+    test = list(read_corpus(str(corpus_dir), "test"))
+    dev = [u for u in read_corpus(str(corpus_dir), "train") if u.speaker in DEV_034]
+    for step, epoch in ((4, 1.0), (8, 2.0)):
+        folder = run / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"epoch": epoch, "global_step": step}))
+        _write_predictions(folder / "test.jsonl", test, reverse=epoch == 2)
+        _write_predictions(folder / "dev.jsonl", dev, reverse=epoch == 1)
+    return run
+
+
+def test_table_marks_the_epoch_dev_selects_and_reports_its_test_row(written_run):
+    table = build_table(written_run)
+    rows = {r["checkpoint"]: r for r in table["rows"]}
+    assert [r["checkpoint"] for r in table["rows"]] == ["checkpoint-4", "checkpoint-8"]
+    assert rows["checkpoint-4"]["total_pcc"] == pytest.approx(1.0) and rows["checkpoint-4"]["per"] == 0.0
+    assert rows["checkpoint-8"]["total_pcc"] == pytest.approx(-1.0) and rows["checkpoint-8"]["wer"] == 0.0
+    dev = table["dev"]
+    assert dev["speakers"] == DEV_034 and dev["n_utterances"] == 18  # only the dev speakers' utterances
+    assert [r["total_pcc"] for r in dev["rows"]] == [pytest.approx(-1.0), pytest.approx(1.0)]
+    assert dev["rows"][0]["n_apa"] == 18
+    assert dev["selected"]["checkpoint"] == "checkpoint-8" and dev["selected"]["epoch"] == 2.0
+    assert dev["honest"] == rows["checkpoint-8"]  # the selected epoch's test row: the honest result
+    assert dev["best_on_test"] == rows["checkpoint-4"]
+    assert json.loads((written_run / "table.json").read_text()) == table
+    md = (written_run / "table.md").read_text()
+    assert "| **this run** (checkpoint-8, selected on dev) | 2 | -1.000 | -1.000 | -1.000 | -1.000 | 0.000 |" in md
+    assert "| **honest: selected on dev** | 2 | -1.000 |" in md
+    assert "| best on test (optimistic) | 1 | 1.000 |" in md
+    assert "| dev (checkpoint-8) | 2 | 1.000 |" in md
+    assert "| paper LoRA | 3 | 0.656 | 0.727 | 0.711 | 0.675 | 0.140 | 0.114 | 0.724 | 0.728 | 0.721 |" in md
+
+
+def test_building_again_redoes_only_what_is_missing(written_run, capsys):
+    build_table(written_run)
+    reports = sorted(written_run.glob("checkpoint-*/report-*/report.json"))
+    assert len(reports) == 4
+    before = {p: p.stat().st_mtime_ns for p in reports}
+    shutil.rmtree(written_run / "checkpoint-8" / "report-dev")
+    assert main(["table", "--run", str(written_run)]) == 0
+    assert "| dev (checkpoint-8) | 2 | 1.000 |" in capsys.readouterr().out
+    again = {p: p.stat().st_mtime_ns for p in reports}
+    changed = [p for p in reports if again[p] != before[p]]
+    assert changed == [written_run / "checkpoint-8" / "report-dev" / "report.json"]
+    report = written_run / "checkpoint-4" / "report-test" / "report.json"
+    later = report.stat().st_mtime_ns + 10**9  # predictions newer than their report (lines added by hand)
+    os.utime(written_run / "checkpoint-4" / "test.jsonl", ns=(later, later))
+    build_table(written_run)
+    assert report.stat().st_mtime_ns > again[report]
+
+
+def test_table_command_errors_name_the_fix(tmp_path, written_run, capsys):
+    assert main(["table", "--run", str(tmp_path)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    for folder in written_run.glob("checkpoint-*"):
+        shutil.rmtree(folder)
+    assert main(["table", "--run", str(written_run)]) == 2
+    assert "save_strategy=epoch" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- end to end, the tiny model
+
+
+def _train(corpus_dir, out, *extra) -> int:
+    # batch 2: two steps an epoch, so epoch 1's LoRA has moved past the warm-up step (an all-zero LoRA is refused)
+    return main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={out}", "limit=4",
+                 "num_train_epochs=2", "per_device_train_batch_size=2", "save_strategy=epoch", "eval_split=test",
+                 *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("table") / "run"
+    assert _train(corpus_dir, out, "eval_untrained=true") == 0
+    return out
+
+
+@pytest.mark.slow
+def test_each_epoch_row_equals_predict_and_evaluate_by_hand(tiny_run, corpus_dir, tmp_path):
+    table = json.loads((tiny_run / "table.json").read_text())
+    assert [(r["checkpoint"], r["epoch"]) for r in table["rows"]] == [
+        ("untrained", 0), ("checkpoint-4", 1.0), ("checkpoint-8", 2.0)]
+    for row in table["rows"]:
+        name = row["checkpoint"]
+        adapter = None if name == "untrained" else str(tiny_run / name)
+        templates = dict(apa_template="short", mdd_template="short") if adapter is None else {}
+        predict(base="tiny", adapter=adapter, corpus=str(corpus_dir), split="test", out=str(tmp_path / f"{name}.jsonl"),
+                **templates)
+        report = evaluate(str(tmp_path / f"{name}.jsonl"), str(corpus_dir), "test", str(tmp_path / name))
+        assert {c: row[c] for c in COLUMNS} == metrics_row(report), name
+        assert row["n_apa"] == report["apa"]["total"]["n"] and row["n_mdd"] == report["mdd"]["n"] == 10
+        ours = (tiny_run / name / "test.jsonl").read_text().splitlines()
+        assert ours == (tmp_path / f"{name}.jsonl").read_text().splitlines()  # the same model answered
+    first, second = ((tiny_run / c / "test.jsonl").read_text() for c in ("checkpoint-4", "checkpoint-8"))
+    assert first != second  # so the equality above tells the epochs apart
+
+
+@pytest.mark.slow
+def test_table_md_holds_the_papers_rows_and_ours(tiny_run):
+    md = (tiny_run / "table.md").read_text()
+    for strategy, epoch, *values in PAPER_TABLE3:
+        assert f"| paper {strategy} | {epoch} | " + " | ".join(f"{v:.3f}" for v in values) + " |" in md
+    table = json.loads((tiny_run / "table.json").read_text())
+    for row, label in zip(table["rows"], ("**this run, no training** (untrained) | 0",
+                                          "**this run** (checkpoint-4) | 1", "**this run** (checkpoint-8) | 2")):
+        cells = " | ".join("–" if row[c] is None else f"{row[c]:.3f}" for c in COLUMNS)
+        assert f"| {label} | {cells} |" in md
+    assert "10 utterances of the test split, not the paper's 2,500" in md
+
+
+@pytest.mark.slow
+def test_train_resume_adds_only_the_missing_predictions(tiny_run, corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cut = run / "checkpoint-4" / "test.jsonl"
+    kept = cut.read_text().splitlines()[:6]
+    cut.write_text("\n".join(kept) + "\n")  # as if killed while predicting epoch 1
+    untouched = {p: p.stat().st_mtime_ns for p in [*run.glob("checkpoint-8/**/*"), *run.glob("untrained/**/*")]}
+    assert _train(corpus_dir, run, "eval_untrained=true", "--resume") == 0
+    lines = cut.read_text().splitlines()
+    assert lines[:6] == kept and len(lines) == 20
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    table = json.loads((run / "table.json").read_text())
+    assert table["rows"][1]["n_mdd"] == 10
+
+
+@pytest.mark.slow
+def test_a_development_split_is_held_out_and_evaluated_every_epoch(corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _train(corpus_dir, out, "dev_fraction=0.34") == 0
+    assert json.loads((out / "dev_speakers.json").read_text())["speakers"] == DEV_034
+    dev_ids = {u.id for u in read_corpus(str(corpus_dir), "train") if u.speaker in DEV_034}
+    for ckpt in ("checkpoint-4", "checkpoint-8"):
+        predicted = {json.loads(line)["id"] for line in (out / ckpt / "dev.jsonl").read_text().splitlines()}
+        assert predicted == dev_ids
+    table = json.loads((out / "table.json").read_text())
+    assert [r["checkpoint"] for r in table["dev"]["rows"]] == ["checkpoint-4", "checkpoint-8"]
+    assert {k: table["dev"][k] for k in ("selected", "honest", "best_on_test")} == choose_epoch(
+        table["dev"]["rows"], table["rows"])
+    assert "## Choosing the epoch on a development split" in (out / "table.md").read_text()
