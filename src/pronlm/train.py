@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -28,7 +28,7 @@ from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, fo
                           resolve_dtype)
 from pronlm.prepare import read_examples, usable_utterances
 from pronlm.prompts import TASKS, Example, PromptSet, build_examples
-from pronlm.table import build_table, dev_speakers, save_dev_speakers
+from pronlm.table import DEV_HISTORY, build_table, dev_history, dev_speakers, save_dev_speakers
 from pronlm.targets import AccentPolicy
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ class PronlmTrainer(Trainer):
         return EpochSampler(ds.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
                             self.args.seed, self.args.train_sampling_strategy == "group_by_length")
 
+    def _run_epoch(self, *args, **kwargs):
+        # HF checks should_training_stop only after a step: a resumed run that had stopped early trains no more
+        if not self.control.should_training_stop:
+            super()._run_epoch(*args, **kwargs)
+
 
 class JsonlLog(TrainerCallback):
     """Every logged step (loss, lr, grad norm, examples/s) as one JSON line in output_dir/log.jsonl."""
@@ -108,6 +113,33 @@ class DescribeCheckpoint(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             save_run_config(self.cfg, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+class EarlyStopOnDev(TrainerCallback):
+    """early_stop_patience: at each epoch's checkpoint process 0 evaluates the development split
+    (`table.dev_history`) and every process stops once its total PCC has not improved for that many epochs."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._decide(args, state, control)  # resumed: the checkpoints so far may already say stop
+
+    def on_save(self, args, state, control, **kwargs):
+        self._decide(args, state, control)
+
+    def _decide(self, args, state, control):
+        stop = False
+        if state.is_world_process_zero:
+            # predicting draws random numbers (model loading); training's stream must not see that, or a
+            # resumed run (its RNG restored from the checkpoint) would drift from an uninterrupted one
+            with torch.random.fork_rng(devices=[args.device] if args.device.type == "cuda" else []):
+                stop = dev_history(self.cfg, args.output_dir, state.global_step, state.max_steps)["stopped_early"]
+        flag = torch.tensor([float(stop)], device=args.device)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():  # the other processes wait here for process 0's decision
+            dist.broadcast(flag, src=0)
+        control.should_training_stop |= bool(flag.item())
 
 
 def sequence_length(tokenizer, prompt_tokens: int, n_samples: int, target: str) -> int:
@@ -234,12 +266,13 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
                         feature_extractor=load_feature_extractor(cfg.base, cfg.revision))
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
+    callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg)]
+    callbacks += [EarlyStopOnDev(cfg)] if cfg.early_stop_patience else []  # after the checkpoint has its config
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                         processing_class=tokenizer,
-                         callbacks=[JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg)])
+                         processing_class=tokenizer, callbacks=callbacks)
 
 
-RUN_FILES = ("log.jsonl", "train_result.json", "adapter_model.safetensors", "adapter_config.json")
+RUN_FILES = ("log.jsonl", "train_result.json", "adapter_model.safetensors", "adapter_config.json", DEV_HISTORY)
 
 
 def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: bool) -> str | None:
@@ -277,9 +310,11 @@ def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
         model = merge_speech_lora(cfg, model)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
         from pronlm.tiny import fit_audio_normalisation  # a random encoder's input normalisation, saved with it
+
         fit_audio_normalisation(model, tokenizer, training_clips(cfg))
         model.save_pretrained(out / TINY_BASE_DIR)
         tokenizer.save_pretrained(out / TINY_BASE_DIR)
+    set_seed(cfg.seed)  # the new LoRA's random A matrices: the same in every run (a hub base draws nothing on load)
     model = prepare_for_training(cfg, model, tokenizer)
     table = parameter_table(model)
     check_trainable(cfg, table)
