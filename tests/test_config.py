@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pronlm.config import Config, ConfigError, load_config
+from pronlm.config import Config, ConfigError, command_config, load_config, save_run_config
 
 
 @pytest.mark.parametrize("name", ["paper-lora", "paper-unfreeze", "new-lora", "tiny-cpu"])
@@ -52,3 +52,74 @@ def test_unknown_key_in_a_recipe_file(tmp_path):
     recipe.write_text("base: tiny\nlora_rank: 8\n")
     with pytest.raises(ConfigError, match="lora_rank"):
         load_config(str(recipe))
+
+
+# ---- one config for every command: recipe or checkpoint, then flags and key=value overrides
+
+
+def test_a_command_config_is_the_recipe_then_flags_and_overrides():
+    cfg = command_config("tiny-cpu", ["split=test", "limit=3"], {"accent_policy": ("--accent-policy canonical",
+                                                                                   "canonical")})
+    assert (cfg.base, cfg.apa_template, cfg.split, cfg.limit, cfg.accent_policy) == ("tiny", "short", "test", 3,
+                                                                                     "canonical")
+    assert command_config(None, [], None, None, {"base": "tiny"}).base == "tiny"  # no recipe: the defaults given
+    assert command_config().base == Config().base
+
+
+def test_a_flag_and_an_override_that_disagree_name_both():
+    flags = {"accent_policy": ("--accent-policy canonical", "canonical")}
+    with pytest.raises(ConfigError, match="--accent-policy canonical disagrees with accent_policy=literal"):
+        command_config("tiny-cpu", ["accent_policy=literal"], flags)
+    assert command_config("tiny-cpu", ["accent_policy=canonical"], flags).accent_policy == "canonical"
+    with pytest.raises(ConfigError, match="--limit 3 disagrees with limit=4"):
+        command_config(None, ["limit=4"], {"limit": ("--limit 3", "3")})
+    with pytest.raises(ConfigError, match="accent_policy must be"):  # validated where a recipe is: Config
+        command_config(None, [], {"accent_policy": ("--accent-policy star", "star")})
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    """A checkpoint folder as training leaves it: config.yaml and the prompt texts (no weights needed here)."""
+    folder = tmp_path / "run" / "checkpoint-2"
+    save_run_config(load_config("tiny-cpu", ["corpus=/data/so762", "limit=2", "word_boundaries=true"]), folder)
+    return folder
+
+
+def test_with_an_adapter_the_checkpoints_config_is_the_start(checkpoint):
+    cfg = command_config(adapter=str(checkpoint))
+    assert (cfg.base, cfg.strategy, cfg.corpus, cfg.word_boundaries) == ("tiny", "new-lora", "/data/so762", True)
+    assert cfg.apa_template == str(checkpoint / "prompts" / "apa.txt")  # its own copy, by content
+    assert cfg.limit is None  # the run's limit counted its training utterances
+    cfg = command_config(None, ["split=test", "limit=5", "corpus=/other", "max_audio_seconds=20",
+                                "apa_template=short", "base=tiny"], adapter=str(checkpoint))
+    assert (cfg.split, cfg.limit, cfg.corpus, cfg.max_audio_seconds) == ("test", 5, "/other", 20.0)
+
+
+@pytest.mark.parametrize("given, message", [
+    (["accent_policy=canonical"], "accent_policy=canonical disagrees with the checkpoint, which was trained with unk"),
+    (["word_boundaries=false"], "word_boundaries=false disagrees with the checkpoint, which was trained with True"),
+    (["strategy=speech-lora"], "strategy=speech-lora disagrees with the checkpoint, which was trained with new-lora"),
+    (["revision=main"], "revision=main disagrees with the checkpoint, which was trained with refs/pr/70"),
+    (["apa_template=default"], "apa_template=default disagrees with the checkpoint, which was trained with .*apa.txt"),
+    (["base=microsoft/Phi-4-multimodal-instruct"], "base=microsoft/Phi-4-multimodal-instruct disagrees with the "
+                                                   "checkpoint, which was trained with tiny"),
+])
+def test_an_override_that_changes_the_trained_model_is_an_error_naming_both(checkpoint, given, message):
+    with pytest.raises(ConfigError, match=message):
+        command_config(None, given, adapter=str(checkpoint))
+
+
+def test_a_recipe_beside_an_adapter_is_checked_against_the_checkpoint(checkpoint):
+    with pytest.raises(ConfigError, match=r"recipe tiny-cpu \(word_boundaries: False\) disagrees with the "
+                                          "checkpoint, which was trained with True"):
+        command_config("tiny-cpu", [], adapter=str(checkpoint))
+    cfg = command_config("tiny-cpu", ["split=test", "word_boundaries=true"], adapter=str(checkpoint))  # as trained
+    assert (cfg.corpus, cfg.word_boundaries, cfg.split) == ("/data/so762", True, "test")  # the checkpoint's own
+    with pytest.raises(ConfigError, match=r"recipe paper-lora \(base: microsoft/Phi-4-multimodal-instruct\) "
+                                          "disagrees with the checkpoint, which was trained with tiny"):
+        command_config("paper-lora", [], adapter=str(checkpoint))
+
+
+def test_an_adapter_without_a_config_starts_from_the_recipe_or_defaults(tmp_path):
+    assert command_config("paper-lora", [], adapter=str(tmp_path)).base == "microsoft/Phi-4-multimodal-instruct"
+    assert command_config(None, [], adapter=str(tmp_path), defaults={"base": "tiny"}).base == "tiny"

@@ -16,8 +16,9 @@ from pronlm.data import read_corpus
 from pronlm.infer import predict
 from pronlm.parse import parse_answer
 from pronlm.report import PAPER_TABLE3, evaluate
+from pronlm import table as table_module
 from pronlm.table import (COLUMNS, build_table, checkpoints, choose_epoch, dev_speakers, metrics_row,
-                          pick_dev_speakers, save_dev_speakers)
+                          pick_dev_speakers, save_dev_speakers, should_stop)
 from pronlm.targets import heard_phones
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,6 +53,10 @@ def test_dev_speakers_are_a_seeded_share_of_the_training_speakers():
     (dict(dev_fraction=0.1, save_strategy="no"), "save_strategy=epoch"),
     (dict(dev_fraction=1.0), "0 <= x < 1"),
     (dict(dev_fraction=0.1, data="prepared"), "data folder"),
+    (dict(early_stop_patience=2), "set dev_fraction=0.1"),
+    (dict(early_stop_patience=2, dev_fraction=0.1, save_strategy="steps"), "set save_strategy=epoch"),
+    (dict(early_stop_patience=0, dev_fraction=0.1), "at least 1"),
+    (dict(early_stop_patience=1.5, dev_fraction=0.1), "at least 1"),
 ])
 def test_evaluation_settings_are_checked_before_training(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -116,6 +121,20 @@ def test_the_development_split_chooses_the_epoch_and_the_test_set_does_not():
     assert nothing == {"selected": None, "honest": None, "best_on_test": test[1]}
 
 
+def test_early_stopping_waits_patience_epochs_after_the_best():
+    def rows(*totals):
+        return [_row(f"checkpoint-{4 * i}", 4 * i, t) for i, t in enumerate(totals, 1)]
+
+    assert not should_stop(rows(0.2), 1)  # the first score is the best so far
+    assert not should_stop(rows(0.2, 0.5), 1)
+    assert should_stop(rows(0.2, 0.5, 0.4), 1)
+    assert should_stop(rows(0.2, 0.5, 0.5), 1)  # a tie is no improvement
+    assert not should_stop(rows(0.2, 0.5, 0.4), 2)
+    assert should_stop(rows(0.2, 0.5, 0.4, None), 2)  # an epoch without a total PCC does not improve either
+    assert not should_stop(rows(0.2, 0.5, 0.4, 0.6), 2)
+    assert not should_stop(rows(None, None, None), 1)  # no best yet: nothing to wait on
+
+
 # ---------------------------------------------------------------- a run with predictions written here
 
 
@@ -135,24 +154,69 @@ def _write_predictions(path, utts, reverse: bool) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture()
-def written_run(corpus_dir, tmp_path):
-    """A run whose epoch 1 is right on test and wrong on dev, and epoch 2 the other way round."""
-    run = tmp_path / "run"
-    cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(run), eval_split="test",
-                                       dev_fraction=0.34))
+def _write_run(corpus_dir, run, dev_reversed: list[bool], **overrides):
+    """A run with one checkpoint per epoch (4 steps each) whose dev PCC is -1 where reversed, else 1."""
+    cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(run), dev_fraction=0.34, **overrides))
     run.mkdir()
     cfg.to_yaml(run / "config.yaml")
     save_dev_speakers(cfg, run)
     test = list(read_corpus(str(corpus_dir), "test"))
     dev = [u for u in read_corpus(str(corpus_dir), "train") if u.speaker in DEV_034]
-    for step, epoch in ((4, 1.0), (8, 2.0)):
-        folder = run / f"checkpoint-{step}"
+    for epoch, reverse in enumerate(dev_reversed, 1):
+        folder = run / f"checkpoint-{4 * epoch}"
         folder.mkdir()
-        (folder / "trainer_state.json").write_text(json.dumps({"epoch": epoch, "global_step": step}))
-        _write_predictions(folder / "test.jsonl", test, reverse=epoch == 2)
-        _write_predictions(folder / "dev.jsonl", dev, reverse=epoch == 1)
-    return run
+        (folder / "trainer_state.json").write_text(json.dumps({"epoch": float(epoch), "global_step": 4 * epoch}))
+        _write_predictions(folder / "test.jsonl", test, reverse=not reverse)
+        _write_predictions(folder / "dev.jsonl", dev, reverse=reverse)
+    return cfg
+
+
+@pytest.fixture()
+def written_run(corpus_dir, tmp_path):
+    """A run whose epoch 1 is right on test and wrong on dev, and epoch 2 the other way round."""
+    _write_run(corpus_dir, tmp_path / "run", [True, False], eval_split="test")
+    return tmp_path / "run"
+
+
+def test_the_early_stopping_callback_stops_once_patience_runs_out(corpus_dir, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from pronlm.train import EarlyStopOnDev
+
+    run = tmp_path / "run"  # dev total PCC by epoch: -1, 1, 1 (a tie: no improvement)
+    cfg = _write_run(corpus_dir, run, [True, False, False], early_stop_patience=1)
+    args = SimpleNamespace(output_dir=str(run), device=torch.device("cpu"))  # the TrainingArguments it reads
+
+    def decide(event, step, max_steps=20, callback=EarlyStopOnDev(cfg)):
+        control = TrainerControl()
+        getattr(callback, event)(args, TrainerState(global_step=step, max_steps=max_steps), control)
+        return control.should_training_stop, json.loads((run / "dev_history.json").read_text())
+
+    assert decide("on_train_begin", 0) == (False, {"patience": 1, "best": None, "stopped_early": False, "rows": []})
+    stop, history = decide("on_save", 4)
+    assert not stop and history["best"] == "checkpoint-4"
+    assert [r["total_pcc"] for r in history["rows"]] == [pytest.approx(-1.0)]
+    assert not decide("on_save", 8)[0]
+    stop, history = decide("on_save", 12)
+    assert stop and history["stopped_early"] and history["best"] == "checkpoint-8"
+    assert [(r["checkpoint"], r["epoch"], r["n_apa"]) for r in history["rows"]] == [
+        ("checkpoint-4", 1.0, 18), ("checkpoint-8", 2.0, 18), ("checkpoint-12", 3.0, 18)]
+    assert [r["total_pcc"] for r in history["rows"]] == pytest.approx([-1.0, 1.0, 1.0])
+    assert decide("on_train_begin", 12)[0]  # resumed from the checkpoint it stopped at: no further epoch
+    assert decide("on_train_begin", 8) == (False, {**history, "stopped_early": False, "rows": history["rows"][:2]})
+    assert decide("on_save", 12, max_steps=12) == (False, {**history, "stopped_early": False})  # the last anyway
+    patient = load_config("tiny-cpu", dict(corpus=str(corpus_dir), dev_fraction=0.34, early_stop_patience=2))
+    assert not decide("on_save", 12, callback=EarlyStopOnDev(patient))[0]
+
+    decide("on_save", 12)
+    table = build_table(run)  # the table selects what the history chose
+    assert table["dev"]["selected"]["checkpoint"] == "checkpoint-8" and table["dev"]["early_stop"] == history
+    assert table["dev"]["rows"] == history["rows"]
+    assert "Training stopped early after checkpoint-12 (epoch 3): the development total PCC had not improved " \
+           "for 1 epoch(s)" in (run / "table.md").read_text()
 
 
 def test_table_marks_the_epoch_dev_selects_and_reports_its_test_row(written_run):
@@ -284,3 +348,78 @@ def test_a_development_split_is_held_out_and_evaluated_every_epoch(corpus_dir, t
     assert {k: table["dev"][k] for k in ("selected", "honest", "best_on_test")} == choose_epoch(
         table["dev"]["rows"], table["rows"])
     assert "## Choosing the epoch on a development split" in (out / "table.md").read_text()
+
+
+DEV_SCRIPT = {1.0: 0.2, 2.0: 0.5, 3.0: 0.4, 4.0: 0.9, 5.0: 0.9}  # dev total PCC by epoch: epoch 3 does not improve
+
+
+@pytest.fixture()
+def scripted_dev(monkeypatch):
+    """The tiny model's dev scores are constant (no PCC): real predictions and reports, scripted total PCC."""
+    real = table_module.table_row
+    monkeypatch.setattr(table_module, "table_row", lambda t, report: {**real(t, report),
+                                                                      "total_pcc": DEV_SCRIPT[t.epoch]})
+
+
+def _train_early(corpus_dir, out, *extra) -> int:
+    return main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={out}", "limit=4",
+                 "num_train_epochs=5", "per_device_train_batch_size=2", "dev_fraction=0.34",
+                 "early_stop_patience=1", *extra])
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_training_when_dev_stops_improving(scripted_dev, corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _train_early(corpus_dir, out) == 0
+    assert [t.name for t in checkpoints(out)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]  # 3 of 5 epochs
+    assert json.loads((out / "train_result.json").read_text())["global_step"] == 12
+    history = json.loads((out / "dev_history.json").read_text())
+    assert {k: history[k] for k in ("patience", "best", "stopped_early")} == {
+        "patience": 1, "best": "checkpoint-8", "stopped_early": True}
+    assert [(r["checkpoint"], r["epoch"], r["total_pcc"]) for r in history["rows"]] == [
+        ("checkpoint-4", 1.0, 0.2), ("checkpoint-8", 2.0, 0.5), ("checkpoint-12", 3.0, 0.4)]
+    for before, after in (("checkpoint-4", "checkpoint-8"), ("checkpoint-8", "checkpoint-12")):
+        predicted = (out / before / "report-dev" / "report.json").stat().st_mtime_ns
+        assert predicted < (out / after / "trainer_state.json").stat().st_mtime_ns  # evaluated while training
+    assert len((out / "checkpoint-4" / "dev.jsonl").read_text().splitlines()) == 36  # 18 utterances, 2 tasks
+    table = json.loads((out / "table.json").read_text())
+    assert table["dev"]["rows"] == history["rows"] and table["dev"]["selected"]["checkpoint"] == "checkpoint-8"
+    assert "Training stopped early after checkpoint-12 (epoch 3)" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_dev_history_and_its_stop(scripted_dev, corpus_dir, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    dropout = "lora_dropout=0.1"  # draws random numbers: predicting the dev split must not shift them
+    assert _train_early(corpus_dir, full, dropout) == 0
+    shutil.copytree(full, cut)
+    assert _train_early(corpus_dir, full, dropout, "--resume") == 0  # it had stopped: nothing more to train
+    assert [t.name for t in checkpoints(full)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert json.loads((full / "train_result.json").read_text())["global_step"] == 12
+    shutil.rmtree(cut / "checkpoint-12")  # killed before epoch 3's checkpoint: epochs 1-2 are the history
+    assert _train_early(corpus_dir, cut, dropout, "--resume") == 0
+    assert [t.name for t in checkpoints(cut)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert json.loads((cut / "dev_history.json").read_text()) == json.loads((full / "dev_history.json").read_text())
+    adapter = "checkpoint-12/adapter_model.safetensors"
+    assert (cut / adapter).read_bytes() == (full / adapter).read_bytes()  # the same epoch 3 as without the kill
+
+
+@pytest.mark.slow
+def test_under_torchrun_process_0_decides_and_both_processes_stop(corpus_dir, tmp_path):
+    import subprocess
+    import sys
+
+    launch = tmp_path / "launch.py"  # the scripted dev scores of `scripted_dev`, in each process
+    launch.write_text("import sys\nfrom pronlm import table\nreal = table.table_row\n"
+                      f"table.table_row = lambda t, r: {{**real(t, r), 'total_pcc': {DEV_SCRIPT!r}[t.epoch]}}\n"
+                      "from pronlm.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "ddp"  # limit=8: 16 examples, 2 processes x 2 a step, 4 steps an epoch as above
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launch),
+           "train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={out}", "limit=8",
+           "num_train_epochs=5", "per_device_train_batch_size=2", "dev_fraction=0.34", "early_stop_patience=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]  # process 1 would hang in epoch 4's all-reduce otherwise
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["global_step"] == 12 and result["replica_digests"][0] == result["replica_digests"][1]
+    assert [t.name for t in checkpoints(out)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert json.loads((out / "dev_history.json").read_text())["best"] == "checkpoint-8"

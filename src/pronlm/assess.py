@@ -368,10 +368,11 @@ def _scores(scores: dict | None) -> str:
 
 def assess_command(audio: str, text: str, base: str | None = None, adapter: str | None = None,
                    fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float = 30.0, split_long: bool = False) -> int:
+                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None) -> int:
     """`pronlm assess`: print the assessment of one audio file as JSON or as a table.
 
     A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
+    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates.
     """
     from pronlm.data import load_audio
 
@@ -384,7 +385,8 @@ def assess_command(audio: str, text: str, base: str | None = None, adapter: str 
                           "--split-long to cut it at pauses and assess each piece, or record one sentence at a time")
     from pronlm.infer import Predictor
 
-    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds)
+    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+                               cfg=cfg)
     if split_long:
         result = assess_long(predictor, samples, text, lex)
     else:

@@ -1,57 +1,102 @@
-"""`pronlm` command line: each subcommand wires its arguments to one function of the pipeline."""
+"""`pronlm` command line: each subcommand wires its arguments to one function of the pipeline.
+
+Every command but `table` and `demo` runs with one `Config` (`pronlm.config.command_config`): a
+`--recipe` (with `--adapter`, the checkpoint's own config instead), then `key=value` overrides; each
+field also reads as `--field-name VALUE` (`--accent-policy canonical` is `accent_policy=canonical`).
+Flags are for what changes with every invocation: inputs, outputs, the adapter, the server. The
+resolved config is saved beside what a command writes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+from pathlib import Path
 
+from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config, predictions_config
 from pronlm.data import PronlmError
+
+FIELD_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Config)}
+SWITCHES = {f.name for f in dataclasses.fields(Config) if f.type == "bool"}  # --word-boundaries alone: true
+RUN_FILES = ("adapter_config.json", "trainer_state.json", "log.jsonl")  # a folder a training run wrote
+
+
+def _config(a, adapter: str | None = None, defaults: dict | None = None, recipe: str | None = None):
+    """The command's `Config`, and the fields its command line set (by flag or override)."""
+    flags = {}
+    for name, flag in FIELD_FLAGS.items():
+        value = getattr(a, f"field_{name}")
+        if value is not None:
+            flags[name] = (flag if name in SWITCHES else f"{flag} {value}", value)
+    cfg = command_config(recipe or a.recipe, a.overrides, flags, adapter, defaults)
+    return cfg, set(flags) | {item.partition("=")[0] for item in a.overrides}
+
+
+def _fresh_folder(out: str) -> Path:
+    """An output folder that is not a training run's: its config.yaml describes the run and stays."""
+    out = Path(out)
+    if any((out / name).is_file() for name in RUN_FILES):
+        raise ConfigError(f"{out} holds a training run (its config.yaml describes the run): give --out a folder "
+                          f"of its own, e.g. {out / 'report'}")
+    return out
 
 
 def _prepare(a):
     from pronlm.prepare import prepare
 
-    prepare(a.corpus, a.split, a.out, tokenizer=a.tokenizer, accent_policy=a.accent_policy,
-            word_boundaries=a.word_boundaries, apa_template=a.apa_template, mdd_template=a.mdd_template,
-            max_audio_seconds=a.max_audio_seconds, limit=a.limit)
+    cfg, _ = _config(a)
+    cfg = dataclasses.replace(cfg, split=cfg.split or cfg.train_split)
+    out = _fresh_folder(a.out)
+    prepare(cfg.corpus, cfg.split, out, tokenizer=a.tokenizer, accent_policy=cfg.accent_policy,
+            word_boundaries=cfg.word_boundaries, apa_template=cfg.apa_template, mdd_template=cfg.mdd_template,
+            max_audio_seconds=cfg.max_audio_seconds, limit=cfg.limit)
+    cfg.to_yaml(out / "config.yaml")
 
 
 def _train(a):
-    from pronlm.config import load_config
     from pronlm.train import train
 
-    train(load_config(a.recipe, a.overrides), resume=a.resume)
+    train(_config(a)[0], resume=a.resume)
 
 
 def _predict(a):
     from pronlm.infer import predict
 
-    if a.data and a.corpus:
-        raise PronlmError("give --corpus (and --split) or --data, not both")
-    corpus = a.corpus or (None if a.data else _trained_on(a.adapter))
-    predict(base=a.base, adapter=a.adapter, corpus=corpus, split=a.split, out=a.out,
-            tasks=tuple(a.tasks.split(",")), batch_size=a.batch_size, limit=a.limit,
-            max_new_tokens=a.max_new_tokens, apa_template=a.apa_template, mdd_template=a.mdd_template,
-            data=a.data)
+    cfg, given = _config(a, a.adapter, INFERENCE_DEFAULTS)
+    cfg = _what_to_predict(cfg, given)
+    predict(base=cfg.base, adapter=a.adapter, corpus=cfg.corpus, split=cfg.split, out=a.out,
+            tasks=tuple(a.tasks.split(",")), batch_size=a.batch_size, limit=cfg.limit,
+            max_new_tokens=a.max_new_tokens, max_audio_seconds=cfg.max_audio_seconds, data=cfg.data, cfg=cfg)
+    cfg.to_yaml(predictions_config(a.out))
 
 
-def _trained_on(adapter: str | None) -> str:
-    """The corpus an adapter's run was trained on: predict's default --corpus."""
-    from pronlm.config import ConfigError, checkpoint_config
+def _what_to_predict(cfg: Config, given: set[str]) -> Config:
+    """A data folder given now, else the config's corpus and split (test by default).
 
-    saved = checkpoint_config(adapter) if adapter else None
-    if saved is None:
-        raise ConfigError("--corpus or --data is needed: no --adapter with a saved config to take the corpus from")
-    if saved.data:
-        raise ConfigError(f"the adapter was trained on data={saved.data}, not a corpus: give --corpus or --data")
-    return saved.corpus
+    A config's own `data` is what its run trained on, not something to predict.
+    """
+    if cfg.data and "data" in given:
+        if "corpus" in given:
+            raise ConfigError("give --corpus (and --split) or --data, not both")
+        return cfg
+    if cfg.data and "corpus" not in given:
+        raise ConfigError(f"the config trains on data={cfg.data}, not a corpus: give --corpus or --data "
+                          "to say what to predict")
+    return dataclasses.replace(cfg, data=None, split=cfg.split or "test")
 
 
 def _evaluate(a):
     from pronlm.report import evaluate
 
-    evaluate(a.predictions, a.corpus, a.split, a.out, accent_policy=a.accent_policy, duplicates=a.duplicates)
+    saved = predictions_config(a.predictions)  # what `pronlm predict` wrote beside them: corpus, split, policy
+    cfg, _ = _config(a, recipe=a.recipe or (str(saved) if saved.is_file() else None))
+    cfg = dataclasses.replace(cfg, split=cfg.split or "test")
+    out = _fresh_folder(a.out)
+    evaluate(a.predictions, cfg.corpus, cfg.split, str(out), accent_policy=cfg.accent_policy,
+             duplicates=a.duplicates)
+    cfg.to_yaml(out / "config.yaml")
 
 
 def _table(a):
@@ -63,17 +108,20 @@ def _table(a):
 def _assess(a):
     from pronlm.assess import assess_command
 
-    assess_command(audio=a.audio, text=a.text, base=a.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon,
-                   max_new_tokens=a.max_new_tokens, max_audio_seconds=a.max_audio_seconds, split_long=a.split_long)
+    cfg, _ = _config(a, a.adapter, INFERENCE_DEFAULTS)
+    assess_command(audio=a.audio, text=a.text, base=cfg.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon,
+                   max_new_tokens=a.max_new_tokens, max_audio_seconds=cfg.max_audio_seconds,
+                   split_long=a.split_long, cfg=cfg)
 
 
 def _serve(a):
     from pronlm.serve import serve
 
-    serve(host=a.host, port=a.port, base=a.base, adapter=a.adapter, lexicon=a.lexicon,
+    cfg, _ = _config(a, a.adapter, INFERENCE_DEFAULTS)
+    serve(host=a.host, port=a.port, base=cfg.base, adapter=a.adapter, lexicon=a.lexicon,
           max_new_tokens=a.max_new_tokens, max_upload_bytes=int(a.max_upload_mb * 2**20),
-          max_audio_seconds=a.max_audio_seconds, max_queue=a.max_queue, max_batch=a.max_batch,
-          api_key=a.api_key, rate_limit=a.rate_limit, cors_origins=tuple(a.cors_origin))
+          max_audio_seconds=cfg.max_audio_seconds, max_queue=a.max_queue, max_batch=a.max_batch,
+          api_key=a.api_key, rate_limit=a.rate_limit, cors_origins=tuple(a.cors_origin), cfg=cfg)
 
 
 def _demo(a):
@@ -82,65 +130,64 @@ def _demo(a):
     demo(out=a.out, corpus=a.corpus, steps=a.steps)
 
 
+def config_options(s, start: str, uses: str):
+    """--recipe, trailing key=value overrides, and every field as --field-name VALUE (not listed in --help)."""
+    s.add_argument("--recipe", default=None, metavar="NAME|PATH",
+                   help=f"paper-lora, paper-unfreeze, new-lora, tiny-cpu or a YAML path; default: {start}")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help=f"overrides of the config; this command uses {uses}. Any field also reads as "
+                        "--field-name VALUE (--accent-policy canonical)")
+    for name, flag in FIELD_FLAGS.items():
+        kind = {"action": "store_const", "const": "true"} if name in SWITCHES else {}
+        s.add_argument(flag, dest=f"field_{name}", default=None, help=argparse.SUPPRESS, **kind)
+
+
+def model_options(s):
+    s.add_argument("--adapter", default=None,
+                   help="a training output or checkpoint folder: its config.yaml is the starting config")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+
+
+INFERENCE_START = "the adapter's config, else the tiny model (base=tiny)"
+INFERENCE_USES = "base, revision, apa_template, mdd_template, max_audio_seconds"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pronlm", description=__doc__)
+    p = argparse.ArgumentParser(prog="pronlm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def data_options(s):
-        s.add_argument("--accent-policy", default="unk", choices=["unk", "canonical", "literal"],
-                       help="what an accented phone X* becomes in the heard phones (default: <unk>)")
-
-    def model_options(s):
-        s.add_argument("--base", default=None,
-                       help="hub id or local folder of Phi-4-multimodal (native format), or 'tiny'; default: the "
-                            "adapter's own base, or 'tiny' without an adapter")
-        s.add_argument("--adapter", default=None, help="a training output or checkpoint folder")
-        s.add_argument("--max-new-tokens", type=int, default=256)
-
     s = sub.add_parser("prepare", help="SpeechOcean762 -> examples.jsonl (two per utterance), manifest.jsonl, "
-                                                "stats.json: a training input (train data=DIR)")
-    s.add_argument("--corpus", required=True, help="corpus folder (Kaldi layout) or hf:mispeech/speechocean762")
-    s.add_argument("--split", required=True)
+                                       "stats.json, config.yaml: a training input (train data=DIR)")
     s.add_argument("--out", required=True)
     s.add_argument("--tokenizer", default=None, help="'tiny', a folder or hub id: adds token counts to stats")
-    s.add_argument("--word-boundaries", action="store_true", help="put | between words in the phone target")
-    s.add_argument("--apa-template", default="default")
-    s.add_argument("--mdd-template", default="default")
-    s.add_argument("--max-audio-seconds", type=float, default=30.0)
-    s.add_argument("--limit", type=int, default=None)
-    data_options(s)
+    config_options(s, "the built-in defaults", "corpus, split (default: train_split), accent_policy, "
+                   "word_boundaries, apa_template, mdd_template, max_audio_seconds, limit")
     s.set_defaults(func=_prepare)
 
     s = sub.add_parser("train", help="fine-tune with LoRA from a recipe")
-    s.add_argument("--recipe", required=True, help="recipe name (paper-lora, paper-unfreeze, new-lora, tiny-cpu) "
-                                                   "or YAML path")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    s.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    config_options(s, "the built-in defaults (Phi-4-multimodal, speech-lora)", "every field")
     s.set_defaults(func=_train)
 
-    s = sub.add_parser("predict", help="batched generation for both tasks, appended as JSON lines (resumable)")
+    s = sub.add_parser("predict", help="batched generation for both tasks, appended as JSON lines (resumable); "
+                                       "the config beside them (OUT.config.yaml)")
     model_options(s)
-    s.add_argument("--corpus", default=None, help="default: the corpus the adapter was trained on")
-    s.add_argument("--split", default="test")
-    s.add_argument("--data", default=None, help="instead of --corpus: a folder with examples.jsonl (pronlm prepare's "
-                                                "or your own); each line is asked with its own prompt")
     s.add_argument("--out", required=True)
     s.add_argument("--tasks", default="apa,mdd")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--limit", type=int, default=None)
-    s.add_argument("--apa-template", default=None, help="default: the adapter's training template")
-    s.add_argument("--mdd-template", default=None)
+    config_options(s, INFERENCE_START, f"{INFERENCE_USES}, corpus, split (default: test), limit, and data (a "
+                   "folder with examples.jsonl, pronlm prepare's or your own, predicted instead of the corpus)")
     s.set_defaults(func=_predict)
 
-    s = sub.add_parser("evaluate", help="metrics, report.md against the paper, plots")
+    s = sub.add_parser("evaluate", help="metrics, report.md against the paper, plots, config.yaml")
     s.add_argument("--predictions", required=True)
-    s.add_argument("--corpus", required=True)
-    s.add_argument("--split", default="test")
     s.add_argument("--out", required=True)
     s.add_argument("--duplicates", default="error", choices=["error", "first", "last"],
                    help="an (id, task) repeated with a different answer: stop (default), or keep the first/last")
-    data_options(s)
+    config_options(s, "the config predict saved beside the predictions, else the built-in defaults",
+                   "corpus, split (default: test), accent_policy")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("table", help="the paper's Table 3 for a run: every checkpoint predicted and evaluated "
@@ -156,10 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", required=True, help="the sentence that was read")
     s.add_argument("--format", default="table", choices=["json", "table"])
     s.add_argument("--lexicon", default=None, help="extra lexicon (WORD PH1 PH2 ...) for words CMUdict lacks")
-    s.add_argument("--max-audio-seconds", type=float, default=30.0,
-                   help="longest clip (or piece, with --split-long) assessed; the model takes at most 40")
     s.add_argument("--split-long", action="store_true",
                    help="cut the recording at pauses and assess each piece (for recordings of several sentences)")
+    config_options(s, INFERENCE_START, f"{INFERENCE_USES} (the longest clip, or piece with --split-long; the "
+                   "model takes at most 40)")
     s.set_defaults(func=_assess)
 
     s = sub.add_parser("serve", help="HTTP API and web page")
@@ -168,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--lexicon", default=None)
     s.add_argument("--max-upload-mb", type=float, default=10.0)
-    s.add_argument("--max-audio-seconds", type=float, default=30.0)
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 503")
     s.add_argument("--max-batch", type=int, default=8, help="requests answered together in one generate call")
     s.add_argument("--api-key", default=None, metavar="KEY",
@@ -180,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "client is taken from X-Forwarded-For")
     s.add_argument("--cors-origin", action="append", default=[], metavar="URL",
                    help="let pages from this origin call the API (repeatable); default: none, same origin only")
+    config_options(s, INFERENCE_START, INFERENCE_USES)
     s.set_defaults(func=_serve)
 
     s = sub.add_parser("demo", help="the whole pipeline on a tiny model, on CPU, in minutes")
@@ -190,8 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, with key=value overrides taken from anywhere on the line (argparse keeps one run of them)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+    if len(overrides) < len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = args.overrides + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -1,7 +1,8 @@
-"""One config dataclass for a run, filled from a YAML recipe and `key=value` overrides.
+"""One config dataclass for every command, filled from a YAML recipe and `key=value` overrides.
 
-Recipes live in `src/pronlm/recipes/` (`pronlm train --recipe paper-lora`) or anywhere as a path.
-The resolved config is saved as `config.yaml` beside every run's outputs.
+Recipes live in `src/pronlm/recipes/` (`pronlm train --recipe paper-lora`) or anywhere as a path;
+with an adapter, its checkpoint's own config.yaml takes the recipe's place (`command_config`).
+The resolved config is saved as `config.yaml` beside every command's outputs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Config:
     corpus: str = "hf:mispeech/speechocean762"
     train_split: str = "train"
     data: str | None = None  # a folder with examples.jsonl (`pronlm prepare` or your own): trains on it, not corpus
+    split: str | None = None  # the split prepare, predict and evaluate read; null: prepare train_split, the others test
     apa_template: str = "default"
     mdd_template: str = "default"
     accent_policy: str = "unk"
@@ -73,6 +75,7 @@ class Config:
     eval_split: str | None = None  # e.g. test (of `corpus`); null: no evaluation after training
     eval_untrained: bool = False  # also the base with no adapter: the paper's "no training" row
     dev_fraction: float = 0.0  # this share of train_split's speakers held out as a development split
+    early_stop_patience: int | None = None  # stop once the dev total PCC has not improved for N epochs
 
     def __post_init__(self):
         if self.accent_policy not in ("unk", "canonical", "literal"):
@@ -94,6 +97,14 @@ class Config:
             raise ConfigError("eval_untrained adds the untrained row to the eval_split table: set eval_split=test")
         if (self.eval_split or self.dev_fraction) and self.save_strategy == "no":
             raise ConfigError("eval_split and dev_fraction evaluate the saved checkpoints: set save_strategy=epoch")
+        if self.early_stop_patience is not None:
+            if type(self.early_stop_patience) is not int or self.early_stop_patience < 1:
+                raise ConfigError(f"early_stop_patience is a number of epochs, at least 1 (or null: off), "
+                                  f"not {self.early_stop_patience!r}")
+            if not self.dev_fraction:
+                raise ConfigError("early_stop_patience stops on the development split: set dev_fraction=0.1")
+            if self.save_strategy != "epoch":
+                raise ConfigError("early_stop_patience evaluates each epoch's checkpoint: set save_strategy=epoch")
 
     @property
     def is_tiny(self) -> bool:
@@ -141,14 +152,36 @@ def checkpoint_config(adapter: str | Path) -> Config | None:
     return None
 
 
-def agree(flag: str, given, saved, same=None):
-    """`given` when the flag was set, else the checkpoint's `saved`; a disagreement names both values."""
-    if given is None:
-        return saved
-    if saved is not None and not (same(given, saved) if same else given == saved):
-        raise ConfigError(f"{flag} {given} disagrees with the checkpoint, which was trained with {saved}: "
-                          f"leave {flag} out to use the checkpoint's own")
+# The fields that define a trained model: a later command may not change them (`command_config`).
+MODEL_FIELDS = ("base", "revision", "strategy", "apa_template", "mdd_template", "accent_policy", "word_boundaries")
+INFERENCE_DEFAULTS = {"base": "tiny"}  # a model command with neither recipe nor checkpoint: offline, on CPU
+
+
+def agree(shown: str, given, saved, same=None):
+    """`given`, unless it disagrees with the checkpoint's `saved`: then an error naming both values."""
+    if not (same(given, saved) if same and given is not None and saved is not None else given == saved):
+        raise ConfigError(f"{shown} disagrees with the checkpoint, which was trained with {saved}: "
+                          "leave it out to use the checkpoint's own")
     return given
+
+
+def _same_base(given: str, kept: str) -> bool:
+    return given == kept or (Path(given).exists() and Path(given).resolve() == Path(kept).resolve())
+
+
+def _same_template(task: str):
+    from pronlm.prompts import load_template
+
+    return lambda given, kept: load_template(task, given) == load_template(task, kept)  # by content
+
+
+SAME = {"base": _same_base, "apa_template": _same_template("apa"), "mdd_template": _same_template("mdd")}
+
+
+def predictions_config(predictions: str | Path) -> Path:
+    """Where `pronlm predict` saves its config: beside the file (test.jsonl -> test.config.yaml), so a
+    predictions file inside a checkpoint folder leaves the checkpoint's own config.yaml alone."""
+    return Path(predictions).with_suffix(".config.yaml")
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -162,6 +195,7 @@ def recipe_path(name_or_path: str) -> Path:
     raise ConfigError(f"no recipe {name_or_path!r}: give a YAML path or one of {', '.join(names)}")
 
 
+FIELDS = {f.name for f in fields(Config)}
 STR_FIELDS = {f.name: f.type == "str | None" for f in fields(Config)}  # text fields that may be null
 
 
@@ -184,22 +218,60 @@ def _coerce(name: str, value: str, current):
     return parsed
 
 
+def _split_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or key not in FIELDS:
+        raise ConfigError(f"override {item!r} is not key=value with a known key (keys: {', '.join(sorted(FIELDS))})")
+    return key, value
+
+
 def load_config(recipe: str | None = None, overrides: list[str] | dict | None = None) -> Config:
     """A recipe (name or path) plus `key=value` overrides, validated into a `Config`."""
     values = read_yaml(recipe_path(recipe)) or {} if recipe else {}
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {recipe} is not a mapping of key: value lines")
-    known = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(set(values) - FIELDS)
     if unknown:
         raise ConfigError(f"recipe {recipe} has unknown keys: {', '.join(unknown)}")
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
     base = Config(**values)
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or key not in known:
-            raise ConfigError(f"override {item!r} is not key=value with a known key "
-                              f"(keys: {', '.join(sorted(known))})")
+        key, value = _split_override(item)
         values[key] = _coerce(key, value, getattr(base, key))
+    return Config(**values)
+
+
+def command_config(recipe: str | None = None, overrides: list[str] = (), flags: dict | None = None,
+                   adapter: str | None = None, defaults: dict | None = None) -> Config:
+    """The config a command runs with, validated once.
+
+    The starting point is the checkpoint's own config when `adapter` has one (a `recipe` is then only
+    checked against it), else the recipe, else `defaults`. Then `flags` ({field: (as typed, value)}:
+    `--accent-policy X`) and `key=value` overrides. A flag and an override that disagree, or either
+    (or the recipe) disagreeing with the checkpoint on a field that defines the model, is an error
+    naming both values.
+    """
+    saved = checkpoint_config(adapter) if adapter else None
+    start = saved or load_config(recipe, None if recipe else defaults)
+    given: dict[str, tuple[str, object]] = {}
+    for key, (shown, value) in (flags or {}).items():
+        given[key] = (shown, _coerce(key, value, getattr(start, key)))
+    for item in overrides:
+        key, value = _split_override(item)
+        value = _coerce(key, value, getattr(start, key))
+        if key in given and key in (flags or {}) and given[key][1] != value:
+            raise ConfigError(f"{given[key][0]} disagrees with {item}: give one of them")
+        given[key] = (item, value)
+    values = dataclasses.asdict(start) | {key: value for key, (_, value) in given.items()}
+    if saved is not None:
+        stated = load_config(recipe) if recipe else None
+        for key in MODEL_FIELDS:
+            if key in given:
+                agree(given[key][0], given[key][1], getattr(saved, key), SAME.get(key))
+            elif stated:
+                value = getattr(stated, key)
+                agree(f"recipe {recipe} ({key}: {value})", value, getattr(saved, key), SAME.get(key))
+        if "limit" not in given:
+            values["limit"] = None  # the run's limit counted its training utterances, not what is asked now
     return Config(**values)

@@ -18,13 +18,13 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pronlm.config import Config, ConfigError, agree, checkpoint_config
+from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config
 from pronlm.collate import Collator
 from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, UtteranceError, load_audio, read_corpus
 from pronlm.model import load_feature_extractor, load_for_inference
 from pronlm.parse import parse_answer
 from pronlm.prepare import read_examples
-from pronlm.prompts import TASKS, Example, PromptSet, load_template
+from pronlm.prompts import TASKS, Example, PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,14 @@ class Predictor:
     @classmethod
     def load(cls, base: str | None = None, adapter: str | None = None, device: str | None = None,
              max_new_tokens: int = 256, apa_template: str | None = None, mdd_template: str | None = None,
-             max_audio_seconds: float | None = 30.0) -> "Predictor":
+             max_audio_seconds: float | None = 30.0, cfg: Config | None = None) -> "Predictor":
         """The model ready to answer: an adapter needs nothing else (its checkpoint says base and prompts).
 
         Without an adapter, `base` (default: the tiny model) is the untrained baseline. A flag that
-        disagrees with the checkpoint's own config is an error naming both values.
+        disagrees with the checkpoint's own config is an error naming both values. `cfg`: a config
+        already resolved (`pronlm.cli`), in place of `base` and the templates.
         """
-        cfg = inference_config(base, adapter, apa_template, mdd_template)
+        cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
         model, tokenizer = load_for_inference(cfg.base, adapter, device, cfg.revision)
         prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
         return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds,
@@ -140,20 +141,10 @@ class Predictor:
 def inference_config(base: str | None = None, adapter: str | None = None, apa_template: str | None = None,
                      mdd_template: str | None = None) -> Config:
     """Base, revision and prompt templates for inference: the checkpoint's own, flags only where they agree."""
-    saved = checkpoint_config(adapter) if adapter else None
-    if saved is None:
-        return Config(base=base or "tiny", apa_template=apa_template or "default",
-                      mdd_template=mdd_template or "default")
-    same_text = {key: (lambda given, kept, task=key[:3]: load_template(task, given) == load_template(task, kept))
-                 for key in ("apa_template", "mdd_template")}
-    saved.base = agree("--base", base, saved.base, lambda given, kept: _same_base(given, kept))
-    saved.apa_template = agree("--apa-template", apa_template, saved.apa_template, same_text["apa_template"])
-    saved.mdd_template = agree("--mdd-template", mdd_template, saved.mdd_template, same_text["mdd_template"])
-    return saved
-
-
-def _same_base(given: str, kept: str) -> bool:
-    return given == kept or (Path(given).exists() and Path(given).resolve() == Path(kept).resolve())
+    flags = {key: (f"{flag} {value}", value) for key, flag, value in
+             (("base", "--base", base), ("apa_template", "--apa-template", apa_template),
+              ("mdd_template", "--mdd-template", mdd_template)) if value is not None}
+    return command_config(flags=flags, adapter=adapter, defaults=INFERENCE_DEFAULTS)
 
 
 def clip_frames(utt) -> int:
@@ -190,10 +181,12 @@ def done_keys(out: Path) -> set[tuple[str, str]]:
 def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, tasks=TASKS,
             batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
             apa_template: str | None = None, mdd_template: str | None = None,
-            max_audio_seconds: float | None = 30.0, speakers=None, data: str | None = None) -> dict:
+            max_audio_seconds: float | None = 30.0, speakers=None, data: str | None = None,
+            cfg: Config | None = None) -> dict:
     """Predict a corpus split into `out` (JSON lines), skipping what the file already holds.
 
-    `data`: a folder's examples.jsonl instead of the corpus (`predict_folder`).
+    `data`: a folder's examples.jsonl instead of the corpus (`predict_folder`). `cfg`: the resolved
+    config (`pronlm.cli`), in place of `base` and the templates.
 
     `speakers`: only their utterances (a development split carved from train, `pronlm.table`).
     """
@@ -205,14 +198,14 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     done = done_keys(out_path)
     if data is not None:
         return predict_folder(data, out_path, done, base, adapter, tasks, batch_size, limit, max_new_tokens,
-                              max_audio_seconds)
+                              max_audio_seconds, cfg)
     utterances = [u for u in read_corpus(corpus, split) if speakers is None or u.speaker in speakers][:limit]
     todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
     predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               apa_template=apa_template, mdd_template=mdd_template)
+                               apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
     written, failed, t0 = 0, [], time.perf_counter()
     per_step = max(1, batch_size // len(tasks))
     with out_path.open("a") as f, tqdm(total=len(todo), unit="utt", desc="predict") as bar:
@@ -237,7 +230,7 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
 
 def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: str | None, adapter: str | None,
                    tasks=TASKS, batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float | None = 30.0) -> dict:
+                   max_audio_seconds: float | None = 30.0, cfg: Config | None = None) -> dict:
     """Predict each line of `data`/examples.jsonl (its id, task, audio and prompt) not yet in `out_path`.
 
     Longest clips first, as for a corpus; targets may be null. Bad lines and clips are reported and skipped.
@@ -251,7 +244,8 @@ def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: 
     log.info("%d lines of %s, %d to predict", len(lines), data, len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
-    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds)
+    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+                               cfg=cfg)
     written, failed, t0 = 0, [], time.perf_counter()
     with out_path.open("a") as f, tqdm(total=len(todo), unit="line", desc="predict") as bar:
         for start in range(0, len(todo), batch_size):

@@ -5,6 +5,8 @@ it for an existing run. Every step resumes: predictions go to `checkpoint-N/<spl
 adds only what is missing) and a report is written again only when its predictions are newer.
 With `dev_fraction`, a speaker-disjoint development split carved from train is evaluated too: the
 epoch it selects gives the honest test row (an epoch chosen on the test set itself is optimistic).
+With `early_stop_patience` as well, the development split is evaluated during training, at each
+epoch's checkpoint (`dev_history`), and training stops once it has not improved for that many epochs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ COLUMNS = ("acc_pcc", "flu_pcc", "pro_pcc", "total_pcc", "wer", "per", "f1", "pr
 HEADERS = ("acc PCC", "flu PCC", "pro PCC", "total PCC", "WER", "PER", "F1", "P", "R")
 DEV = "dev"  # the development split's file names: checkpoint-N/dev.jsonl, checkpoint-N/report-dev/
 DEV_SPEAKERS = "dev_speakers.json"
+DEV_HISTORY = "dev_history.json"  # early_stop_patience: the development rows as training went, and the decision
 UNTRAINED = "untrained"  # folder of the no-adapter predictions in the run
 
 
@@ -152,6 +155,39 @@ def choose_epoch(dev_rows: list[dict], test_rows: list[dict]) -> dict:
             "honest": honest, "best_on_test": _best(trained)}
 
 
+# ---------------------------------------------------------------- early stopping on the development split
+
+
+def should_stop(dev_rows: list[dict], patience: int) -> bool:
+    """True once `patience` epochs have come after the best one (highest dev total PCC, earliest on a tie).
+
+    A tie is no improvement. Before any epoch has a dev total PCC there is no best to wait on: training goes on.
+    """
+    best = _best(dev_rows)
+    return best is not None and sum(r["step"] > best["step"] for r in dev_rows) >= patience
+
+
+def dev_history(cfg: Config, run: str | Path, step: int, last_step: int) -> dict:
+    """The development row of every checkpoint up to `step`, evaluated where missing, and whether to stop.
+
+    Written to dev_history.json in the run. Rebuilt from the checkpoints' own predictions and reports each
+    time, so a resumed run (or one that was killed while predicting) carries its history on. `last_step`:
+    the step training ends at anyway; stopping there is no early stop.
+    """
+    run = Path(run)
+    speakers = set(read_dev_speakers(run))
+    rows = [table_row(t, evaluate_target(cfg, t, DEV, cfg.train_split, speakers))
+            for t in checkpoints(run) if t.step <= step]
+    best, stop = _best(rows), should_stop(rows, cfg.early_stop_patience)
+    history = {"patience": cfg.early_stop_patience, "best": best and best["checkpoint"],
+               "stopped_early": stop and step < last_step, "rows": rows}
+    (run / DEV_HISTORY).write_text(json.dumps(history, indent=2) + "\n")
+    if history["stopped_early"]:
+        log.info("early stop at %s: the development total PCC has not improved since %s (patience %d)",
+                 rows[-1]["checkpoint"], best["checkpoint"], cfg.early_stop_patience)
+    return history
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -180,8 +216,11 @@ def build_table(run: str | Path, cfg: Config | None = None) -> dict:
             report = evaluate_target(cfg, target, DEV, cfg.train_split, set(speakers))
             dev_rows.append(table_row(target, report))
             n = report["n_utterances"]
+        history = run / DEV_HISTORY
         table["dev"] = {"split": cfg.train_split, "fraction": cfg.dev_fraction, "speakers": speakers,
-                        "n_utterances": n, "rows": dev_rows, **choose_epoch(dev_rows, table["rows"])}
+                        "n_utterances": n, "rows": dev_rows, **choose_epoch(dev_rows, table["rows"]),
+                        "early_stop": json.loads(history.read_text())
+                        if cfg.early_stop_patience and history.is_file() else None}
     (run / "table.json").write_text(json.dumps(table, indent=2) + "\n")
     (run / "table.md").write_text(markdown(table))
     return table
@@ -256,6 +295,11 @@ def _dev_section(dev: dict, header: list[str]) -> list[str]:
              f"{len(dev['speakers'])} speakers of {dev['split']} ({dev['n_utterances']} utterances; dev_fraction "
              f"{dev['fraction']:g}, listed in `{DEV_SPEAKERS}`) were held out of training and evaluated every epoch:",
              "", *header, *[f"| dev ({r['checkpoint']}) | {_epoch(r)} | {_cells(r)} |" for r in dev["rows"]], ""]
+    stop = dev.get("early_stop")
+    if stop and stop["stopped_early"]:
+        lines += [f"Training stopped early after {stop['rows'][-1]['checkpoint']} (epoch {_epoch(stop['rows'][-1])}): "
+                  f"the development total PCC had not improved for {stop['patience']} epoch(s) "
+                  f"(early_stop_patience, `{DEV_HISTORY}`).", ""]
     if dev["selected"] is None:
         return lines + ["No epoch has a development total PCC (constant or unreadable scores): none selected.", ""]
     selected = dev["selected"]

@@ -1,0 +1,146 @@
+"""One config for every command: `--recipe` (or the adapter's checkpoint), `key=value` overrides and the older
+`--field-name VALUE` flags; the resolved config saved beside what each command writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from pronlm.cli import main, parse_args
+
+
+def saved(path):
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(corpus_dir, tmp_path_factory):
+    """A tiny run trained for 2 steps with the tiny-cpu recipe (short templates): its checkpoint-2."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={run}", "limit=2",
+                 "max_steps=2", "save_strategy=steps", "save_steps=2", "per_device_train_batch_size=2"]) == 0
+    return run / "checkpoint-2"
+
+
+@pytest.fixture(scope="module")
+def predicted(checkpoint):
+    """`predict --adapter CKPT --split test` into the checkpoint folder; (the file, the checkpoint's config before)."""
+    own = (checkpoint / "config.yaml").read_bytes()
+    out = checkpoint / "test.jsonl"  # inside the checkpoint folder, whose config.yaml must stay its own
+    assert main(["predict", "--adapter", str(checkpoint), "--split", "test", "--out", str(out), "limit=2",
+                 "--max-new-tokens", "8"]) == 0
+    return out, own
+
+
+def test_overrides_may_stand_anywhere_and_anything_else_is_refused(capsys):
+    args = parse_args(["predict", "split=test", "--out", "p.jsonl", "limit=2", "--accent-policy", "canonical"])
+    assert (args.overrides, args.out, args.field_accent_policy) == (["split=test", "limit=2"], "p.jsonl", "canonical")
+    assert parse_args(["prepare", "--out", "d", "--word-boundaries"]).field_word_boundaries == "true"
+    with pytest.raises(SystemExit):
+        parse_args(["predict", "--out", "p", "--no-such-flag", "1"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["table", "--run", "r", "split=test"])  # table's config is the run's own
+
+
+def test_prepare_takes_a_recipe_and_overrides_and_saves_its_config(corpus_dir, tmp_path):
+    out = tmp_path / "data"
+    assert main(["prepare", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", "split=test", "limit=2",
+                 "--out", str(out), "accent_policy=canonical"]) == 0
+    cfg = saved(out / "config.yaml")
+    assert (cfg["corpus"], cfg["split"], cfg["limit"], cfg["accent_policy"], cfg["apa_template"]) == \
+        (str(corpus_dir), "test", 2, "canonical", "short")
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["split"], stats["utterances"], stats["accent_policy"], stats["templates"]) == \
+        ("test", 2, "canonical", {"apa": "short", "mdd": "short"})
+    assert main(["prepare", "--corpus", str(corpus_dir), "--limit", "1", "--out", str(tmp_path / "train")]) == 0
+    assert saved(tmp_path / "train" / "config.yaml")["split"] == "train"  # no split: the config's train_split
+
+
+def test_prepare_names_a_flag_and_an_override_that_disagree(corpus_dir, tmp_path, capsys):
+    assert main(["prepare", "--corpus", str(corpus_dir), "--split", "test", "split=train",
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "--split test disagrees with split=train: give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_predict_with_an_adapter_alone_saves_its_config_beside_the_predictions(checkpoint, predicted, corpus_dir):
+    out, own = predicted
+    assert (checkpoint / "config.yaml").read_bytes() == own
+    assert len(out.read_text().splitlines()) == 4
+    cfg = saved(checkpoint / "test.config.yaml")
+    assert (cfg["base"], cfg["corpus"], cfg["split"], cfg["limit"], cfg["strategy"]) == \
+        ("tiny", str(corpus_dir), "test", 2, "new-lora")  # corpus and model from the checkpoint
+    assert cfg["apa_template"] == str(checkpoint / "prompts" / "apa.txt")
+
+
+def test_predict_refuses_overrides_that_change_the_trained_model(checkpoint, tmp_path, capsys):
+    argv = ["predict", "--adapter", str(checkpoint), "--out", str(tmp_path / "p.jsonl")]
+    assert main(argv + ["accent_policy=canonical"]) == 2
+    assert "accent_policy=canonical disagrees with the checkpoint, which was trained with unk" in \
+        capsys.readouterr().err
+    assert main(argv + ["--recipe", "paper-lora"]) == 2
+    assert "recipe paper-lora (base: microsoft/Phi-4-multimodal-instruct) disagrees with the checkpoint, which " \
+           "was trained with tiny" in capsys.readouterr().err
+    assert main(argv + ["--apa-template", "short", "apa_template=default"]) == 2
+    assert "--apa-template short disagrees with apa_template=default" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_predict_with_a_recipe_and_no_adapter(corpus_dir, tmp_path):
+    out = tmp_path / "untrained.jsonl"
+    assert main(["predict", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", "split=test", "limit=1",
+                 "--out", str(out), "--max-new-tokens", "4", "--tasks", "mdd"]) == 0
+    assert len(out.read_text().splitlines()) == 1
+    cfg = saved(tmp_path / "untrained.config.yaml")
+    assert (cfg["base"], cfg["mdd_template"], cfg["split"], cfg["limit"]) == ("tiny", "short", "test", 1)
+
+
+def test_evaluate_starts_from_the_config_saved_beside_the_predictions(checkpoint, predicted, corpus_dir, tmp_path,
+                                                                      capsys):
+    predictions = predicted[0]
+    assert main(["evaluate", "--predictions", str(predictions), "--out", str(tmp_path / "report")]) == 0
+    cfg = saved(tmp_path / "report" / "config.yaml")
+    assert (cfg["corpus"], cfg["split"], cfg["accent_policy"]) == (str(corpus_dir), "test", "unk")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert (report["split"], report["accent_policy"]) == ("test", "unk")
+
+    # a recipe and an override; the old flags give the same
+    assert main(["evaluate", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", "accent_policy=canonical",
+                 "--predictions", str(predictions), "--out", str(tmp_path / "canonical")]) == 0
+    assert saved(tmp_path / "canonical" / "config.yaml")["accent_policy"] == "canonical"
+    assert main(["evaluate", "--corpus", str(corpus_dir), "--split", "test", "--accent-policy", "canonical",
+                 "--predictions", str(predictions), "--out", str(tmp_path / "flags")]) == 0
+    canonical = json.loads((tmp_path / "canonical" / "report.json").read_text())
+    assert canonical["accent_policy"] == "canonical"
+    assert json.loads((tmp_path / "flags" / "report.json").read_text()) == canonical
+
+    assert main(["evaluate", "--predictions", str(predictions), "--out", str(checkpoint)]) == 2
+    assert "holds a training run" in capsys.readouterr().err  # its config.yaml is the checkpoint's
+
+
+def test_assess_takes_a_recipe_and_overrides(corpus_dir, capsys):
+    wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
+    argv = ["assess", "--audio", str(wav), "--text", "We call it bear", "--format", "json", "--max-new-tokens", "4"]
+    assert main(argv + ["--recipe", "tiny-cpu", "max_audio_seconds=1"]) == 2  # the clip lasts 2.6 s
+    assert "over the limit of 1 s" in capsys.readouterr().err
+    assert main(argv + ["--recipe", "tiny-cpu", "max_audio_seconds=120"]) == 2
+    assert "max_audio_seconds is 120 s, but the model's audio encoder takes at most 40 s" in capsys.readouterr().err
+    assert main(argv + ["--recipe", "tiny-cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "We call it bear"
+
+
+def test_serve_takes_a_recipe_or_a_checkpoint_and_overrides(checkpoint, monkeypatch, capsys):
+    import pronlm.serve
+
+    calls = []
+    monkeypatch.setattr(pronlm.serve, "serve", lambda **kwargs: calls.append(kwargs))
+    assert main(["serve", "--recipe", "tiny-cpu", "max_audio_seconds=20", "--port", "9"]) == 0
+    cfg = calls[-1]["cfg"]
+    assert (cfg.base, cfg.apa_template, calls[-1]["max_audio_seconds"], calls[-1]["port"]) == ("tiny", "short", 20, 9)
+    assert main(["serve", "--adapter", str(checkpoint)]) == 0
+    assert calls[-1]["cfg"].apa_template == str(checkpoint / "prompts" / "apa.txt")
+    assert main(["serve", "--adapter", str(checkpoint), "--base", "someone/phi4"]) == 2
+    assert "--base someone/phi4 disagrees with the checkpoint, which was trained with tiny" in capsys.readouterr().err
