@@ -115,15 +115,6 @@ class Config:
         Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
 
-def run_config(adapter: str | None) -> dict:
-    """The config.yaml a training run saved, found in an adapter folder or its run folder; {} if none."""
-    if adapter:
-        for folder in (Path(adapter), Path(adapter).parent):
-            if (folder / "config.yaml").is_file():
-                return read_yaml(folder / "config.yaml") or {}
-    return {}
-
-
 TEMPLATE_COPIES = {"apa_template": "prompts/apa.txt", "mdd_template": "prompts/mdd.txt"}
 
 

@@ -206,26 +206,41 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
         return {"written": 0, "skipped_audio": 0}
     predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
+
+    def answer(utts, audio):
+        records = predictor.predict([(u.id, a) for u, a in zip(utts, audio)], tasks, batch_size)
+        return [r for r in records if (r["id"], r["task"]) not in done]
+
+    written, failed, rate = append_predictions(
+        out_path, todo, max(1, batch_size // len(tasks)), "utt",
+        lambda u: load_audio(u.audio, u.id, predictor.max_audio_seconds), answer)
+    log.info("wrote %d predictions to %s (%.2f utterances/s); %d utterances skipped", written, out, rate, len(failed))
+    return {"written": written, "skipped_audio": len(failed), "utterances_per_second": rate}
+
+
+def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_audio, answer):
+    """Predict `todo` `step` items at a time, appending each record to `out_path` as soon as it is known.
+
+    `read_audio(item)` gives an item's samples (an `UtteranceError` skips it, reported);
+    `answer(items, audio)` gives their records. Returns (records written, skip reasons, items/s).
+    """
     written, failed, t0 = 0, [], time.perf_counter()
-    per_step = max(1, batch_size // len(tasks))
-    with out_path.open("a") as f, tqdm(total=len(todo), unit="utt", desc="predict") as bar:
-        for start in range(0, len(todo), per_step):
-            items = []
-            for utt in todo[start:start + per_step]:
+    with out_path.open("a") as f, tqdm(total=len(todo), unit=unit, desc="predict") as bar:
+        for start in range(0, len(todo), step):
+            chunk, items, audio = todo[start:start + step], [], []
+            for item in chunk:
                 try:
-                    items.append((utt.id, load_audio(utt.audio, utt.id, predictor.max_audio_seconds)))
+                    audio.append(read_audio(item))
+                    items.append(item)
                 except UtteranceError as exc:
                     log.warning("skipped %s", exc)
                     failed.append(str(exc))
-            for rec in predictor.predict(items, tasks, batch_size):
-                if (rec["id"], rec["task"]) not in done:
-                    f.write(json.dumps(rec) + "\n")
-                    written += 1
+            for rec in answer(items, audio):
+                f.write(json.dumps(rec) + "\n")
+                written += 1
             f.flush()
-            bar.update(len(todo[start:start + per_step]))
-    rate = len(todo) / (time.perf_counter() - t0)
-    log.info("wrote %d predictions to %s (%.2f utterances/s); %d utterances skipped", written, out, rate, len(failed))
-    return {"written": written, "skipped_audio": len(failed), "utterances_per_second": rate}
+            bar.update(len(chunk))
+    return written, failed, len(todo) / (time.perf_counter() - t0)
 
 
 def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: str | None, adapter: str | None,
@@ -246,22 +261,9 @@ def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: 
         return {"written": 0, "skipped_audio": 0}
     predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                cfg=cfg)
-    written, failed, t0 = 0, [], time.perf_counter()
-    with out_path.open("a") as f, tqdm(total=len(todo), unit="line", desc="predict") as bar:
-        for start in range(0, len(todo), batch_size):
-            examples, audio = [], []
-            for ex, _ in todo[start:start + batch_size]:
-                try:
-                    audio.append(load_audio(ex.audio, ex.id, predictor.max_audio_seconds))
-                    examples.append(ex)
-                except UtteranceError as exc:
-                    log.warning("skipped %s", exc)
-                    failed.append(str(exc))
-            for rec in predictor.predict_examples(examples, audio, batch_size):
-                f.write(json.dumps(rec) + "\n")
-                written += 1
-            f.flush()
-            bar.update(len(todo[start:start + batch_size]))
-    rate = len(todo) / (time.perf_counter() - t0)
+    written, failed, rate = append_predictions(
+        out_path, [ex for ex, _ in todo], batch_size, "line",
+        lambda ex: load_audio(ex.audio, ex.id, predictor.max_audio_seconds),
+        lambda examples, audio: predictor.predict_examples(examples, audio, batch_size))
     log.info("wrote %d predictions to %s (%.2f lines/s); %d lines skipped", written, out_path, rate, len(failed))
     return {"written": written, "skipped_audio": len(failed), "skipped_lines": len(errors), "lines_per_second": rate}

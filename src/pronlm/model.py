@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import NATIVE_REVISION, Config, ConfigError, run_config
+from pronlm.config import NATIVE_REVISION, Config, ConfigError, checkpoint_config
 from pronlm.data import PronlmError
 from pronlm.prompts import CONTROL_TOKENS
 
@@ -444,7 +444,8 @@ def load_for_inference(base: str, adapter: str | None = None, device: str | None
         cfg = Config(base=base, revision=revision)
         model, tokenizer = load_base(cfg)
         add_control_tokens(tokenizer, model)
-        if adapter is None or run_config(adapter).get("strategy") == "new-lora":
+        trained = checkpoint_config(adapter) if adapter else None
+        if adapter is None or (trained is not None and trained.strategy == "new-lora"):
             model = merge_speech_lora(cfg, model)
     if adapter is not None:
         from transformers import AutoTokenizer
