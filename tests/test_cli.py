@@ -12,7 +12,9 @@ from pronlm.cli import main, parse_args
 
 
 def saved(path):
-    return yaml.safe_load(path.read_text())
+    from pronlm.config import flatten
+
+    return flatten(yaml.safe_load(path.read_text()), str(path))
 
 
 @pytest.fixture(scope="module")

@@ -123,3 +123,29 @@ def test_a_recipe_beside_an_adapter_is_checked_against_the_checkpoint(checkpoint
 def test_an_adapter_without_a_config_starts_from_the_recipe_or_defaults(tmp_path):
     assert command_config("paper-lora", [], adapter=str(tmp_path)).base == "microsoft/Phi-4-multimodal-instruct"
     assert command_config(None, [], adapter=str(tmp_path), defaults={"base": "tiny"}).base == "tiny"
+
+
+def test_each_field_has_one_section_and_the_saved_config_is_sectioned(tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from pronlm.config import SECTIONS, DataConfig, ModelConfig
+
+    names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names)) == len(dataclasses.fields(Config))
+    assert isinstance(Config(), ModelConfig) and isinstance(Config(), DataConfig)
+    cfg = load_config("tiny-cpu", ["seed=7", "accent_policy=literal"])
+    cfg.to_yaml(tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert list(saved) == ["model", "data", "training"]
+    assert (saved["model"]["base"], saved["data"]["accent_policy"], saved["training"]["seed"]) == ("tiny", "literal", 7)
+    assert load_config(str(tmp_path / "config.yaml")) == cfg  # sectioned reads back; flat recipes still load
+    (tmp_path / "flat.yaml").write_text("base: tiny\nseed: 7\n")
+    assert (load_config(str(tmp_path / "flat.yaml")).base, load_config(str(tmp_path / "flat.yaml")).seed) == ("tiny", 7)
+
+
+def test_a_key_under_the_wrong_section_names_its_own(tmp_path):
+    (tmp_path / "r.yaml").write_text("model:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match="seed belongs under training:, not model:"):
+        load_config(str(tmp_path / "r.yaml"))

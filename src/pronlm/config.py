@@ -1,4 +1,5 @@
-"""One config dataclass for every command, filled from a YAML recipe and `key=value` overrides.
+"""One config for every command, in three sections (model, data, training), filled from a YAML recipe
+and `key=value` overrides.
 
 Recipes live in `src/pronlm/recipes/` (`pronlm train --recipe paper-lora`) or anywhere as a path;
 with an adapter, its checkpoint's own config.yaml takes the recipe's place (`command_config`).
@@ -25,9 +26,10 @@ class ConfigError(PronlmError):
 
 
 @dataclass
-class Config:
-    # model
-    base: str = "microsoft/Phi-4-multimodal-instruct"  # or "tiny": random tiny model built from config
+class ModelConfig:
+    """What the model is: the base, how it is adapted, and how it is held in memory."""
+
+    base: str = "microsoft/Phi-4-multimodal-instruct"  # a hub id, a folder, or "tiny" (built once, cached)
     revision: str | None = NATIVE_REVISION
     trust_remote_code: bool = False
     speech_adapter: str = "speech-lora"  # sub-folder of the base repo holding the built-in speech LoRA
@@ -41,7 +43,25 @@ class Config:
     gradient_checkpointing: bool = False
     tiny_hidden_size: int = 64
     tiny_layers: int = 2
-    # data
+
+    def check_model(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        if self.strategy == "unfreeze" and self.quantize_4bit:
+            raise ConfigError("strategy=unfreeze trains the audio encoder and projector, which cannot be done "
+                              "on quantised weights: set quantize_4bit=false")
+        if self.quantize_4bit and self.strategy != "new-lora":
+            raise ConfigError("quantize_4bit needs strategy=new-lora (the speech LoRA is merged first)")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.base == "tiny"
+
+
+@dataclass
+class DataConfig:
+    """What the model reads: the corpus or a data folder, and how its targets and prompts are made."""
+
     corpus: str = "hf:mispeech/speechocean762"
     train_split: str = "train"
     data: str | None = None  # a folder with examples.jsonl (`pronlm prepare` or your own): trains on it, not corpus
@@ -52,7 +72,16 @@ class Config:
     word_boundaries: bool = False
     max_audio_seconds: float = 30.0
     limit: int | None = None  # first N utterances only (smoke runs)
-    # training
+
+    def check_data(self) -> None:
+        if self.accent_policy not in ("unk", "canonical", "literal"):
+            raise ConfigError(f"accent_policy must be unk, canonical or literal, not {self.accent_policy!r}")
+
+
+@dataclass
+class TrainingConfig:
+    """How a run trains, saves, and evaluates its checkpoints afterwards (`pronlm.table`)."""
+
     output_dir: str = "runs/default"
     overwrite: bool = False  # train into an output_dir that holds an earlier run, removing it
     num_train_epochs: float = 4
@@ -71,28 +100,16 @@ class Config:
     logging_steps: int = 10
     dataloader_num_workers: int = 0
     seed: int = 42
-    # evaluation after training (pronlm.table): every checkpoint on a split, the paper's Table 3
     eval_split: str | None = None  # e.g. test (of `corpus`); null: no evaluation after training
     eval_untrained: bool = False  # also the base with no adapter: the paper's "no training" row
     dev_fraction: float = 0.0  # this share of train_split's speakers held out as a development split
     early_stop_patience: int | None = None  # stop once the dev total PCC has not improved for N epochs
 
-    def __post_init__(self):
-        if self.accent_policy not in ("unk", "canonical", "literal"):
-            raise ConfigError(f"accent_policy must be unk, canonical or literal, not {self.accent_policy!r}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
-        if self.strategy == "unfreeze" and self.quantize_4bit:
-            raise ConfigError("strategy=unfreeze trains the audio encoder and projector, which cannot be done "
-                              "on quantised weights: set quantize_4bit=false")
-        if self.quantize_4bit and self.strategy != "new-lora":
-            raise ConfigError("quantize_4bit needs strategy=new-lora (the speech LoRA is merged first)")
+    def check_training(self) -> None:
         if self.eval_split not in (None, "train", "test"):
             raise ConfigError(f"eval_split must be test, train or null, not {self.eval_split!r}")
         if not 0 <= self.dev_fraction < 1:
             raise ConfigError(f"dev_fraction is a share of the training speakers, 0 <= x < 1, not {self.dev_fraction}")
-        if self.dev_fraction and self.data:
-            raise ConfigError("dev_fraction holds out speakers of corpus/train_split; a data folder trains as it is")
         if self.eval_untrained and not self.eval_split:
             raise ConfigError("eval_untrained adds the untrained row to the eval_split table: set eval_split=test")
         if (self.eval_split or self.dev_fraction) and self.save_strategy == "no":
@@ -106,13 +123,47 @@ class Config:
             if self.save_strategy != "epoch":
                 raise ConfigError("early_stop_patience evaluates each epoch's checkpoint: set save_strategy=epoch")
 
-    @property
-    def is_tiny(self) -> bool:
-        return self.base == "tiny"
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig}
+OWNER = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}  # field -> its one section
+
+
+@dataclass
+class Config(TrainingConfig, DataConfig, ModelConfig):
+    """The whole resolved config: one flat namespace (`cfg.base`, `cfg.seed`), each field owned by one
+    section; `load_model` takes the `ModelConfig` part. Validated here, once, on construction."""
+
+    def __post_init__(self):
+        self.check_model()
+        self.check_data()
+        self.check_training()
+        if self.dev_fraction and self.data:
+            raise ConfigError("dev_fraction holds out speakers of corpus/train_split; a data folder trains as it is")
+
+    def section(self, name: str) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(SECTIONS[name])}
 
     def to_yaml(self, path: str | Path) -> None:
+        """The config as YAML, one mapping per section (model, data, training)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+        Path(path).write_text(yaml.safe_dump({name: self.section(name) for name in SECTIONS}, sort_keys=False))
+
+
+def flatten(values: dict, source: str) -> dict:
+    """A recipe or config.yaml's mapping as flat fields: `model:`/`data:`/`training:` sections or flat keys.
+
+    A key under a section it does not belong to is an error naming its section.
+    """
+    flat = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for name, item in value.items():
+                if name in OWNER and OWNER[name] != key:
+                    raise ConfigError(f"{source}: {name} belongs under {OWNER[name]}:, not {key}:")
+                flat[name] = item
+        else:
+            flat[key] = value
+    return flat
 
 
 TEMPLATE_COPIES = {"apa_template": "prompts/apa.txt", "mdd_template": "prompts/mdd.txt"}
@@ -133,7 +184,7 @@ def checkpoint_config(adapter: str | Path) -> Config | None:
     """The config a checkpoint (or its run folder) was trained with, templates read from its own copies."""
     for folder in (Path(adapter), Path(adapter).parent):
         if (folder / "config.yaml").is_file():
-            values = read_yaml(folder / "config.yaml") or {}
+            values = flatten(read_yaml(folder / "config.yaml") or {}, str(folder / "config.yaml"))
             known = {f.name for f in fields(Config)}
             values = {k: v for k, v in values.items() if k in known}
             for key, copy in TEMPLATE_COPIES.items():
@@ -221,6 +272,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict | None = 
     values = read_yaml(recipe_path(recipe)) or {} if recipe else {}
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {recipe} is not a mapping of key: value lines")
+    values = flatten(values, f"recipe {recipe}")
     unknown = sorted(set(values) - FIELDS)
     if unknown:
         raise ConfigError(f"recipe {recipe} has unknown keys: {', '.join(unknown)}")
