@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pronlm.config import load_config
-from pronlm.model import add_control_tokens, load_base, prepare_for_training
+from pronlm.model import load_model, prepare_for_training
 from pronlm.train import make_trainer
 
 
@@ -38,8 +38,7 @@ def run(corpus: str, steps: int, group: bool) -> dict:
                                            group_by_length=group, per_device_train_batch_size=8,
                                            apa_template="default", mdd_template="default",  # the paper's lengths
                                            logging_steps=steps))
-        model, tok = load_base(cfg)
-        add_control_tokens(tok, model)
+        model, tok = load_model(cfg, training=True)
         trainer = make_trainer(cfg, prepare_for_training(cfg, model, tok), tok)
         share = padding_share(trainer, steps)
         t0 = time.perf_counter()

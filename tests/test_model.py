@@ -12,8 +12,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from pronlm.collate import Collator
-from pronlm.config import ConfigError, load_config
-from pronlm.model import (LM_LORA_TARGETS, ModelError, check_trainable, load_for_inference, merge_speech_lora,
+from pronlm.config import Config, ConfigError, load_config
+from pronlm.model import (LM_LORA_TARGETS, ModelError, check_trainable, load_model, merge_speech_lora, resolve_base,
                           parameter_table, prepare_for_training)
 from pronlm.prompts import PromptSet, build_examples
 
@@ -130,7 +130,7 @@ def test_4bit_on_cpu_is_a_clear_error(tiny_model, tiny_tokenizer, monkeypatch):
 def test_tiny_inference_without_a_tiny_run_is_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({}))
     with pytest.raises(ModelError, match="not a tiny run"):
-        load_for_inference("tiny", str(tmp_path))
+        load_model(Config(base="tiny"), str(tmp_path))
 
 
 def _unprefixed(folder):
@@ -207,7 +207,7 @@ def test_a_real_base_uses_its_own_feature_extractor(tmp_path):
 
     Phi4MultimodalFeatureExtractor(audio_compression_rate=4).save_pretrained(tmp_path)
     assert load_feature_extractor(str(tmp_path)).audio_compression_rate == 4
-    assert load_feature_extractor("tiny").audio_compression_rate == 8
+    assert load_feature_extractor(resolve_base(Config(base="tiny"))).audio_compression_rate == 8  # its folder's own
     with pytest.raises(ModelError, match="preprocessor_config.json"):
         load_feature_extractor(str(tmp_path / "nowhere"))
 
@@ -236,7 +236,7 @@ def test_an_unreachable_hub_base_is_one_clear_line_at_once(corpus_dir, tmp_path,
 
 def test_adapter_folders_that_are_missing_or_not_adapters_say_what_to_give(tmp_path):
     with pytest.raises(ModelError, match=r"adapter folder .*nope not found: give a training output_dir"):
-        load_for_inference("tiny", str(tmp_path / "nope"))
+        load_model(Config(base="tiny"), str(tmp_path / "nope"))
     (tmp_path / "run" / "checkpoint-7").mkdir(parents=True)
     with pytest.raises(ModelError, match=r"no adapter_config.json: not a training output .*checkpoint-7"):
-        load_for_inference("tiny", str(tmp_path / "run"))
+        load_model(Config(base="tiny"), str(tmp_path / "run"))

@@ -19,7 +19,7 @@ from transformers import Phi4MultimodalForCausalLM, PreTrainedModel
 from pronlm import phi4_config
 from pronlm.config import Config, load_config
 from pronlm.model import (LM_LORA_TARGETS, ModelError, add_control_tokens, attention_implementation, check_lm_only,
-                          load_base, parameter_table, quantisable_linears, speech_lora_config)
+                          load_model, parameter_table, quantisable_linears, speech_lora_config)
 
 LAYERS = phi4_config.LM_LAYERS
 
@@ -118,7 +118,7 @@ def test_a_loaded_base_runs_its_audio_encoder_on_sdpa_when_the_lm_gets_flash(fla
                                                                              tiny_tokenizer):
     tiny_model.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    model, _ = load_base(Config(base=str(tmp_path), dtype="fp32", attn_implementation="auto"))
+    model, _ = load_model(Config(base=str(tmp_path), dtype="fp32", attn_implementation="auto"), training=True)
     encoder = model.model.embed_tokens_extend.audio_embed.encoder
     assert model.config._attn_implementation == "flash_attention_2"
     assert encoder.config._attn_implementation == "sdpa"

@@ -9,6 +9,7 @@ The resolved config is saved as `config.yaml` beside every command's outputs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,11 @@ NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote
 
 class ConfigError(PronlmError):
     pass
+
+
+def cache_dir() -> Path:
+    """Where pronlm keeps what it builds or downloads once (the tiny model, the corpus's WAV files)."""
+    return Path(os.environ.get("PRONLM_CACHE", Path.home() / ".cache" / "pronlm"))
 
 
 @dataclass

@@ -6,15 +6,11 @@ under the cache folder, so the rest of pronlm reads paths exactly as for the cor
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
+from pronlm.config import cache_dir
 from pronlm.data import CorpusError, LabelError, Utterance, UtteranceError, utterance_from_scores
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PRONLM_CACHE", Path.home() / ".cache" / "pronlm"))
 
 
 def read_hf(name: str, split: str, errors: list[UtteranceError] | None = None) -> Iterator[Utterance]:

@@ -17,11 +17,12 @@ import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
+from transformers import Phi4MultimodalFeatureExtractor
 
 from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config
 from pronlm.collate import Collator
 from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, UtteranceError, load_audio, read_corpus
-from pronlm.model import load_feature_extractor, load_for_inference
+from pronlm.model import load_feature_extractor, load_model, resolve_base
 from pronlm.parse import parse_answer
 from pronlm.prepare import read_examples
 from pronlm.prompts import TASKS, Example, PromptSet
@@ -74,13 +75,13 @@ class Predictor:
     prompts: PromptSet
     max_new_tokens: int = 256
     max_audio_seconds: float | None = 30.0  # None: the audio encoder's own limit
-    feature_extractor: object = None  # the base's own; None: transformers' defaults (the tiny model)
+    feature_extractor: object = None  # the base's own; None: transformers' defaults (the tiny model's)
 
     def __post_init__(self):
         self.max_audio_seconds = audio_limit(self.max_audio_seconds, self.model.config)
         self.collator = Collator(self.tokenizer, self.model.config.audio_config.audio_token_id,
                                  self.max_audio_seconds, for_generation=True,
-                                 feature_extractor=self.feature_extractor or load_feature_extractor("tiny"))
+                                 feature_extractor=self.feature_extractor or Phi4MultimodalFeatureExtractor())
         self.stop_ids = list(self.collator.end_ids)
         # A generated audio/image placeholder id would be sent through the audio encoder again.
         self.suppress = [self.model.config.audio_config.audio_token_id, self.model.config.vision_config.image_token_id]
@@ -96,10 +97,10 @@ class Predictor:
         already resolved (`pronlm.cli`), in place of `base` and the templates.
         """
         cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
-        model, tokenizer = load_for_inference(cfg.base, adapter, device, cfg.revision)
+        model, tokenizer = load_model(cfg, adapter, device=device)
         prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
         return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds,
-                   load_feature_extractor(cfg.base, cfg.revision))
+                   load_feature_extractor(resolve_base(cfg, adapter), cfg.revision))
 
     @torch.inference_mode()
     def generate(self, examples: list[Example], audio: list[np.ndarray]) -> list[str]:

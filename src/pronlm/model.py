@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import NATIVE_REVISION, Config, ConfigError, checkpoint_config
+from pronlm.config import NATIVE_REVISION, Config, ConfigError, ModelConfig
 from pronlm.data import PronlmError
 from pronlm.prompts import CONTROL_TOKENS
 
@@ -92,28 +92,65 @@ def attention_implementation(name: str) -> dict[str, str]:
     return {"": lm, "audio_config": encoders, "vision_config": encoders}
 
 
-def load_base(cfg: Config, device_map=None):
-    """(model, tokenizer) of the base: the hub/local Phi-4-multimodal, or the tiny random one."""
-    if cfg.is_tiny:
-        from pronlm.tiny import build_tiny_model, build_tiny_tokenizer
+def resolve_base(model: ModelConfig, adapter: str | None = None) -> str:
+    """The base as a hub id or a folder. `tiny` is the cached tiny model folder (`tiny_base_folder`);
+    for a tiny run's adapter, the run's own copy of it (its audio normalisation fitted on the clips)."""
+    if not model.is_tiny:
+        return model.base
+    if adapter is None:
+        from pronlm.tiny import tiny_base_folder
 
-        tokenizer = build_tiny_tokenizer()
-        model = build_tiny_model(tokenizer, seed=cfg.seed, hidden_size=cfg.tiny_hidden_size,
-                                 num_layers=cfg.tiny_layers)
-        return model.to(resolve_dtype(cfg.dtype)), tokenizer
+        return str(tiny_base_folder(model.tiny_hidden_size, model.tiny_layers))
+    for folder in (Path(adapter), *Path(adapter).parents[:2]):
+        if (folder / TINY_BASE_DIR / "config.json").is_file():
+            return str(folder / TINY_BASE_DIR)
+    raise ModelError(f"{adapter} is not a tiny run: no {TINY_BASE_DIR}/ folder in it or its parents "
+                     "(give base=FOLDER, the model it was trained from)")
+
+
+def load_model(model: ModelConfig, adapter: str | None = None, *, training: bool = False,
+               device: str | None = None, device_map=None):
+    """(model, tokenizer): the one way every command loads a model, whatever the base.
+
+    `training`: the base as `model.strategy` trains it (new-lora: the speech LoRA merged first).
+    Else ready to generate, in eval mode on `device`: with `adapter`, the trained checkpoint on its
+    base (the speech LoRA merged first when the run was new-lora); without, the untrained baseline
+    (the speech LoRA merged: how Phi-4 hears out of the box).
+    """
+    if adapter is not None:
+        check_adapter_folder(adapter)
+    base = resolve_base(model, adapter)
+    net, tokenizer = _from_pretrained(model, base, device_map, dtype=model.dtype if training else "auto")
+    add_control_tokens(tokenizer, net)
+    if model.strategy == "new-lora" or (not training and adapter is None):
+        net = merge_speech_lora(model, net, base)
+    if training:
+        return net, tokenizer
+    if adapter is not None:
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        net = check_lora_landed(PeftModel.from_pretrained(net, adapter), read_lora_file(adapter), adapter,
+                                zero_is_error=False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return net.to(device).eval(), tokenizer
+
+
+def _from_pretrained(model: ModelConfig, base: str, device_map=None, dtype: str = "auto"):
     from transformers import AutoTokenizer, Phi4MultimodalForCausalLM
 
-    check_base_reachable(cfg.base, cfg.revision)
-    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    check_base_reachable(base, model.revision)
+    kw = dict(revision=model.revision, trust_remote_code=model.trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.base, **kw)
-        model = Phi4MultimodalForCausalLM.from_pretrained(
-            cfg.base, dtype=resolve_dtype(cfg.dtype), device_map=device_map,
-            attn_implementation=attention_implementation(cfg.attn_implementation), **kw)
+        tokenizer = AutoTokenizer.from_pretrained(base, **kw)
+        net = Phi4MultimodalForCausalLM.from_pretrained(
+            base, dtype=resolve_dtype(dtype), device_map=device_map,
+            attn_implementation=attention_implementation(model.attn_implementation), **kw)
     except OSError as exc:
-        raise ModelError(f"cannot load the base model {cfg.base} (revision {cfg.revision}): {exc}") from None
-    check_tied_embeddings(model)
-    return model, tokenizer
+        raise ModelError(f"cannot load the base model {base} (revision {model.revision}): {exc}") from None
+    check_tied_embeddings(net)
+    return net, tokenizer
 
 
 def check_base_reachable(base: str, revision: str | None) -> None:
@@ -153,11 +190,9 @@ def check_tied_embeddings(model) -> None:
 
 
 def load_feature_extractor(base: str, revision: str | None = NATIVE_REVISION):
-    """The base's own audio feature extractor (its preprocessor_config.json); defaults for the tiny model."""
+    """The base's own audio feature extractor (its preprocessor_config.json; give `resolve_base`'s answer)."""
     from transformers import Phi4MultimodalFeatureExtractor
 
-    if base == "tiny":
-        return Phi4MultimodalFeatureExtractor()
     try:
         return Phi4MultimodalFeatureExtractor.from_pretrained(base, revision=revision)
     except OSError as exc:
@@ -165,14 +200,17 @@ def load_feature_extractor(base: str, revision: str | None = NATIVE_REVISION):
                          f"{revision}: {exc}") from exc
 
 
-def speech_adapter_dir(cfg: Config) -> str:
-    """The built-in speech LoRA: a folder path, `<base>/speech-lora` locally, or from the hub."""
-    for local in (Path(cfg.speech_adapter), Path(cfg.base) / cfg.speech_adapter):
+def speech_adapter_dir(cfg: ModelConfig, base: str | None = None) -> str | None:
+    """The built-in speech LoRA: a folder path, `<base>/speech-lora` locally, or from the hub.
+
+    None for a local base folder that has none (the tiny model, an export with it merged already).
+    """
+    base = base or cfg.base
+    for local in (Path(cfg.speech_adapter), Path(base) / cfg.speech_adapter):
         if (local / "adapter_config.json").is_file():
             return str(local)
-    if cfg.is_tiny:
-        raise ConfigError("the tiny model has no built-in speech LoRA: set speech_adapter=FOLDER "
-                          "(a peft LoRA folder) or strategy=new-lora")
+    if Path(base).is_dir() or cfg.is_tiny:
+        return None
     from huggingface_hub import snapshot_download
 
     root = snapshot_download(cfg.base, revision=cfg.revision, allow_patterns=[f"{cfg.speech_adapter}/*"])
@@ -219,15 +257,19 @@ def with_speech_lora(cfg: Config, model, token_ids: list[int] | None = None):
     from peft import get_peft_model
 
     folder = speech_adapter_dir(cfg)
+    if folder is None:
+        raise ConfigError(f"the base {cfg.base} has no built-in speech LoRA ({cfg.speech_adapter}/ is not in it): "
+                          "set speech_adapter=FOLDER (a peft LoRA folder) or strategy=new-lora")
     return load_lora_weights(get_peft_model(model, speech_lora_config(cfg, model, token_ids, folder)), folder)
 
 
-def merge_speech_lora(cfg: Config, model):
+def merge_speech_lora(cfg: ModelConfig, model, base: str | None = None):
     """The base with its speech LoRA merged in: where new-lora starts, and how an untrained Phi-4 hears.
 
-    The tiny model has no speech LoRA unless `speech_adapter` names one: then it is left as it is.
+    A local base folder without one (the tiny model, an export that has it merged) is left as it is.
     """
-    if cfg.is_tiny and not (Path(cfg.speech_adapter) / "adapter_config.json").is_file():
+    if speech_adapter_dir(cfg, base) is None:
+        log.info("the base %s has no speech LoRA folder: nothing to merge", base or cfg.base)
         return model
     return with_speech_lora(cfg, model).merge_and_unload()
 
@@ -417,46 +459,6 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ inference
-
-
-def load_for_inference(base: str, adapter: str | None = None, device: str | None = None,
-                       revision: str | None = NATIVE_REVISION):
-    """(model, tokenizer) ready to generate: the base, plus a trained adapter folder when given.
-
-    A speech-lora / unfreeze adapter *is* the (continued) speech LoRA; a new-lora adapter was
-    trained on the base with the speech LoRA merged, and so is the untrained model (no adapter).
-    """
-    from peft import PeftModel
-
-    if adapter is not None:
-        check_adapter_folder(adapter)
-    if base == "tiny":
-        if adapter is None:
-            from pronlm.tiny import build_tiny_model, build_tiny_tokenizer
-
-            tokenizer = build_tiny_tokenizer()
-            add_control_tokens(tokenizer)
-            model = build_tiny_model(tokenizer)
-        else:
-            model, tokenizer = _load_tiny_base(adapter)
-    else:
-        cfg = Config(base=base, revision=revision)
-        model, tokenizer = load_base(cfg)
-        add_control_tokens(tokenizer, model)
-        trained = checkpoint_config(adapter) if adapter else None
-        if adapter is None or (trained is not None and trained.strategy == "new-lora"):
-            model = merge_speech_lora(cfg, model)
-    if adapter is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(adapter)
-        model = check_lora_landed(PeftModel.from_pretrained(model, adapter), read_lora_file(adapter), adapter,
-                                  zero_is_error=False)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
-
-
 def check_adapter_folder(adapter: str) -> None:
     """An adapter is a training output or checkpoint folder: say what is missing when it is not one."""
     folder = Path(adapter)
@@ -467,15 +469,3 @@ def check_adapter_folder(adapter: str) -> None:
         inside = sorted(p.name for p in folder.glob("checkpoint-*"))
         hint = f" (it holds {', '.join(inside[-3:])}: give one of those)" if inside else ""
         raise ModelError(f"{adapter} has no adapter_config.json: not a training output or checkpoint{hint}")
-
-
-def _load_tiny_base(adapter: str):
-    """A tiny run's own random base, saved beside its checkpoints."""
-    from transformers import AutoTokenizer, Phi4MultimodalForCausalLM
-
-    for folder in (Path(adapter), *Path(adapter).parents[:2]):
-        if (folder / TINY_BASE_DIR).is_dir():
-            base = folder / TINY_BASE_DIR
-            return Phi4MultimodalForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
-    raise ModelError(f"{adapter} is not a tiny run: no {TINY_BASE_DIR}/ folder in it or its parents "
-                     "(use --base with the model it was trained from)")

@@ -38,15 +38,14 @@ def load_tokenizer(name):
 
     if not isinstance(name, str):
         tokenizer = name
-    elif name == "tiny":
-        from pronlm.tiny import build_tiny_tokenizer
-
-        tokenizer = build_tiny_tokenizer()
     else:
         from transformers import AutoTokenizer
 
+        from pronlm.config import ModelConfig
+        from pronlm.model import resolve_base
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(resolve_base(ModelConfig(base=name)))
         except (OSError, ValueError) as exc:
             raise PronlmError(f"cannot load tokenizer {name!r}: {exc}") from exc
     add_control_tokens(tokenizer)

@@ -7,17 +7,24 @@ model: it learns only what it is trained on.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import shutil
+import tempfile
 from collections.abc import Iterable
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM, PreTrainedTokenizerFast
+import transformers
+from transformers import (Phi4MultimodalConfig, Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM,
+                          PreTrainedTokenizerFast)
 from transformers.models.phi4_multimodal.modeling_phi4_multimodal import Phi4MultimodalAudioMeanVarianceNormLayer
 
 from pronlm.collate import Collator
+from pronlm.config import cache_dir
 from pronlm.data import PronlmError
 from pronlm.targets import ARPABET, cmudict_entries, strip_stress
 
@@ -98,6 +105,31 @@ def build_tiny_model(tokenizer, seed: int = 0, **config_kwargs) -> Phi4Multimoda
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = model.config.eos_token_id
     return model.eval()
+
+
+def tiny_base_folder(hidden_size: int = 64, num_layers: int = 2) -> Path:
+    """The tiny model as an ordinary model folder (weights, tokenizer, feature extractor), built once.
+
+    Built with seed 0 into the cache and then loaded by path like any base (`base: tiny` resolves
+    here). The folder name carries a digest of this module's source and the transformers version,
+    so a change to how the model is built makes a new folder instead of reusing a stale one. Written
+    to a temporary folder and renamed into place: parallel processes (DDP) never see half a model.
+    """
+    digest = hashlib.sha256(Path(__file__).read_bytes() + transformers.__version__.encode()).hexdigest()[:12]
+    folder = cache_dir() / "tiny" / f"h{hidden_size}-l{num_layers}-{digest}"
+    if (folder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".build-"))
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(tokenizer, seed=0, hidden_size=hidden_size, num_layers=num_layers).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    Phi4MultimodalFeatureExtractor().save_pretrained(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first: theirs is the same model
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def audio_normalisation(model) -> Phi4MultimodalAudioMeanVarianceNormLayer:

@@ -23,9 +23,8 @@ from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
 from pronlm.config import Config, ConfigError, save_run_config
 from pronlm.data import PronlmError, UtteranceError, load_audio
 from pronlm.infer import audio_limit
-from pronlm.model import (TINY_BASE_DIR, add_control_tokens, check_trainable, format_table, load_base,
-                          load_feature_extractor, merge_speech_lora, parameter_table, prepare_for_training,
-                          resolve_dtype)
+from pronlm.model import (TINY_BASE_DIR, check_trainable, format_table, load_feature_extractor, load_model,
+                          parameter_table, prepare_for_training, resolve_base, resolve_dtype)
 from pronlm.prepare import read_examples, usable_utterances
 from pronlm.prompts import TASKS, Example, PromptSet, build_examples
 from pronlm.table import DEV_HISTORY, build_table, dev_history, dev_speakers, save_dev_speakers
@@ -264,7 +263,7 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
     prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
     dataset = load_examples(cfg, prompts, tokenizer)
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
-                        feature_extractor=load_feature_extractor(cfg.base, cfg.revision))
+                        feature_extractor=load_feature_extractor(resolve_base(cfg), cfg.revision))
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
     callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg)]
     callbacks += [EarlyStopOnDev(cfg)] if cfg.early_stop_patience else []  # after the checkpoint has its config
@@ -304,16 +303,13 @@ def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
     out.mkdir(parents=True, exist_ok=True)
     args = training_arguments(cfg)
     checkpoint = claim_output_dir(out, resume, cfg.overwrite, args.process_index == 0)
-    model, tokenizer = load_base(cfg)
-    add_control_tokens(tokenizer, model)
-    if cfg.strategy == "new-lora":
-        model = merge_speech_lora(cfg, model)
+    model, tokenizer = load_model(cfg, training=True)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
         from pronlm.tiny import fit_audio_normalisation  # a random encoder's input normalisation, saved with it
 
         fit_audio_normalisation(model, tokenizer, training_clips(cfg))
-        model.save_pretrained(out / TINY_BASE_DIR)
-        tokenizer.save_pretrained(out / TINY_BASE_DIR)
+        for part in (model, tokenizer, load_feature_extractor(resolve_base(cfg))):
+            part.save_pretrained(out / TINY_BASE_DIR)
     set_seed(cfg.seed)  # the new LoRA's random A matrices: the same in every run (a hub base draws nothing on load)
     model = prepare_for_training(cfg, model, tokenizer)
     table = parameter_table(model)
