@@ -88,3 +88,26 @@ def test_training_saves_a_tiny_base_normalised_on_its_training_clips(corpus_dir,
     assert torch.allclose(layer.global_mean, mean) and torch.allclose(layer.global_invstd, 1 / std)
     assert not torch.all(layer.global_mean == REFERENCE_LOG_MEL[0])
 
+
+
+def test_tiny_is_a_model_folder_built_once_and_loaded_by_path(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from pronlm.config import Config
+    from pronlm.model import load_model, resolve_base
+    from pronlm.tiny import build_tiny_model, build_tiny_tokenizer, tiny_base_folder
+
+    monkeypatch.setenv("PRONLM_CACHE", str(tmp_path))
+    folder = tiny_base_folder()
+    assert folder.parent == tmp_path / "tiny" and resolve_base(Config(base="tiny")) == str(folder)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= \
+        {p.name for p in folder.iterdir()}
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert tiny_base_folder() == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    built = build_tiny_model(build_tiny_tokenizer(), seed=0).state_dict()
+    loaded = Phi4MultimodalForCausalLM.from_pretrained(folder).state_dict()
+    assert built.keys() == loaded.keys() and all(torch.equal(built[k], loaded[k]) for k in built)
+    assert AutoTokenizer.from_pretrained(folder).get_vocab() == build_tiny_tokenizer().get_vocab()
+    model, tokenizer = load_model(Config(base="tiny"), device="cpu")  # the untrained baseline, by path
+    assert tokenizer.convert_tokens_to_ids("<|APA|>") < model.config.vocab_size and not model.training
+    assert [n for n in tmp_path.joinpath("tiny").iterdir()] == [folder]  # no half-built folder left behind
