@@ -17,6 +17,7 @@ import yaml
 from pronlm.errors import PronlmError, read_yaml
 
 STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
+BACKENDS = ("transformers", "vllm")
 NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
 
 
@@ -76,8 +77,22 @@ class Config:
     eval_untrained: bool = False  # also the base with no adapter: the paper's "no training" row
     dev_fraction: float = 0.0  # this share of train_split's speakers held out as a development split
     early_stop_patience: int | None = None  # stop once the dev total PCC has not improved for N epochs
+    # inference
+    constrained: bool = True  # decode under the answer's JSON grammar (pronlm.grammar)
+    backend: str = "transformers"  # transformers: the model in this process; vllm: a running vLLM server
+    vllm_url: str = "http://localhost:8000/v1"  # the server's OpenAI-compatible API (backend=vllm)
+    vllm_model: str | None = None  # the served model's name; null: the server's only one (GET /models)
+    request_timeout: float = 120.0  # seconds one vLLM request may take before predict stops with an error
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if not str(self.vllm_url).startswith(("http://", "https://")):
+            raise ConfigError(f"vllm_url is the vLLM server's API address, like http://localhost:8000/v1, "
+                              f"not {self.vllm_url!r}")
+        if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
+                or self.request_timeout <= 0:
+            raise ConfigError(f"request_timeout is in seconds and must be above 0, not {self.request_timeout!r}")
         if self.accent_policy not in ("unk", "canonical", "literal"):
             raise ConfigError(f"accent_policy must be unk, canonical or literal, not {self.accent_policy!r}")
         if self.strategy not in STRATEGIES:
