@@ -18,7 +18,8 @@ import soundfile as sf
 from pronlm.cli import main
 from pronlm.data import load_audio, read_corpus
 from pronlm.grammar import answer_schema
-from pronlm.prompts import PromptSet, load_template
+from pronlm.errors import PronlmError
+from pronlm.prompts import Example, PromptSet, load_template
 from pronlm.vllm_client import VllmError, VllmPredictor
 from tests.test_serve import CLIP, free_port, inprocess_server, post
 
@@ -51,14 +52,15 @@ class StandIn:
         with self.lock:
             self.requests.append((method, path, headers, body))
         if path == "/v1/models":
-            return 200, json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}).encode()
+            data = [{"id": m, "object": "model"} for m in self.models]
+            return 200, json.dumps({"object": "list", "data": data}).encode()
         with self.lock:
             self.chats += 1
             failing = self.fail_after is not None and self.chats > self.fail_after
         time.sleep(self.delay)
         if failing:
-            return 500, json.dumps({"error": {"message": "EngineCore encountered an issue", "type": "InternalServerError",
-                                              "code": 500}}).encode()
+            error = {"message": "EngineCore encountered an issue", "type": "InternalServerError", "code": 500}
+            return 500, json.dumps({"error": error}).encode()
         if self.reply is not None:
             return 200, self.reply
         content = APA_ANSWER if "<|APA|>" in body["messages"][0]["content"][0]["text"] else MDD_ANSWER
@@ -245,6 +247,30 @@ def test_a_server_failing_part_way_keeps_what_it_answered_and_a_rerun_asks_only_
     asked_again = {(r["id"], r["task"]) for r in lines(out)[6:]}
     assert healthy.chats == 2 and asked_again == everything - keys(first)
     assert len(lines(out)) == 8 and keys(lines(out)) == everything
+
+
+def test_predict_data_sends_each_line_s_own_prompt(corpus_dir, tmp_path):
+    """`predict --data`: a folder's lines, each asked with its own prompt; a prompt that is not one user
+    turn fails before any request."""
+    folder, clip = tmp_path / "mine", str(corpus_dir / CLIP[0])
+    folder.mkdir()
+    prompt = "<|user|><|MDD|><|audio_1|>Say what you hear, as JSON.<|end|><|assistant|>"
+    line = {"id": "rec1", "task": "mdd", "audio": clip, "prompt": prompt, "target": None}
+    (folder / "examples.jsonl").write_text(json.dumps(line) + "\n")
+    stand_in = StandIn()
+    with running(stand_in) as url:
+        assert main(["predict", "--data", str(folder), "--out", str(tmp_path / "p.jsonl"), "backend=vllm",
+                     f"vllm_url={url}"]) == 0
+        (body,) = stand_in.chat_bodies()
+        assert body["messages"][0]["content"][0]["text"] == "<|MDD|><|audio_1|>Say what you hear, as JSON."
+        assert lines(tmp_path / "p.jsonl") == [{"id": "rec1", **MDD_RECORD}]
+
+        with pytest.raises(PronlmError) as err:
+            VllmPredictor(url, PromptSet.from_templates()).predict_examples(
+                [Example("rec1", "mdd", clip, "<|MDD|><|audio_1|>Say it.", None)], [np.zeros(16000, np.float32)])
+    assert str(err.value).startswith("rec1/mdd: backend=vllm sends a prompt as one chat message, so it must be "
+                                     "<|user|>...<|audio_1|>...<|end|><|assistant|>")
+    assert len(stand_in.chat_bodies()) == 1
 
 
 def test_a_slow_server_is_a_timeout_message(corpus_dir, tmp_path, capsys):
