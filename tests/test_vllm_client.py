@@ -190,6 +190,21 @@ def test_an_http_error_gives_the_server_s_own_reason(clip):
     assert err.value.answered == []
 
 
+@pytest.mark.parametrize("body, detail", [
+    (b'{"error": {"message": "bad schema", "type": "BadRequestError"}}', "bad schema"),  # vLLM / OpenAI
+    (b'{"error": "boom"}', "boom"),
+    (b'{"detail": "Not Found"}', "Not Found"),  # FastAPI
+    (b"<html>502 Bad Gateway</html>", "<html>502 Bad Gateway</html>"),  # a proxy
+    (b"", "Not Found"),  # nothing: the status's phrase
+])
+def test_an_error_answer_s_reason(body, detail):
+    import httpx
+
+    from pronlm.vllm_client import error_detail
+
+    assert error_detail(httpx.Response(404, content=body)) == detail
+
+
 # ---------------------------------------------------------------- pronlm predict backend=vllm
 
 

@@ -197,8 +197,9 @@ def error_detail(response: httpx.Response, limit: int = 300) -> str:
     """The server's own reason: OpenAI's `{"error": {"message"}}`, FastAPI's `{"detail"}`, else the text."""
     try:
         body = response.json()
-        detail = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else None
-        detail = detail or body.get("message") or body.get("detail") or body
+        error = body.get("error")
+        detail = (error.get("message") if isinstance(error, dict) else error) or body.get("message") \
+            or body.get("detail") or body
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         detail = response.text
     detail = str(detail).strip() or response.reason_phrase
