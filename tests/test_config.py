@@ -138,7 +138,7 @@ def test_each_field_has_one_section_and_the_saved_config_is_sectioned(tmp_path):
     cfg = load_config("tiny-cpu", ["seed=7", "accent_policy=literal"])
     cfg.to_yaml(tmp_path / "config.yaml")
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert list(saved) == ["model", "data", "training"]
+    assert list(saved) == ["model", "data", "training", "inference"]
     assert (saved["model"]["base"], saved["data"]["accent_policy"], saved["training"]["seed"]) == ("tiny", "literal", 7)
     assert load_config(str(tmp_path / "config.yaml")) == cfg  # sectioned reads back; flat recipes still load
     (tmp_path / "flat.yaml").write_text("base: tiny\nseed: 7\n")

@@ -383,9 +383,9 @@ def assess_command(audio: str, text: str, base: str | None = None, adapter: str 
     if seconds > max_audio_seconds and not split_long:
         raise AssessError(f"{audio} lasts {seconds:.1f} s, over the limit of {max_audio_seconds:g} s: pass "
                           "--split-long to cut it at pauses and assess each piece, or record one sentence at a time")
-    from pronlm.infer import Predictor
+    from pronlm.infer import load_predictor
 
-    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                cfg=cfg)
     if split_long:
         result = assess_long(predictor, samples, text, lex)

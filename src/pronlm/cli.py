@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except PronlmError as exc:
-        print(f"pronlm {args.command}: error: {exc}", file=sys.stderr)
+        notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", ()))  # added on the way up
+        print(f"pronlm {args.command}: error: {exc}{notes}", file=sys.stderr)
         return 2
     return 0
 

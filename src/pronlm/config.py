@@ -1,4 +1,4 @@
-"""One config for every command, in three sections (model, data, training), filled from a YAML recipe
+"""One config for every command, in four sections (model, data, training, inference), filled from a YAML recipe
 and `key=value` overrides.
 
 Recipes live in `src/pronlm/recipes/` (`pronlm train --recipe paper-lora`) or anywhere as a path;
@@ -19,6 +19,7 @@ import yaml
 from pronlm.errors import PronlmError, read_yaml
 
 STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
+BACKENDS = ("transformers", "vllm")
 NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
 
 
@@ -130,12 +131,33 @@ class TrainingConfig:
                 raise ConfigError("early_stop_patience evaluates each epoch's checkpoint: set save_strategy=epoch")
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig}
+@dataclass
+class InferenceConfig:
+    """How answers are generated: in this process or by a vLLM server, free or under the grammar."""
+
+    constrained: bool = True  # decode under the answer's JSON grammar (pronlm.grammar)
+    backend: str = "transformers"  # transformers: the model in this process; vllm: a running vLLM server
+    vllm_url: str = "http://localhost:8000/v1"  # the server's OpenAI-compatible API (backend=vllm)
+    vllm_model: str | None = None  # the served model's name; null: the server's only one (GET /models)
+    request_timeout: float = 120.0  # seconds one vLLM request may take before predict stops with an error
+
+    def check_inference(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if not str(self.vllm_url).startswith(("http://", "https://")):
+            raise ConfigError(f"vllm_url is the vLLM server's API address, like http://localhost:8000/v1, "
+                              f"not {self.vllm_url!r}")
+        if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
+                or self.request_timeout <= 0:
+            raise ConfigError(f"request_timeout is in seconds and must be above 0, not {self.request_timeout!r}")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "inference": InferenceConfig}
 OWNER = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}  # field -> its one section
 
 
 @dataclass
-class Config(TrainingConfig, DataConfig, ModelConfig):
+class Config(InferenceConfig, TrainingConfig, DataConfig, ModelConfig):
     """The whole resolved config: one flat namespace (`cfg.base`, `cfg.seed`), each field owned by one
     section; `load_model` takes the `ModelConfig` part. Validated here, once, on construction."""
 
@@ -143,6 +165,7 @@ class Config(TrainingConfig, DataConfig, ModelConfig):
         self.check_model()
         self.check_data()
         self.check_training()
+        self.check_inference()
         if self.dev_fraction and self.data:
             raise ConfigError("dev_fraction holds out speakers of corpus/train_split; a data folder trains as it is")
 
@@ -150,7 +173,7 @@ class Config(TrainingConfig, DataConfig, ModelConfig):
         return {f.name: getattr(self, f.name) for f in fields(SECTIONS[name])}
 
     def to_yaml(self, path: str | Path) -> None:
-        """The config as YAML, one mapping per section (model, data, training)."""
+        """The config as YAML, one mapping per section (model, data, training, inference)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(yaml.safe_dump({name: self.section(name) for name in SECTIONS}, sort_keys=False))
 

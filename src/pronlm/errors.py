@@ -14,6 +14,18 @@ class PronlmError(Exception):
     """Base class of every error pronlm reports to a user."""
 
 
+class PredictionInterrupted(PronlmError):
+    """Prediction stopped part way; `answered` holds the records finished before it (written, never lost)."""
+
+    def __init__(self, message: str, answered: list[dict] | None = None):
+        super().__init__(message)
+        self.answered = answered or []
+
+
+class BackendError(PredictionInterrupted):
+    """The inference backend (a vLLM server) failed: not the fault of the request or clip that met it."""
+
+
 class FileFormatError(PronlmError):
     """A file pronlm reads is not valid JSON / YAML; the message says where."""
 

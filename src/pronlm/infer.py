@@ -1,7 +1,8 @@
 """Prediction: batched greedy generation for both tasks, parsed into one record schema.
 
 `Predictor` is the one prediction path: `pronlm predict` (a corpus or a data folder, written as
-JSON lines and resumable), `pronlm assess` and `pronlm serve` all go through it. It refuses clips longer than
+JSON lines and resumable), `pronlm assess` and `pronlm serve` all go through it, or through its
+twin for `backend=vllm` (`pronlm.vllm_client`), picked by `load_predictor`. It refuses clips longer than
 the audio encoder takes (`max_audio_seconds`), and a configured limit above that at start-up.
 """
 
@@ -22,6 +23,7 @@ from transformers import Phi4MultimodalFeatureExtractor
 from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config
 from pronlm.collate import Collator
 from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, UtteranceError, load_audio, read_corpus
+from pronlm.errors import PredictionInterrupted
 from pronlm.model import load_feature_extractor, load_model, resolve_base
 from pronlm.parse import parse_answer
 from pronlm.prepare import read_examples
@@ -120,13 +122,8 @@ class Predictor:
 
         Raises `AudioError` naming the first item longer than `max_audio_seconds`, before any generation.
         """
-        for utt_id, samples in items:
-            if len(samples) > self.max_audio_seconds * SAMPLE_RATE:
-                raise AudioError(utt_id, f"audio lasts {len(samples) / SAMPLE_RATE:.2f} s, over the limit of "
-                                         f"{self.max_audio_seconds:g} s")
-        jobs = [(utt_id, samples, task) for utt_id, samples in items for task in tasks]
-        examples = [Example(i, t, None, self.prompts.for_task(t), None) for i, _, t in jobs]
-        return self.predict_examples(examples, [s for _, s, _ in jobs], batch_size)
+        examples, audio = task_examples(items, tasks, self.prompts, self.max_audio_seconds)
+        return self.predict_examples(examples, audio, batch_size)
 
     def predict_examples(self, examples: list[Example], audio: list[np.ndarray], batch_size: int = 8) -> list[dict]:
         """One record per example, in order, each asked with its own prompt (a data folder's lines)."""
@@ -134,9 +131,43 @@ class Predictor:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
             raws = self.generate(chunk, audio[start:start + batch_size])
-            for ex, raw in zip(chunk, raws):
-                records.append({"id": ex.id, "task": ex.task, "raw": raw, **parse_answer(ex.task, raw)})
+            records += [answer_record(ex, raw) for ex, raw in zip(chunk, raws)]
         return records
+
+
+def answer_record(example: Example, raw: str) -> dict:
+    """The one prediction schema: id, task, the raw answer and what `parse_answer` makes of it."""
+    return {"id": example.id, "task": example.task, "raw": raw, **parse_answer(example.task, raw)}
+
+
+def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet,
+                  max_seconds: float) -> tuple[list[Example], list[np.ndarray]]:
+    """The examples of every (item, task) pair, in order, and their clips.
+
+    Raises `AudioError` naming the first item longer than `max_seconds`, before anything is asked.
+    """
+    for utt_id, samples in items:
+        if len(samples) > max_seconds * SAMPLE_RATE:
+            raise AudioError(utt_id, f"audio lasts {len(samples) / SAMPLE_RATE:.2f} s, over the limit of "
+                                     f"{max_seconds:g} s")
+    jobs = [(utt_id, samples, task) for utt_id, samples in items for task in tasks]
+    return [Example(i, t, None, prompts.for_task(t), None) for i, _, t in jobs], [s for _, s, _ in jobs]
+
+
+def load_predictor(base: str | None = None, adapter: str | None = None, max_new_tokens: int = 256,
+                   max_audio_seconds: float | None = 30.0, apa_template: str | None = None,
+                   mdd_template: str | None = None, cfg: Config | None = None):
+    """The predictor `cfg.backend` names: `Predictor` (the model in this process) or a vLLM server's client.
+
+    Both answer `predict`, `predict_examples` and `max_audio_seconds` alike, with the same records.
+    """
+    cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
+    if cfg.backend == "vllm":
+        from pronlm.vllm_client import VllmPredictor
+
+        return VllmPredictor.from_config(cfg, max_new_tokens, max_audio_seconds)
+    return Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+                          apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
 
 
 def inference_config(base: str | None = None, adapter: str | None = None, apa_template: str | None = None,
@@ -205,12 +236,14 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
-    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
 
-    def answer(utts, audio):
-        records = predictor.predict([(u.id, a) for u, a in zip(utts, audio)], tasks, batch_size)
-        return [r for r in records if (r["id"], r["task"]) not in done]
+    def answer(utts, audio):  # only the (utterance, task) pairs the file lacks: a resumed run asks nothing twice
+        examples, clips = task_examples([(u.id, a) for u, a in zip(utts, audio)], tasks, predictor.prompts,
+                                        predictor.max_audio_seconds)
+        pairs = [(ex, clip) for ex, clip in zip(examples, clips) if (ex.id, ex.task) not in done]
+        return predictor.predict_examples([ex for ex, _ in pairs], [clip for _, clip in pairs], batch_size)
 
     written, failed, rate = append_predictions(
         out_path, todo, max(1, batch_size // len(tasks)), "utt",
@@ -223,10 +256,19 @@ def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_au
     """Predict `todo` `step` items at a time, appending each record to `out_path` as soon as it is known.
 
     `read_audio(item)` gives an item's samples (an `UtteranceError` skips it, reported);
-    `answer(items, audio)` gives their records. Returns (records written, skip reasons, items/s).
+    `answer(items, audio)` gives their records. A `PredictionInterrupted` (a vLLM server that failed
+    part way) has its finished records written before it goes on up. Returns (records written,
+    skip reasons, items/s).
     """
     written, failed, t0 = 0, [], time.perf_counter()
     with out_path.open("a") as f, tqdm(total=len(todo), unit=unit, desc="predict") as bar:
+        def write(records):
+            nonlocal written
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+                written += 1
+            f.flush()
+
         for start in range(0, len(todo), step):
             chunk, items, audio = todo[start:start + step], [], []
             for item in chunk:
@@ -236,10 +278,13 @@ def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_au
                 except UtteranceError as exc:
                     log.warning("skipped %s", exc)
                     failed.append(str(exc))
-            for rec in answer(items, audio):
-                f.write(json.dumps(rec) + "\n")
-                written += 1
-            f.flush()
+            try:
+                write(answer(items, audio))
+            except PredictionInterrupted as exc:
+                write(exc.answered)
+                exc.add_note(f"the {written} predictions this run made before it are in {out_path}: run the same "
+                             "command again to go on from there")
+                raise
             bar.update(len(chunk))
     return written, failed, len(todo) / (time.perf_counter() - t0)
 
@@ -260,7 +305,7 @@ def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: 
     log.info("%d lines of %s, %d to predict", len(lines), data, len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
-    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                cfg=cfg)
     written, failed, rate = append_predictions(
         out_path, [ex for ex, _ in todo], batch_size, "line",

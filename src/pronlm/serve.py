@@ -35,6 +35,7 @@ from starlette.formparsers import MultiPartParser
 
 from pronlm.assess import AssessError, Lexicon, assess_batch, expected_words
 from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, check_audio, check_complete, to_mono_16k
+from pronlm.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ class InferenceWorker:
     def _assessed_together(self, batch: list[_Job]) -> bool:
         try:
             self._assess(batch)
+        except BackendError as exc:  # the vLLM server failed: asking it again one by one would only wait again
+            for job in batch:
+                self._fail(job, exc)
+            return True
         except Exception as exc:  # noqa: BLE001 - the batch is retried one request at a time
             log.warning("a batch of %d failed (%s); assessing its requests one at a time", len(batch), one_line(exc))
             return False
@@ -133,7 +138,9 @@ class InferenceWorker:
             self._fail(job, exc)
 
     def _fail(self, job: _Job, exc: Exception) -> None:
-        if isinstance(exc, PronlmError):  # the clip's own problem, said in one line: no traceback
+        if isinstance(exc, BackendError):
+            log.error("the inference backend failed: %s", exc)
+        elif isinstance(exc, PronlmError):  # the clip's own problem, said in one line: no traceback
             log.warning("a clip of %.1f s was refused: %s", job.samples.size / SAMPLE_RATE, exc)
         else:
             log.error("inference failed for a clip of %.1f s", job.samples.size / SAMPLE_RATE, exc_info=exc)
@@ -159,9 +166,12 @@ class InferenceWorker:
 
 
 def inference_error(exc: Exception) -> HTTPException:
-    """The answer for a request whose own clip failed in the model: 422 for a clip pronlm rejects, else 500."""
+    """The answer for a request whose own clip failed in the model: 422 for a clip pronlm rejects, 502 for a
+    failed vLLM server, else 500."""
     if isinstance(exc, AudioError):
         return HTTPException(422, exc.problem)
+    if isinstance(exc, BackendError):  # the vLLM server behind this one failed
+        return HTTPException(502, str(exc))
     if isinstance(exc, PronlmError):
         return HTTPException(422, str(exc))
     return HTTPException(500, f"inference failed for this clip ({one_line(exc)}); the server log has the details")
@@ -409,13 +419,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000, base: str | None = None, ad
     """
     import uvicorn
 
-    from pronlm.infer import Predictor
+    from pronlm.infer import load_predictor
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     lex = Lexicon.load(lexicon)
     lex.phones("A")  # load CMUdict now rather than in the first request
     start = time.perf_counter()
-    predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                cfg=cfg)
     log.info("model %s%s loaded in %.1f s; serving on http://%s:%d", base or "(the adapter's base)",
              f" + {adapter}" if adapter else "", time.perf_counter() - start, host, port)
