@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import NATIVE_REVISION, Config, ConfigError, checkpoint_config
+from pronlm.config import EXPORT_FILE, NATIVE_REVISION, Config, ConfigError, checkpoint_config
 from pronlm.data import PronlmError
 from pronlm.prompts import CONTROL_TOKENS
 
@@ -225,9 +225,12 @@ def with_speech_lora(cfg: Config, model, token_ids: list[int] | None = None):
 def merge_speech_lora(cfg: Config, model):
     """The base with its speech LoRA merged in: where new-lora starts, and how an untrained Phi-4 hears.
 
-    The tiny model has no speech LoRA unless `speech_adapter` names one: then it is left as it is.
+    The tiny model has no speech LoRA unless `speech_adapter` names one: then it is left as it is;
+    a `pronlm export` folder has its speech LoRA merged already.
     """
     if cfg.is_tiny and not (Path(cfg.speech_adapter) / "adapter_config.json").is_file():
+        return model
+    if (Path(cfg.base) / EXPORT_FILE).is_file():
         return model
     return with_speech_lora(cfg, model).merge_and_unload()
 
@@ -421,7 +424,7 @@ def format_table(table: dict) -> str:
 
 
 def load_for_inference(base: str, adapter: str | None = None, device: str | None = None,
-                       revision: str | None = NATIVE_REVISION):
+                       revision: str | None = NATIVE_REVISION, dtype: str = "auto"):
     """(model, tokenizer) ready to generate: the base, plus a trained adapter folder when given.
 
     A speech-lora / unfreeze adapter *is* the (continued) speech LoRA; a new-lora adapter was
@@ -441,7 +444,7 @@ def load_for_inference(base: str, adapter: str | None = None, device: str | None
         else:
             model, tokenizer = _load_tiny_base(adapter)
     else:
-        cfg = Config(base=base, revision=revision)
+        cfg = Config(base=base, revision=revision, dtype=dtype)
         model, tokenizer = load_base(cfg)
         add_control_tokens(tokenizer, model)
         trained = checkpoint_config(adapter) if adapter else None
