@@ -81,7 +81,7 @@ def export(adapter: str, out: str, layout: str = "transformers", original: str |
     cfg = run_config(adapter)
     out_dir = claim_out(out)
     t0 = time.perf_counter()
-    source = original_folder(original or cfg.base, original_revision, cfg) if layout == "vllm" else None
+    source = original_folder(original, original_revision, cfg) if layout == "vllm" else None
     model, tokenizer, rows = merged_model(adapter, cfg)
     model = model.to(export_dtype(cfg, dtype))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -243,12 +243,15 @@ def original_state_dict(model, lora_modules: set[str] | None = None) -> dict[str
     return {original_key(k, lora_modules): v.contiguous() for k, v in state.items()}
 
 
-def original_folder(source: str, revision: str, cfg: Config) -> Path:
-    """The original repo's config, processor, tokenizer and remote-code files (no weights): a folder, or the hub."""
+def original_folder(source: str | None, revision: str, cfg: Config) -> Path:
+    """The original repo's config, processor, tokenizer and remote-code files (no weights): a folder, or the hub
+    (default: the run's base)."""
+    if source is None and (cfg.is_tiny or Path(cfg.base).is_dir()):
+        raise ExportError(f"a {'tiny run' if cfg.is_tiny else 'base folder'} has no original remote-code model on the "
+                          "hub: give --original FOLDER with its files")
+    source = source or cfg.base
     if Path(source).is_dir():
         folder = Path(source)
-    elif cfg.is_tiny or source == "tiny":
-        raise ExportError("a tiny run has no original remote-code model: give --original FOLDER with its files")
     else:
         from huggingface_hub import snapshot_download
 
