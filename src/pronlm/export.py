@@ -314,7 +314,7 @@ def save_original_tokenizer(trained, source: Path, out: Path) -> None:
     from pronlm.model import add_control_tokens
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)  # its config.json has an auto_map
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read the original tokenizer in {source}: {exc}") from None
     ids = add_control_tokens(tokenizer)
