@@ -318,6 +318,26 @@ def test_every_vllm_layout_key_passes_vllms_loader_rules(vllm_export):
     assert "embed_tokens_extend.encoder.encoders.0.self_attn.linear_q.weight" in names.values()
 
 
+def test_the_original_names_of_the_real_model_invert_transformers_conversion():
+    """On the full-size Phi-4-multimodal's module names (meta device): every native weight has an original name
+    that transformers' conversion maps back to it, and that vLLM loads into one of its modules."""
+    from transformers import Phi4MultimodalForCausalLM
+
+    from pronlm.export import original_key
+    from pronlm.phi4_config import real_config
+
+    with torch.device("meta"):
+        native = [k for k in Phi4MultimodalForCausalLM(real_config()).state_dict() if k != "lm_head.weight"]
+    names = {k: original_key(k) for k in native}
+    assert len(set(names.values())) == len(native) == 1535  # no two weights share an original name
+    assert all(hf_map_old_key_to_new(o) == k for k, o in names.items())
+    assert sum(".base_layer." in o for o in names.values()) == 32 * 4
+    for key in names.values():
+        name = vllm_name(key)
+        top, second = name.split(".")[:2]
+        assert top in VLLM_MODULES and (not VLLM_MODULES[top] or second in VLLM_MODULES[top]), (key, name)
+
+
 def test_vllm_layout_carries_the_original_files_and_the_control_tokens(vllm_export, runs, original):
     from transformers import AutoTokenizer
 

@@ -35,26 +35,21 @@ ADAPTER_KEY_PARTS = ("lora_", "trainable_tokens", "token_adapter", "modules_to_s
                      "base_model.model.")
 # transformers' convert_phi4_multimodal_weights_to_hf.py (STATE_DICT_MAPPING) renames these original
 # module names; each entry here is one of its rules turned round: (native pattern, original name).
+_BLOCK = r"^(model\.embed_tokens_extend\.audio_embed\.encoder\.encoders\.\d+)"
+_AUDIO, _IMAGE = "model.embed_tokens_extend.audio_embed.", "model.embed_tokens_extend.image_embed."
 TO_ORIGINAL = [
-    (r"^(model\.embed_tokens_extend\.audio_embed\.encoder\.encoders\.\d+\.feed_forward_(?:in|out))\.gate_up_proj\.",
-     r"\1.net.0.linear."),
-    (r"^(model\.embed_tokens_extend\.audio_embed\.encoder\.encoders\.\d+\.feed_forward_(?:in|out))\.down_proj\.",
-     r"\1.net.2."),
-    (r"^(model\.embed_tokens_extend\.audio_embed\.encoder\.encoders\.\d+\.self_attn)\.(q|k|v)_proj\.", r"\1.linear_\2."),
-    (r"^(model\.embed_tokens_extend\.audio_embed\.encoder\.encoders\.\d+\.self_attn)\.o_proj\.", r"\1.linear_out."),
-    (r"^model\.embed_tokens_extend\.image_embed\.img_projection_up\.", "model.embed_tokens_extend.image_embed.img_projection.0."),
-    (r"^model\.embed_tokens_extend\.image_embed\.img_projection_down\.",
-     "model.embed_tokens_extend.image_embed.img_projection.2."),
-    (r"^model\.embed_tokens_extend\.image_embed\.global_img_feature_extensor$", "model.embed_tokens_extend.image_embed.glb_GN"),
-    (r"^model\.embed_tokens_extend\.image_embed\.sub_img_feature_extensor$", "model.embed_tokens_extend.image_embed.sub_GN"),
-    (r"^model\.embed_tokens_extend\.audio_embed\.up_proj_for_speech\.",
-     "model.embed_tokens_extend.audio_embed.audio_projection.speech.0."),
-    (r"^model\.embed_tokens_extend\.audio_embed\.down_proj_for_speech\.",
-     "model.embed_tokens_extend.audio_embed.audio_projection.speech.2."),
-    (r"^model\.embed_tokens_extend\.audio_embed\.up_proj_for_vision_speech\.",
-     "model.embed_tokens_extend.audio_embed.audio_projection.vision.0."),
-    (r"^model\.embed_tokens_extend\.audio_embed\.down_proj_for_vision_speech\.",
-     "model.embed_tokens_extend.audio_embed.audio_projection.vision.2."),
+    (_BLOCK + r"\.feed_forward_(in|out)\.gate_up_proj\.", r"\1.feed_forward_\2.net.0.linear."),
+    (_BLOCK + r"\.feed_forward_(in|out)\.down_proj\.", r"\1.feed_forward_\2.net.2."),
+    (_BLOCK + r"\.self_attn\.(q|k|v)_proj\.", r"\1.self_attn.linear_\2."),
+    (_BLOCK + r"\.self_attn\.o_proj\.", r"\1.self_attn.linear_out."),
+    ("^" + re.escape(_IMAGE + "img_projection_up."), _IMAGE + "img_projection.0."),
+    ("^" + re.escape(_IMAGE + "img_projection_down."), _IMAGE + "img_projection.2."),
+    ("^" + re.escape(_IMAGE + "global_img_feature_extensor") + "$", _IMAGE + "glb_GN"),
+    ("^" + re.escape(_IMAGE + "sub_img_feature_extensor") + "$", _IMAGE + "sub_GN"),
+    ("^" + re.escape(_AUDIO + "up_proj_for_speech."), _AUDIO + "audio_projection.speech.0."),
+    ("^" + re.escape(_AUDIO + "down_proj_for_speech."), _AUDIO + "audio_projection.speech.2."),
+    ("^" + re.escape(_AUDIO + "up_proj_for_vision_speech."), _AUDIO + "audio_projection.vision.0."),
+    ("^" + re.escape(_AUDIO + "down_proj_for_vision_speech."), _AUDIO + "audio_projection.vision.2."),
 ]
 # The original model wraps these LM projections in its speech/vision LoRA: their weight is `…base_layer.weight`.
 ORIGINAL_LORA_MODULES = r"^model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))\.weight$"
@@ -365,8 +360,8 @@ def model_card(cfg: Config, adapter: str, layout: str, summary: dict) -> str:
              + (f" (first {cfg.limit} utterances)" if cfg.limit else ""),
              "- SpeechOcean762: 5,000 English utterances by 250 Mandarin-L1 speakers, CC BY 4.0", "",
              "## Evaluation", "",
-             *([table.read_text().strip(), ""] if table else ["No evaluation table in this run (`pronlm table --run RUN` "
-                                                               "builds the paper's Table 3).", ""]),
+             *([table.read_text().strip(), ""] if table else
+               ["No evaluation table in this run (`pronlm table --run RUN` builds the paper's Table 3).", ""]),
              "## License", "",
              "The weights derive from microsoft/Phi-4-multimodal-instruct (MIT license); the training data, "
              "SpeechOcean762, is CC BY 4.0 (attribution below).", "",
@@ -396,8 +391,9 @@ def push(folder: Path, repo: str, private: bool = False) -> str:
     api = HfApi()
     try:
         api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        layout = json.loads((folder / EXPORT_FILE).read_text())["layout"]
         info = api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
-                                 commit_message=f"pronlm export ({json.loads((folder / EXPORT_FILE).read_text())['layout']} layout)")
+                                 commit_message=f"pronlm export ({layout} layout)")
     except Exception as exc:  # noqa: BLE001 - network, auth or permission: the folder is still there
         raise ExportError(f"upload of {folder} to {repo} failed ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}); the export is complete in {folder}: log in "
