@@ -124,6 +124,16 @@ def _serve(a):
           api_key=a.api_key, rate_limit=a.rate_limit, cors_origins=tuple(a.cors_origin), cfg=cfg)
 
 
+def _export(a):
+    from pronlm.export import export
+
+    summary = export(a.adapter, a.out, layout=a.layout, original=a.original, original_revision=a.original_revision,
+                     push_to_hub=a.push_to_hub, private=a.private, dtype=a.dtype)
+    print(f"exported {a.adapter} ({summary['layout']} layout, {summary['dtype']}) to {a.out}: "
+          f"{summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s"
+          + (f"; uploaded: {summary['url']}" if a.push_to_hub else ""))
+
+
 def _demo(a):
     from pronlm.demo import demo
 
@@ -228,6 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let pages from this origin call the API (repeatable); default: none, same origin only")
     config_options(s, INFERENCE_START, INFERENCE_USES)
     s.set_defaults(func=_serve)
+
+    s = sub.add_parser("export", help="a checkpoint merged into one standalone model folder (transformers, or "
+                                      "the original layout for vLLM), with a model card; optionally pushed to the hub")
+    s.add_argument("--adapter", required=True, help="a training output or checkpoint folder")
+    s.add_argument("--out", required=True, help="a new (or empty) folder")
+    s.add_argument("--layout", default="transformers", choices=["transformers", "vllm"],
+                   help="transformers (default): loads with from_pretrained and as a pronlm base (base=OUT); "
+                        "vllm: Microsoft's original remote-code layout (Phi4MMForCausalLM), which vLLM serves")
+    s.add_argument("--original", default=None, metavar="DIR|REPO",
+                   help="vllm layout: where the original config, processor and code files come from (default: the "
+                        "run's base on the hub, at --original-revision)")
+    s.add_argument("--original-revision", default="main", help="the original layout's revision (default: main)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="the saved weights (merged in fp32); auto: bf16 for a hub base, fp32 for the tiny model")
+    s.add_argument("--push-to-hub", default=None, metavar="REPO", help="then upload the folder to this hub repo")
+    s.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    s.set_defaults(func=_export)
 
     s = sub.add_parser("demo", help="the whole pipeline on a tiny model, on CPU, in minutes")
     s.add_argument("--out", default="demo-out")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from pronlm.errors import PronlmError, read_yaml
+from pronlm.errors import PronlmError, read_json, read_yaml
 
 STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
 BACKENDS = ("transformers", "vllm")
 NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
+EXPORT_FILE = "pronlm-export.json"  # `pronlm export` wrote the folder: a merged model with its run's config
 
 
 class ConfigError(PronlmError):
@@ -223,6 +224,27 @@ def checkpoint_config(adapter: str | Path) -> Config | None:
     return None
 
 
+def export_config(base: str | None) -> Config | None:
+    """The run config a `pronlm export` folder carries, with the folder itself as the base; None for any other base.
+
+    So `pronlm predict base=DIR` prompts the exported model as its checkpoint was prompted.
+    """
+    if not base or not (Path(base) / EXPORT_FILE).is_file():
+        return None
+    layout = read_json(Path(base) / EXPORT_FILE).get("layout")
+    if layout != "transformers":
+        raise ConfigError(f"{base} is a {layout}-layout export (for vLLM): pronlm loads the transformers layout "
+                          "(`pronlm export` without --layout vllm)")
+    cfg = checkpoint_config(base)
+    return dataclasses.replace(cfg, base=str(base), revision=None)
+
+
+def _stated_base(flags: dict | None, overrides) -> str | None:
+    """The base a command line names (`--base X` or `base=X`), if any."""
+    bases = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "base"]
+    return bases[-1] if bases else (flags or {}).get("base", (None, None))[1]
+
+
 # The fields that define a trained model: a later command may not change them (`command_config`).
 MODEL_FIELDS = ("base", "revision", "strategy", "apa_template", "mdd_template", "accent_policy", "word_boundaries")
 INFERENCE_DEFAULTS = {"base": "tiny"}  # a model command with neither recipe nor checkpoint: offline, on CPU
@@ -324,7 +346,7 @@ def command_config(recipe: str | None = None, overrides: list[str] = (), flags: 
     (or the recipe) disagreeing with the checkpoint on a field that defines the model, is an error
     naming both values.
     """
-    saved = checkpoint_config(adapter) if adapter else None
+    saved = checkpoint_config(adapter) if adapter else export_config(_stated_base(flags, overrides))
     start = saved or load_config(recipe, None if recipe else defaults)
     given: dict[str, tuple[str, object]] = {}
     for key, (shown, value) in (flags or {}).items():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import NATIVE_REVISION, Config, ConfigError, ModelConfig
+from pronlm.config import EXPORT_FILE, NATIVE_REVISION, Config, ConfigError, ModelConfig
 from pronlm.data import PronlmError
 from pronlm.prompts import CONTROL_TOKENS
 
@@ -109,18 +109,19 @@ def resolve_base(model: ModelConfig, adapter: str | None = None) -> str:
 
 
 def load_model(model: ModelConfig, adapter: str | None = None, *, training: bool = False,
-               device: str | None = None, device_map=None):
+               device: str | None = None, device_map=None, dtype: str | None = None):
     """(model, tokenizer): the one way every command loads a model, whatever the base.
 
     `training`: the base as `model.strategy` trains it (new-lora: the speech LoRA merged first).
     Else ready to generate, in eval mode on `device`: with `adapter`, the trained checkpoint on its
     base (the speech LoRA merged first when the run was new-lora); without, the untrained baseline
-    (the speech LoRA merged: how Phi-4 hears out of the box).
+    (the speech LoRA merged: how Phi-4 hears out of the box). `dtype`: the recipe's for training,
+    else `auto` (bf16 on a GPU that has it, fp32 on CPU) unless given.
     """
     if adapter is not None:
         check_adapter_folder(adapter)
     base = resolve_base(model, adapter)
-    net, tokenizer = _from_pretrained(model, base, device_map, dtype=model.dtype if training else "auto")
+    net, tokenizer = _from_pretrained(model, base, device_map, dtype=dtype or (model.dtype if training else "auto"))
     add_control_tokens(tokenizer, net)
     if model.strategy == "new-lora" or (not training and adapter is None):
         net = merge_speech_lora(model, net, base)
@@ -203,9 +204,12 @@ def load_feature_extractor(base: str, revision: str | None = NATIVE_REVISION):
 def speech_adapter_dir(cfg: ModelConfig, base: str | None = None) -> str | None:
     """The built-in speech LoRA: a folder path, `<base>/speech-lora` locally, or from the hub.
 
-    None for a local base folder that has none (the tiny model, an export with it merged already).
+    None for a local base folder that has none (the tiny model) and for a `pronlm export` folder,
+    whose speech LoRA is merged already, whatever `speech_adapter` its run named.
     """
     base = base or cfg.base
+    if (Path(base) / EXPORT_FILE).is_file():
+        return None
     for local in (Path(cfg.speech_adapter), Path(base) / cfg.speech_adapter):
         if (local / "adapter_config.json").is_file():
             return str(local)
