@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pronlm.data import read_corpus
-from pronlm.report import evaluate
-from pronlm.targets import canonical_phones, heard_phones
+from pronlm.data.corpus import read_corpus
+from pronlm.data.targets import canonical_phones, heard_phones
+from pronlm.evaluation.report import evaluate
 
 PHONES = "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split()
 

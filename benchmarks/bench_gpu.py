@@ -3,7 +3,7 @@
     python benchmarks/bench_gpu.py [--recipes paper-lora paper-unfreeze new-lora] [--steps 10] [--out FILE]
     python benchmarks/bench_gpu.py --smoke        # the same code on a one-layer model, CPU allowed
 
-Nothing is downloaded: the model is built from `pronlm.phi4_config` (the real config) with random
+Nothing is downloaded: the model is built from `pronlm.model.phi4_config` (the real config) with random
 weights, since step time and memory do not depend on the values. For each recipe it builds the
 strategy's adapter with pronlm's own code (LoRA config, fp32 master weights, gradient checkpointing),
 then measures at the recipe's per-device batch, on sequences of the paper's lengths (APA ≈ 350 prompt
@@ -22,9 +22,13 @@ import time
 import torch
 
 from pronlm.config import load_config
-from pronlm.model import (attention_implementation, parameter_table, prepare_for_training, speech_lora_config,
-                          upcast_trainable)
-from pronlm.phi4_config import AUDIO_TOKEN_ID, real_config
+from pronlm.model.load import (
+    attention_implementation,
+    parameter_table,
+    speech_lora_config,
+    upcast_trainable,
+)
+from pronlm.model.phi4_config import AUDIO_TOKEN_ID, real_config
 
 # Dense bf16 peak of common GPUs (TFLOP/s, no sparsity), for MFU.
 PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "RTX 4090": 165}
@@ -69,7 +73,7 @@ def build(recipe: str, device, smoke: bool, speech_dir: str):
     if cfg.strategy == "new-lora":  # the merged speech LoRA changes no shape: train a fresh LoRA directly
         from peft import LoraConfig, get_peft_model
 
-        from pronlm.model import LM_LORA_TARGETS, _token_indices
+        from pronlm.model.load import LM_LORA_TARGETS, _token_indices
 
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=LM_LORA_TARGETS, trainable_token_indices=_token_indices(model, token_ids),

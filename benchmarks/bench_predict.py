@@ -10,9 +10,10 @@ import argparse
 import time
 from pathlib import Path
 
-from pronlm.collate import n_audio_tokens
-from pronlm.data import load_audio, read_corpus
-from pronlm.infer import Predictor, clip_frames
+from pronlm.data.audio import load_audio
+from pronlm.data.corpus import read_corpus
+from pronlm.evaluation.predict import Predictor, clip_frames
+from pronlm.model.collate import n_audio_tokens
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared/data/speechocean762-audio"
 

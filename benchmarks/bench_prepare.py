@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pronlm.prepare import load_tokenizer, prepare
+from pronlm.data.prepare import prepare
+from pronlm.model.collate import TokenCounter
+from pronlm.model.load import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,13 +28,14 @@ def main() -> None:
 
     start = time.perf_counter()
     tokenizer = load_tokenizer("tiny")
+    counter = lambda: TokenCounter(tokenizer, "tiny")  # noqa: E731 - a fresh count per run
     print(f"tiny tokenizer built in {time.perf_counter() - start:.1f} s")
-    prepare(f"{a.data}/speechocean762", "test", tempfile.mkdtemp(), tokenizer=tokenizer)  # warm caches
+    prepare(f"{a.data}/speechocean762", "test", tempfile.mkdtemp(), counter=counter())  # warm caches
     print(f"{'corpus':<22} {'split':<5} {'utts':>5} {'audio s':>8} {'best utts/s':>11} {'tokenized utts/s':>16}")
     for corpus in ("speechocean762", "speechocean762-audio"):
         for split in ("train", "test"):
             bare = [prepare(f"{a.data}/{corpus}", split, tempfile.mkdtemp()) for _ in range(a.repeat)]
-            counted = [prepare(f"{a.data}/{corpus}", split, tempfile.mkdtemp(), tokenizer=tokenizer)
+            counted = [prepare(f"{a.data}/{corpus}", split, tempfile.mkdtemp(), counter=counter())
                        for _ in range(a.repeat)]
             best = max(s["utterances_per_second"] for s in bare)
             best_counted = max(s["utterances_per_second"] for s in counted)

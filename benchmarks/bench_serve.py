@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 CLIP = Path(__file__).resolve().parents[2] / "shared/data/speechocean762/WAVE/SPEAKER0001/000010011.WAV"
-SERVE = ("import sys, json; from pronlm.serve import serve; serve(**json.loads(sys.argv[1]))")
+SERVE = ("import sys, json; from pronlm.app.serve import serve; serve(**json.loads(sys.argv[1]))")
 
 
 @contextmanager

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from pronlm.config import load_config
-from pronlm.model import load_model, prepare_for_training
-from pronlm.train import make_trainer
+from pronlm.model.load import load_model, prepare_for_training
+from pronlm.model.train import make_trainer
 
 
 def padding_share(trainer, batches: int) -> float:

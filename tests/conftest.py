@@ -31,15 +31,15 @@ def audio_only_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def train_utterances(corpus_dir):
-    from pronlm.data import read_corpus
+    from pronlm.data.corpus import read_corpus
 
     return list(read_corpus(str(corpus_dir), "train"))
 
 
 @pytest.fixture(scope="session")
 def _tiny_tokenizer():
-    from pronlm.model import add_control_tokens
-    from pronlm.tiny import build_tiny_tokenizer
+    from pronlm.model.load import add_control_tokens
+    from pronlm.model.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     add_control_tokens(tok)
@@ -57,7 +57,7 @@ def tiny_tokenizer(_tiny_tokenizer):
 @pytest.fixture()
 def tiny_model(_tiny_tokenizer):
     """A fresh 2-layer, hidden-64 random Phi4MultimodalForCausalLM (seed 0) matching the tiny tokenizer."""
-    from pronlm.tiny import build_tiny_model
+    from pronlm.model.tiny import build_tiny_model
 
     return build_tiny_model(_tiny_tokenizer, seed=0)
 

@@ -6,12 +6,22 @@ import json
 
 import numpy as np
 import pytest
-
 import soundfile as sf
 
-from pronlm.assess import (UNKNOWN, AssessError, Lexicon, align_phones, assess, assess_long, expected_words, feedback,
-                           format_table, normalise_words, read_lexicon, word_feedback)
-from pronlm.data import load_audio
+from pronlm.app.assess import (
+    UNKNOWN,
+    AssessError,
+    Lexicon,
+    align_phones,
+    assess,
+    assess_long,
+    expected_words,
+    feedback,
+    format_table,
+    normalise_words,
+    read_lexicon,
+    word_feedback,
+)
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
 WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones"}
@@ -293,7 +303,7 @@ def test_format_table_marks_errors_and_colours_only_when_asked():
 
 
 def test_assess_command_prints_json_with_the_tiny_model(corpus_dir, capsys):
-    from pronlm.assess import assess_command
+    from pronlm.app.assess import assess_command
 
     wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
     assert assess_command(str(wav), "We call it bear", base="tiny", fmt="json", max_new_tokens=32) == 0
@@ -413,7 +423,7 @@ def test_assess_long_judges_no_word_when_a_piece_was_not_understood(train_uttera
 
 
 def test_assess_command_split_long_with_the_tiny_model(train_utterances, tmp_path, capsys):
-    from pronlm.assess import assess_command
+    from pronlm.app.assess import assess_command
 
     text, _ = write_reading(train_utterances, tmp_path / "long.wav")
     assert assess_command(str(tmp_path / "long.wav"), text, fmt="json", max_new_tokens=8, split_long=True) == 0

@@ -135,10 +135,10 @@ def test_assess_takes_a_recipe_and_overrides(corpus_dir, capsys):
 
 
 def test_serve_takes_a_recipe_or_a_checkpoint_and_overrides(checkpoint, monkeypatch, capsys):
-    import pronlm.serve
+    import pronlm.app.serve
 
     calls = []
-    monkeypatch.setattr(pronlm.serve, "serve", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(pronlm.app.serve, "serve", lambda **kwargs: calls.append(kwargs))
     assert main(["serve", "--recipe", "tiny-cpu", "max_audio_seconds=20", "--port", "9"]) == 0
     cfg = calls[-1]["cfg"]
     assert (cfg.base, cfg.apa_template, calls[-1]["max_audio_seconds"], calls[-1]["port"]) == ("tiny", "short", 20, 9)

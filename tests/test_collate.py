@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
-from pronlm.data import load_audio
-from pronlm.prompts import PromptSet, build_examples
-from pronlm.tiny import AUDIO_TOKEN
+from pronlm.data.audio import load_audio
+from pronlm.data.prompts import PromptSet, build_examples
+from pronlm.model.collate import IGNORE_INDEX, Collator, n_audio_tokens
+from pronlm.model.tiny import AUDIO_TOKEN
 
 SHORT, LONG = "000050049", "014350017"  # 34,064 and 71,840 samples
 

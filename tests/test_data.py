@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pronlm.data import (SAMPLE_RATE, AudioError, CorpusError, LabelError, Mispronunciation, check_complete, load_audio,
-                         read_corpus, speech_chunks)
+from pronlm.data.audio import SAMPLE_RATE, check_complete, load_audio, speech_chunks
+from pronlm.data.corpus import read_corpus
+from pronlm.data.records import AudioError, CorpusError, LabelError, Mispronunciation
 
 
 def long_reading(utterances, n: int = 15) -> tuple[np.ndarray, list[str], list[int]]:
@@ -239,7 +240,7 @@ def test_the_voice_detector_leaves_torch_threads_alone():
     import subprocess
     import sys
 
-    code = ("import numpy, torch; torch.set_num_threads(2); from pronlm.data import speech_chunks; "
+    code = ("import numpy, torch; torch.set_num_threads(2); from pronlm.data.audio import speech_chunks; "
             "speech_chunks(numpy.zeros(16000, numpy.float32), 30.0); print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "2"  # silero_vad's import alone would leave 1: the model would run on one core

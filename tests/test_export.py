@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from pronlm.config import load_config
-from pronlm.data import load_audio, read_corpus
-from pronlm.export import ExportError, export
-from pronlm.infer import Predictor
-from pronlm.model import TINY_BASE_DIR
-from pronlm.train import train
+from pronlm.data.audio import load_audio
+from pronlm.data.corpus import read_corpus
+from pronlm.evaluation.predict import Predictor
+from pronlm.model.export import ExportError, export
+from pronlm.model.load import TINY_BASE_DIR
+from pronlm.model.train import train
 from tests.test_model import make_speech_adapter
 
 STRATEGIES = ("new-lora", "speech-lora", "unfreeze")
@@ -29,8 +30,8 @@ MAX_NEW_TOKENS = 40
 @pytest.fixture(scope="module")
 def runs(corpus_dir, tmp_path_factory):
     """One short tiny run per strategy (limit 4, 6 steps at lr 1e-2): {strategy: checkpoint-6}."""
-    from pronlm.model import add_control_tokens
-    from pronlm.tiny import build_tiny_model, build_tiny_tokenizer
+    from pronlm.model.load import add_control_tokens
+    from pronlm.model.tiny import build_tiny_model, build_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("runs")
     tokenizer = build_tiny_tokenizer()
@@ -66,9 +67,10 @@ PLAIN_LOAD = """
 import json, sys
 sys.modules["peft"] = None  # any import of peft now raises ImportError
 from transformers import AutoModelForCausalLM, AutoTokenizer, Phi4MultimodalFeatureExtractor
-from pronlm.data import load_audio, read_corpus
-from pronlm.infer import Predictor
-from pronlm.prompts import PromptSet
+from pronlm.data.audio import load_audio
+from pronlm.data.corpus import read_corpus
+from pronlm.evaluation.predict import Predictor
+from pronlm.data.prompts import PromptSet
 out, corpus = sys.argv[1:3]
 model = AutoModelForCausalLM.from_pretrained(out)
 predictor = Predictor(model, AutoTokenizer.from_pretrained(out),
@@ -91,7 +93,7 @@ def test_the_export_answers_as_the_adapter_does_without_peft(strategy, runs, exp
     assert len(adapter) == 20 and plain["raw"] == adapter  # 10 clips x (APA, MDD), token for token
     from transformers import AutoTokenizer, Phi4MultimodalForCausalLM
 
-    from pronlm.prompts import PromptSet
+    from pronlm.data.prompts import PromptSet
 
     base = Predictor(Phi4MultimodalForCausalLM.from_pretrained(ckpt.parent / TINY_BASE_DIR),
                      AutoTokenizer.from_pretrained(ckpt), PromptSet.from_templates(
@@ -103,7 +105,7 @@ def test_the_export_answers_as_the_adapter_does_without_peft(strategy, runs, exp
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_weights_hold_no_adapter_keys_and_the_trained_token_rows(strategy, runs, exports):
     from pronlm.config import Config
-    from pronlm.model import load_model
+    from pronlm.model.load import load_model
 
     ckpt, (summary, out) = runs[strategy], exports[strategy]
     weights = load_file(str(out / "model.safetensors"))
@@ -259,7 +261,7 @@ def vllm_name(key: str) -> str | None:
 def original(tmp_path_factory):
     """A stand-in for the hub repo's original revision: its config (with auto_map), code, processor and tokenizer
     files (the tiny tokenizer, without the control tokens), and what must not be copied (weights, LoRA folders)."""
-    from pronlm.tiny import build_tiny_tokenizer
+    from pronlm.model.tiny import build_tiny_tokenizer
 
     src = tmp_path_factory.mktemp("original")
     build_tiny_tokenizer().save_pretrained(src)
@@ -324,8 +326,8 @@ def test_the_original_names_of_the_real_model_invert_transformers_conversion():
     that transformers' conversion maps back to it, and that vLLM loads into one of its modules."""
     from transformers import Phi4MultimodalForCausalLM
 
-    from pronlm.export import original_key
-    from pronlm.phi4_config import real_config
+    from pronlm.model.export import original_key
+    from pronlm.model.phi4_config import real_config
 
     with torch.device("meta"):
         native = [k for k in Phi4MultimodalForCausalLM(real_config()).state_dict() if k != "lm_head.weight"]

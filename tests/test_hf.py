@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from pronlm.data import load_audio, read_corpus
+from pronlm.data.audio import load_audio
+from pronlm.data.corpus import read_corpus
 
 datasets = pytest.importorskip("datasets", reason="the hf extra (datasets) is not installed")
 

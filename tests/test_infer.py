@@ -10,11 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from pronlm.data import AudioError, load_audio
-from pronlm.infer import AudioLimitError, Predictor, done_keys, max_audio_seconds, predict
-from pronlm.prompts import load_template
-from pronlm.phi4_config import real_config
-from pronlm.prompts import TASKS, Example
+from pronlm.config import load_template
+from pronlm.data.audio import load_audio
+from pronlm.data.prompts import TASKS, Example
+from pronlm.data.records import AudioError
+from pronlm.evaluation.predict import Predictor, done_keys, predict
+from pronlm.model.collate import AudioLimitError, max_audio_seconds
+from pronlm.model.phi4_config import real_config
 from tests.conftest import kill_when
 from tests.test_data import cut_wav
 

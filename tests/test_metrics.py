@@ -10,11 +10,34 @@ import warnings
 import numpy as np
 import pytest
 
-from pronlm.data import Mispronunciation, read_corpus
-from pronlm.metrics import (MddCounts, align_to_canonical, bootstrap_ci, f1_ci, mdd_counts, mdd_labels, mse, pcc,
-                            pcc_ci, per, per_ci, phone_errors, spearman, wer)
-from pronlm.targets import (ARPABET, DELETED, UNK, AccentPolicy, aligned_word_phones, canonical_phones, heard_phones,
-                            strip_stress)
+from pronlm.data.corpus import read_corpus
+from pronlm.data.records import Mispronunciation
+from pronlm.data.targets import (
+    ARPABET,
+    DELETED,
+    UNK,
+    AccentPolicy,
+    aligned_word_phones,
+    canonical_phones,
+    heard_phones,
+    strip_stress,
+)
+from pronlm.evaluation.metrics import (
+    MddCounts,
+    align_to_canonical,
+    bootstrap_ci,
+    f1_ci,
+    mdd_counts,
+    mdd_labels,
+    mse,
+    pcc,
+    pcc_ci,
+    per,
+    per_ci,
+    phone_errors,
+    spearman,
+    wer,
+)
 
 PHONES = sorted(ARPABET)
 
@@ -351,7 +374,7 @@ def test_punctuation_removal_is_jiwers_own():
 
     import jiwer
 
-    from pronlm.metrics import RemovePunctuation
+    from pronlm.evaluation.metrics import RemovePunctuation
 
     ours, theirs = RemovePunctuation(), jiwer.RemovePunctuation()
     rng = random.Random(0)

@@ -11,11 +11,19 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from pronlm.collate import Collator
 from pronlm.config import Config, ConfigError, load_config
-from pronlm.model import (LM_LORA_TARGETS, ModelError, check_trainable, load_model, merge_speech_lora, resolve_base,
-                          parameter_table, prepare_for_training)
-from pronlm.prompts import PromptSet, build_examples
+from pronlm.data.prompts import PromptSet, build_examples
+from pronlm.model.collate import Collator
+from pronlm.model.load import (
+    LM_LORA_TARGETS,
+    ModelError,
+    check_trainable,
+    load_model,
+    merge_speech_lora,
+    parameter_table,
+    prepare_for_training,
+    resolve_base,
+)
 
 
 def make_speech_adapter(model, folder, seed=1):
@@ -191,7 +199,7 @@ def test_unfreeze_keeps_fp32_master_weights_in_a_bf16_model(tiny_model, tiny_tok
 
 
 def test_control_tokens_round_trip_or_fail(tiny_tokenizer):
-    from pronlm.model import add_control_tokens
+    from pronlm.model.load import add_control_tokens
 
     ids = add_control_tokens(tiny_tokenizer)
     assert [tiny_tokenizer.convert_ids_to_tokens(i) for i in ids.values()] == ["<|APA|>", "<|MDD|>"]
@@ -203,7 +211,7 @@ def test_control_tokens_round_trip_or_fail(tiny_tokenizer):
 def test_a_real_base_uses_its_own_feature_extractor(tmp_path):
     from transformers import Phi4MultimodalFeatureExtractor
 
-    from pronlm.model import load_feature_extractor
+    from pronlm.model.load import load_feature_extractor
 
     Phi4MultimodalFeatureExtractor(audio_compression_rate=4).save_pretrained(tmp_path)
     assert load_feature_extractor(str(tmp_path)).audio_compression_rate == 4

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pronlm.parse import normalise_phones, parse_answer, to_score
+from pronlm.data.parse import normalise_phones, parse_answer, to_score
 
 S8 = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
 GOOD_APA = '{"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}'

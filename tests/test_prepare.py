@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from pronlm.data import CorpusError
-from pronlm.prepare import prepare
-from pronlm.prompts import AUDIO_PLACEHOLDER, PromptSet
+from pronlm.data.prepare import prepare
+from pronlm.data.prompts import AUDIO_PLACEHOLDER, PromptSet
+from pronlm.data.records import CorpusError
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def broken_copy(corpus_dir, tmp_path):
 
 def test_broken_entries_are_reported_and_skipped(broken_copy, tmp_path, caplog):
     out = tmp_path / "out"
-    with caplog.at_level(logging.INFO, logger="pronlm.prepare"):
+    with caplog.at_level(logging.INFO, logger="pronlm.data.prepare"):
         stats = prepare(str(broken_copy), "train", out)
     examples = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     assert [(e["id"], e["task"]) for e in examples] == [("000010011", "apa"), ("000010011", "mdd")]
@@ -148,7 +148,7 @@ def test_manifest_lists_each_clip_once_with_its_16k_samples(corpus_dir, tmp_path
 
 def test_a_prepared_folder_trains_the_same_examples_as_the_corpus(corpus_dir, tmp_path, tiny_tokenizer):
     from pronlm.config import load_config
-    from pronlm.train import load_examples
+    from pronlm.model.train import load_examples
 
     out = tmp_path / "prepared"
     prepare(str(corpus_dir), "train", out, apa_template="short", mdd_template="short")  # tiny-cpu's templates
@@ -178,8 +178,8 @@ def _line(id="a", task="apa", audio="clips/a.wav", prompt=None, target=None, **e
 
 
 def test_bad_lines_are_reported_with_path_and_line_and_skipped(corpus_dir, tmp_path, caplog, tiny_tokenizer):
+    from pronlm.data.prepare import read_examples
     from pronlm.errors import FileFormatError
-    from pronlm.prepare import read_examples
 
     folder = tmp_path / "mine"
     (folder / "clips").mkdir(parents=True)
@@ -223,9 +223,9 @@ def test_bad_lines_are_reported_with_path_and_line_and_skipped(corpus_dir, tmp_p
     assert [(ex.id, ex.task) for ex, _ in kept] == [("a", "apa"), ("a", "mdd"), ("k", "mdd")]
 
     from pronlm.config import load_config
-    from pronlm.train import load_examples
+    from pronlm.model.train import load_examples
 
-    with caplog.at_level(logging.WARNING, logger="pronlm.train"):
+    with caplog.at_level(logging.WARNING, logger="pronlm.model.train"):
         dataset = load_examples(load_config("tiny-cpu", {"data": str(folder)}),
                                 PromptSet.from_templates("short", "short"), tiny_tokenizer)
     assert len(dataset) == 2
@@ -275,10 +275,10 @@ def one_thread():
 
 @pytest.mark.slow
 def test_train_and_predict_on_examples_written_by_hand(espeak, tmp_path, caplog):
+    from pronlm.app.demo import Reading, synthesise
     from pronlm.cli import main
     from pronlm.config import load_config
-    from pronlm.demo import Reading, synthesise
-    from pronlm.train import train
+    from pronlm.model.train import train
 
     folder = tmp_path / "mine"
     lines = []
@@ -293,7 +293,7 @@ def test_train_and_predict_on_examples_written_by_hand(espeak, tmp_path, caplog)
     cfg = load_config("tiny-cpu", dict(data=str(folder), corpus=str(tmp_path / "nowhere"), output_dir=str(run),
                                        max_steps=100, learning_rate=1e-2, per_device_train_batch_size=6,
                                        warmup_ratio=0.0, save_strategy="no", logging_steps=5))
-    with caplog.at_level(logging.INFO, logger="pronlm.train"), one_thread():
+    with caplog.at_level(logging.INFO, logger="pronlm.model.train"), one_thread():
         train(cfg)
     assert "6 examples of 3 utterances from" in caplog.text
     curve = [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]

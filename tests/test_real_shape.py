@@ -1,6 +1,6 @@
 """Decisions that only run on the real Phi-4-multimodal, checked on its real module names and sizes.
 
-The full-size model is built on the meta device (no memory, no download) from `pronlm.phi4_config`:
+The full-size model is built on the meta device (no memory, no download) from `pronlm.model.phi4_config`:
 which modules get LoRA, how many parameters each recipe trains, what 4-bit quantises, which
 attention each tower gets, and whether the control tokens fit the 200,064 embedding rows.
 """
@@ -16,10 +16,19 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Phi4MultimodalForCausalLM, PreTrainedModel
 
-from pronlm import phi4_config
 from pronlm.config import Config, load_config
-from pronlm.model import (LM_LORA_TARGETS, ModelError, add_control_tokens, attention_implementation, check_lm_only,
-                          load_model, parameter_table, quantisable_linears, speech_lora_config)
+from pronlm.model import phi4_config
+from pronlm.model.load import (
+    LM_LORA_TARGETS,
+    ModelError,
+    add_control_tokens,
+    attention_implementation,
+    check_lm_only,
+    load_model,
+    parameter_table,
+    quantisable_linears,
+    speech_lora_config,
+)
 
 LAYERS = phi4_config.LM_LAYERS
 

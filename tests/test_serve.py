@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pronlm.data import AudioError
+from pronlm.data.records import AudioError
 from tests.test_assess import check_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +253,7 @@ def test_empty_text_is_422(tiny_server):
 
 
 def test_concurrent_requests_are_all_answered_and_batched():
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     predictor = CannedPredictor(delay=0.2)
     clip = wav_bytes(tone(1.0))
@@ -271,7 +271,7 @@ def test_concurrent_requests_are_all_answered_and_batched():
 
 
 def test_full_queue_is_503():
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     gate = threading.Event()
     predictor = CannedPredictor(gate=gate)
@@ -291,7 +291,7 @@ def test_full_queue_is_503():
 
 
 def test_too_long_and_silent_audio_are_rejected_before_inference():
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     predictor = CannedPredictor()
     with inprocess_server(create_app(predictor, max_audio_seconds=2)) as url:
@@ -303,7 +303,7 @@ def test_too_long_and_silent_audio_are_rejected_before_inference():
 
 
 def test_stereo_44k_upload_is_resampled_to_16k_mono():
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     predictor = CannedPredictor()
     with inprocess_server(create_app(predictor)) as url:
@@ -313,7 +313,7 @@ def test_stereo_44k_upload_is_resampled_to_16k_mono():
 
 
 def test_failed_answers_still_give_the_schema():
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     with inprocess_server(create_app(CannedPredictor(ok=False))) as url:
         result = post(url, wav_bytes(tone(1.0))).json()
@@ -343,9 +343,9 @@ def test_a_clip_the_model_cannot_take_fails_only_its_own_request(tiny_model, tin
     Batched with three good clips, that request alone fails, with a one-line reason; the batch is
     retried one request at a time. (The predictor refuses it with an AudioError, 422, where it checks
     its encoder's limit; without that check the encoder raises a RuntimeError, 500.)"""
-    from pronlm.infer import Predictor
-    from pronlm.prompts import PromptSet
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
+    from pronlm.data.prompts import PromptSet
+    from pronlm.evaluation.predict import Predictor
 
     prompts = PromptSet.from_templates("default", "default")
     tiny = Predictor(tiny_model, tiny_tokenizer, prompts, max_new_tokens=4, max_audio_seconds=None)
@@ -374,7 +374,7 @@ def test_a_clip_the_model_cannot_take_fails_only_its_own_request(tiny_model, tin
 def test_only_the_failing_request_of_a_batch_gets_its_error(error, status, detail):
     """A predictor that raises for one marked clip (2 s) of a batch: that request gets the error's
     status and a one-line reason, the other three their answers."""
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     predictor = CannedPredictor(gate=threading.Event(), fail=lambda samples: error if samples.size == 32000 else None)
     good, marked = wav_bytes(tone(1.0)), wav_bytes(tone(2.0))
@@ -387,8 +387,8 @@ def test_only_the_failing_request_of_a_batch_gets_its_error(error, status, detai
 
 def test_a_request_that_went_away_does_not_stop_the_worker():
     """A cancelled future (its request's task was cancelled) is skipped, not answered into an error."""
-    from pronlm.assess import Lexicon
-    from pronlm.serve import InferenceWorker
+    from pronlm.app.assess import Lexicon
+    from pronlm.app.serve import InferenceWorker
 
     worker = InferenceWorker(CannedPredictor(), Lexicon(), max_queue=4, max_batch=4)
     gone = worker.submit(tone(1.0), CLIP[1])
@@ -403,8 +403,8 @@ def test_a_request_that_went_away_does_not_stop_the_worker():
 
 
 def test_an_unforeseen_error_is_a_one_line_json_500():
-    from pronlm.assess import Lexicon
-    from pronlm.serve import create_app
+    from pronlm.app.assess import Lexicon
+    from pronlm.app.serve import create_app
 
     class BrokenLexicon(Lexicon):
         def phones(self, word):
@@ -426,7 +426,7 @@ ORIGIN = "http://app.example"
 def test_the_api_needs_the_key_and_the_page_and_health_do_not(monkeypatch):
     import hmac
 
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     compared = []
     compare = hmac.compare_digest
@@ -445,7 +445,7 @@ def test_the_api_needs_the_key_and_the_page_and_health_do_not(monkeypatch):
 
 
 def test_rate_limit_is_429_with_retry_after_per_client():
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     clip = wav_bytes(tone(1.0))
     with inprocess_server(create_app(CannedPredictor(), rate_limit=3)) as url:
@@ -458,7 +458,7 @@ def test_rate_limit_is_429_with_retry_after_per_client():
 
 
 def test_rate_limiter_refills_and_forgets_idle_clients(monkeypatch):
-    from pronlm import serve
+    from pronlm.app import serve
 
     now = [0.0]
     limiter = serve.RateLimiter(3, clock=lambda: now[0])
@@ -475,7 +475,7 @@ def test_rate_limiter_refills_and_forgets_idle_clients(monkeypatch):
 
 
 def test_cors_is_off_unless_origins_are_given():
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization"}
@@ -497,7 +497,8 @@ def test_serve_command_passes_key_rate_limit_and_cors(monkeypatch):
     import uvicorn
     from fastapi.testclient import TestClient
 
-    from pronlm import cli, infer
+    from pronlm import cli
+    from pronlm.evaluation import predict as infer
 
     apps = []
     monkeypatch.setattr(infer.Predictor, "load", classmethod(lambda cls, *a, **k: CannedPredictor()))
@@ -531,7 +532,7 @@ def _record_writes(event: str, args: tuple) -> None:
 def test_uploads_are_never_written_to_disk():
     """An upload over Starlette's 1 MB spool size, which would roll over to a temporary file, opens no
     file for writing anywhere in the process (Python's `open` audit event covers os.open and tempfile)."""
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     if not _HOOKED:
         sys.addaudithook(_record_writes)

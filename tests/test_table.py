@@ -12,14 +12,22 @@ import pytest
 
 from pronlm.cli import main
 from pronlm.config import ConfigError, load_config
-from pronlm.data import read_corpus
-from pronlm.infer import predict
-from pronlm.parse import parse_answer
-from pronlm.report import PAPER_TABLE3, evaluate
-from pronlm import table as table_module
-from pronlm.table import (COLUMNS, build_table, checkpoints, choose_epoch, dev_speakers, metrics_row,
-                          pick_dev_speakers, save_dev_speakers, should_stop)
-from pronlm.targets import heard_phones
+from pronlm.data.corpus import read_corpus
+from pronlm.data.parse import parse_answer
+from pronlm.data.split import dev_speakers, pick_dev_speakers, save_dev_speakers
+from pronlm.data.targets import heard_phones
+from pronlm.evaluation import table as table_module
+from pronlm.evaluation.predict import predict
+from pronlm.evaluation.report import PAPER_TABLE3, evaluate
+from pronlm.evaluation.table import (
+    COLUMNS,
+    build_table,
+    checkpoints,
+    choose_epoch,
+    metrics_row,
+    should_stop,
+)
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
@@ -64,8 +72,8 @@ def test_evaluation_settings_are_checked_before_training(overrides, message):
 
 
 def test_training_leaves_the_development_speakers_out(corpus_dir, tmp_path, tiny_tokenizer, train_utterances):
-    from pronlm.prompts import PromptSet
-    from pronlm.train import load_examples
+    from pronlm.data.prompts import PromptSet
+    from pronlm.model.train import load_examples
 
     cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(tmp_path), dev_fraction=0.34))
     assert dev_speakers(cfg) == DEV_034
@@ -184,7 +192,7 @@ def test_the_early_stopping_callback_stops_once_patience_runs_out(corpus_dir, tm
     import torch
     from transformers import TrainerControl, TrainerState
 
-    from pronlm.train import EarlyStopOnDev
+    from pronlm.evaluation.table import EarlyStopOnDev
 
     run = tmp_path / "run"  # dev total PCC by epoch: -1, 1, 1 (a tie: no improvement)
     cfg = _write_run(corpus_dir, run, [True, False, False], early_stop_patience=1)

@@ -6,9 +6,17 @@ import json
 
 import pytest
 
-from pronlm.data import ApaScores, LabelError, Mispronunciation, Utterance, Word, read_corpus
-from pronlm.targets import (AccentPolicy, apa_target, canonical_phones, heard_phone, heard_phones, mdd_target,
-                            strip_stress)
+from pronlm.data.corpus import read_corpus
+from pronlm.data.records import ApaScores, LabelError, Mispronunciation, Utterance, Word
+from pronlm.data.targets import (
+    AccentPolicy,
+    apa_target,
+    canonical_phones,
+    heard_phone,
+    heard_phones,
+    mdd_target,
+    strip_stress,
+)
 
 POLICIES = list(AccentPolicy)
 

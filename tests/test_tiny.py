@@ -9,12 +9,17 @@ import pytest
 import torch
 from transformers import Phi4MultimodalForCausalLM
 
-from pronlm.collate import Collator
 from pronlm.config import load_config
-from pronlm.data import PronlmError, load_audio
-from pronlm.model import TINY_BASE_DIR
-from pronlm.tiny import REFERENCE_LOG_MEL, audio_normalisation, fit_audio_normalisation
-from pronlm.train import train
+from pronlm.data.audio import load_audio
+from pronlm.errors import PronlmError
+from pronlm.model.collate import Collator
+from pronlm.model.load import TINY_BASE_DIR
+from pronlm.model.tiny import (
+    REFERENCE_LOG_MEL,
+    audio_normalisation,
+    fit_audio_normalisation,
+)
+from pronlm.model.train import train
 
 
 def clip_embedding(model, tokenizer, samples) -> torch.Tensor:
@@ -94,8 +99,12 @@ def test_tiny_is_a_model_folder_built_once_and_loaded_by_path(tmp_path, monkeypa
     from transformers import AutoTokenizer
 
     from pronlm.config import Config
-    from pronlm.model import load_model, resolve_base
-    from pronlm.tiny import build_tiny_model, build_tiny_tokenizer, tiny_base_folder
+    from pronlm.model.load import load_model, resolve_base
+    from pronlm.model.tiny import (
+        build_tiny_model,
+        build_tiny_tokenizer,
+        tiny_base_folder,
+    )
 
     monkeypatch.setenv("PRONLM_CACHE", str(tmp_path))
     folder = tiny_base_folder()

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from transformers import Phi4MultimodalFeatureExtractor
 
 from pronlm.config import Config, load_config
-from pronlm.infer import Predictor
-from pronlm.model import TINY_BASE_DIR, load_model, prepare_for_training
-from pronlm.train import make_trainer, train
+from pronlm.evaluation.predict import Predictor
+from pronlm.model.load import TINY_BASE_DIR, load_model, prepare_for_training
+from pronlm.model.train import make_trainer, train
 from tests.conftest import kill_when
 from tests.test_model import make_speech_adapter
 
@@ -59,7 +59,7 @@ def test_run_logs_and_saves_what_a_user_needs(trained):
 
 def test_trained_model_reproduces_a_memorised_target(trained, train_utterances):
     _, _, out = trained
-    from pronlm.data import load_audio
+    from pronlm.data.audio import load_audio
 
     predictor = Predictor.load("tiny", str(out), max_new_tokens=80)
     utts = train_utterances[:4]
@@ -105,8 +105,8 @@ def test_only_lora_and_control_token_rows_change(trained):
 
 def test_saved_adapter_reloads_to_identical_logits(trained, train_utterances, tiny_tokenizer):
     cfg, trainer, out = trained
-    from pronlm.collate import Collator
-    from pronlm.prompts import PromptSet, build_examples
+    from pronlm.data.prompts import PromptSet, build_examples
+    from pronlm.model.collate import Collator
 
     model, tokenizer = load_model(cfg, str(out), device="cpu")
     prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
@@ -235,8 +235,8 @@ def local_base(tmp_path, tiny_model, tiny_tokenizer):
 
 
 def _logits(model, tokenizer, utterance, cfg):
-    from pronlm.collate import Collator
-    from pronlm.prompts import PromptSet, build_examples
+    from pronlm.data.prompts import PromptSet, build_examples
+    from pronlm.model.collate import Collator
 
     prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
     batch = Collator(tokenizer, model.config.audio_config.audio_token_id)(build_examples(utterance, prompts))
@@ -294,7 +294,7 @@ def test_training_over_an_earlier_run_is_refused_resumed_or_overwritten(corpus_d
 
 
 def test_a_clip_limit_above_the_encoders_is_refused_before_training(corpus_dir, tmp_path):
-    from pronlm.infer import AudioLimitError
+    from pronlm.model.collate import AudioLimitError
 
     cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(tmp_path), max_audio_seconds=60))
     with pytest.raises(AudioLimitError, match="60.*40|40.*60"):

@@ -16,11 +16,13 @@ import pytest
 import soundfile as sf
 
 from pronlm.cli import main
-from pronlm.data import load_audio, read_corpus
-from pronlm.grammar import answer_schema
+from pronlm.config import load_template
+from pronlm.data.audio import load_audio
+from pronlm.data.corpus import read_corpus
+from pronlm.data.prompts import Example, PromptSet
 from pronlm.errors import PronlmError
-from pronlm.prompts import Example, PromptSet, load_template
-from pronlm.vllm_client import VllmError, VllmPredictor
+from pronlm.evaluation.grammar import answer_schema
+from pronlm.evaluation.vllm_client import VllmError, VllmPredictor
 from tests.test_serve import CLIP, free_port, inprocess_server, post
 
 MODEL = "pronlm-export"
@@ -200,7 +202,7 @@ def test_an_http_error_gives_the_server_s_own_reason(clip):
 def test_an_error_answer_s_reason(body, detail):
     import httpx
 
-    from pronlm.vllm_client import error_detail
+    from pronlm.evaluation.vllm_client import error_detail
 
     assert error_detail(httpx.Response(404, content=body)) == detail
 

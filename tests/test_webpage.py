@@ -89,7 +89,7 @@ def test_page_shows_scores_and_phone_errors(browser, spoken_wav):
     """A test double answers CALL as K AA L, an extra word THAT, and phones for the unknown word."""
     predictor = CannedPredictor(words="WE CALL THAT ZORBLAX BEAR",
                                 phones="W IY K AA L DH AE T Z AO R B L AE K S B EH R")
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     with inprocess_server(create_app(predictor)) as url:
         page = assess_in_page(browser, url, spoken_wav, "webpage-feedback.png")
@@ -115,7 +115,7 @@ def _espeak_seconds(path: Path) -> float:
 def test_page_asks_for_the_key_once(browser, spoken_wav):
     """A server with a key: the page asks when it answers 401, again when the key is wrong, then
     keeps the key for the tab (sessionStorage), so a reload assesses without asking."""
-    from pronlm.serve import create_app
+    from pronlm.app.serve import create_app
 
     key = "classroom-key"
     predictor = CannedPredictor()

@@ -15,8 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
-from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config, predictions_config
-from pronlm.data import PronlmError
+from pronlm.config import (
+    INFERENCE_DEFAULTS,
+    Config,
+    ConfigError,
+    command_config,
+    predictions_config,
+)
+from pronlm.errors import PronlmError
 
 FIELD_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Config)}
 SWITCHES = {f.name for f in dataclasses.fields(Config) if f.type == "bool"}  # --word-boundaries alone: true
@@ -44,25 +50,31 @@ def _fresh_folder(out: str) -> Path:
 
 
 def _prepare(a):
-    from pronlm.prepare import prepare
+    from pronlm.data.prepare import prepare
 
     cfg, _ = _config(a)
     cfg = dataclasses.replace(cfg, split=cfg.split or cfg.train_split)
     out = _fresh_folder(a.out)
-    prepare(cfg.corpus, cfg.split, out, tokenizer=a.tokenizer, accent_policy=cfg.accent_policy,
+    counter = None
+    if a.tokenizer:
+        from pronlm.model.collate import TokenCounter
+        from pronlm.model.load import load_tokenizer
+
+        counter = TokenCounter(load_tokenizer(a.tokenizer), a.tokenizer)
+    prepare(cfg.corpus, cfg.split, out, counter=counter, accent_policy=cfg.accent_policy,
             word_boundaries=cfg.word_boundaries, apa_template=cfg.apa_template, mdd_template=cfg.mdd_template,
             max_audio_seconds=cfg.max_audio_seconds, limit=cfg.limit)
     cfg.to_yaml(out / "config.yaml")
 
 
 def _train(a):
-    from pronlm.train import train
+    from pronlm.evaluation.table import train_and_evaluate
 
-    train(_config(a)[0], resume=a.resume)
+    train_and_evaluate(_config(a)[0], resume=a.resume)
 
 
 def _predict(a):
-    from pronlm.infer import predict
+    from pronlm.evaluation.predict import predict
 
     cfg, given = _config(a, a.adapter, INFERENCE_DEFAULTS)
     cfg = _what_to_predict(cfg, given)
@@ -88,7 +100,7 @@ def _what_to_predict(cfg: Config, given: set[str]) -> Config:
 
 
 def _evaluate(a):
-    from pronlm.report import evaluate
+    from pronlm.evaluation.report import evaluate
 
     saved = predictions_config(a.predictions)  # what `pronlm predict` wrote beside them: corpus, split, policy
     cfg, _ = _config(a, recipe=a.recipe or (str(saved) if saved.is_file() else None))
@@ -100,13 +112,13 @@ def _evaluate(a):
 
 
 def _table(a):
-    from pronlm.table import table_command
+    from pronlm.evaluation.table import table_command
 
     table_command(a.run, split=a.split, untrained=a.untrained)
 
 
 def _assess(a):
-    from pronlm.assess import assess_command
+    from pronlm.app.assess import assess_command
 
     cfg, _ = _config(a, a.adapter, INFERENCE_DEFAULTS)
     assess_command(audio=a.audio, text=a.text, base=cfg.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon,
@@ -115,7 +127,7 @@ def _assess(a):
 
 
 def _serve(a):
-    from pronlm.serve import serve
+    from pronlm.app.serve import serve
 
     cfg, _ = _config(a, a.adapter, INFERENCE_DEFAULTS)
     serve(host=a.host, port=a.port, base=cfg.base, adapter=a.adapter, lexicon=a.lexicon,
@@ -125,7 +137,7 @@ def _serve(a):
 
 
 def _export(a):
-    from pronlm.export import export
+    from pronlm.model.export import export
 
     summary = export(a.adapter, a.out, layout=a.layout, original=a.original, original_revision=a.original_revision,
                      push_to_hub=a.push_to_hub, private=a.private, dtype=a.dtype)
@@ -135,7 +147,7 @@ def _export(a):
 
 
 def _demo(a):
-    from pronlm.demo import demo
+    from pronlm.app.demo import demo
 
     demo(out=a.out, corpus=a.corpus, steps=a.steps)
 

@@ -88,7 +88,7 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
-    """How a run trains, saves, and evaluates its checkpoints afterwards (`pronlm.table`)."""
+    """How a run trains, saves, and evaluates its checkpoints afterwards (`pronlm.evaluation.table`)."""
 
     output_dir: str = "runs/default"
     overwrite: bool = False  # train into an output_dir that holds an earlier run, removing it
@@ -136,7 +136,7 @@ class TrainingConfig:
 class InferenceConfig:
     """How answers are generated: in this process or by a vLLM server, free or under the grammar."""
 
-    constrained: bool = True  # decode under the answer's JSON grammar (pronlm.grammar)
+    constrained: bool = True  # decode under the answer's JSON grammar (pronlm.evaluation.grammar)
     backend: str = "transformers"  # transformers: the model in this process; vllm: a running vLLM server
     vllm_url: str = "http://localhost:8000/v1"  # the server's OpenAI-compatible API (backend=vllm)
     vllm_model: str | None = None  # the served model's name; null: the server's only one (GET /models)
@@ -196,13 +196,29 @@ def flatten(values: dict, source: str) -> dict:
     return flat
 
 
+def load_template(task: str, name_or_path: str = "default") -> str:
+    """The text of a template field (`apa_template`, `mdd_template`): packaged by name (`default`,
+    `short`, in `pronlm/templates/`) or any text file by path."""
+    packaged_tasks = sorted({p.name.split("_")[0] for p in (resources.files("pronlm") / "templates").iterdir()})
+    if task not in packaged_tasks:
+        raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(packaged_tasks)}")
+    path = Path(name_or_path)
+    if path.suffix == ".txt" or "/" in name_or_path:
+        if not path.is_file():
+            raise ConfigError(f"{task} prompt template file {path} not found")
+        return path.read_text().strip()
+    packaged = resources.files("pronlm") / "templates" / f"{task}_{name_or_path}.txt"
+    if not packaged.is_file():
+        names = sorted(p.name for p in (resources.files("pronlm") / "templates").iterdir())
+        raise ConfigError(f"no {task} prompt template {name_or_path!r}: give a .txt path or one of {names}")
+    return packaged.read_text().strip()
+
+
 TEMPLATE_COPIES = {"apa_template": "prompts/apa.txt", "mdd_template": "prompts/mdd.txt"}
 
 
 def save_run_config(cfg: Config, folder: str | Path) -> None:
     """config.yaml and the prompt instructions actually used (by content), so the folder describes itself."""
-    from pronlm.prompts import load_template
-
     folder = Path(folder)
     cfg.to_yaml(folder / "config.yaml")
     for key, copy in TEMPLATE_COPIES.items():
@@ -263,8 +279,6 @@ def _same_base(given: str, kept: str) -> bool:
 
 
 def _same_template(task: str):
-    from pronlm.prompts import load_template
-
     return lambda given, kept: load_template(task, given) == load_template(task, kept)  # by content
 
 

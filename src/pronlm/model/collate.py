@@ -8,15 +8,57 @@ Labels are -100 on every prompt, control-token, audio and padding position: loss
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import mean
 
 import numpy as np
 import torch
 from transformers import Phi4MultimodalFeatureExtractor
 
-from pronlm.data import SAMPLE_RATE, PronlmError, load_audio
-from pronlm.prompts import AUDIO_PLACEHOLDER, END, EOT, Example
+from pronlm.config import ConfigError
+from pronlm.data.audio import SAMPLE_RATE, load_audio
+from pronlm.data.prompts import AUDIO_PLACEHOLDER, END, EOT, TASKS, Example
+from pronlm.errors import PronlmError
 
 IGNORE_INDEX = -100
+
+
+# Phi4MultimodalAudioModel.forward (transformers 5.2x) encodes at most `max_seq_len = 500` positions
+# in one window, a constant of the code, not of the config. A longer clip is cut into independent
+# 500-position windows, and that path fails for batches of more than one clip ("view size is not
+# compatible with input tensor's size and stride": `unfold_tensor` views a permuted tensor); assess
+# and serve always batch (APA and MDD together). `bias_max_distance` (500 real, 1000 tiny) only
+# clips the relative attention bias and limits nothing.
+ENCODER_WINDOW = 500
+FEATURE_HOP_SECONDS = 0.01  # one log-mel frame per 10 ms (SPEC §2)
+
+
+class AudioLimitError(ConfigError):
+    """A configured clip limit the audio encoder cannot honour."""
+
+
+def max_audio_seconds(model_config) -> float:
+    """The longest clip the model's audio encoder takes: 500 positions x time_reduction frames x 10 ms.
+
+    40 s for Phi-4-multimodal and the tiny model (time_reduction 8: one position per 80 ms).
+    Takes the model's config or its `audio_config`.
+    """
+    audio = getattr(model_config, "audio_config", model_config)
+    return ENCODER_WINDOW * audio.time_reduction * FEATURE_HOP_SECONDS
+
+
+def audio_limit(configured: float | None, model_config) -> float:
+    """The clip limit to enforce: `configured`, or the model's own when None.
+
+    Raises `AudioLimitError` naming both numbers when `configured` is above the model's limit.
+    """
+    limit = max_audio_seconds(model_config)
+    if configured is None:
+        return limit
+    if configured > limit:
+        raise AudioLimitError(f"max_audio_seconds is {configured:g} s, but the model's audio encoder takes at most "
+                              f"{limit:g} s per clip: set it to {limit:g} or less (`pronlm assess --split-long` "
+                              "cuts a long recording at pauses)")
+    return configured
 
 
 def n_audio_tokens(n_samples: int) -> int:
@@ -103,3 +145,26 @@ class Collator:
         if not self.for_generation:
             batch["labels"] = labels
         return batch
+
+
+class TokenCounter:
+    """Prompt / answer / audio tokens of each example, counted exactly as the collator builds them."""
+
+    def __init__(self, tokenizer, name: str | None = None):
+        self.name = name or type(tokenizer).__name__
+        # The audio token's id does not change any count; 0 keeps this independent of the model.
+        self.prompt_only = Collator(tokenizer, audio_token_id=0, for_generation=True)
+        self.full = Collator(tokenizer, audio_token_id=0)
+        self.counts: dict[str, dict[str, list[int]]] = {t: {"prompt": [], "answer": [], "audio": []} for t in TASKS}
+
+    def add(self, example: Example, n_samples: int) -> None:
+        n_audio = n_audio_tokens(n_samples)
+        prompt = len(self.prompt_only.encode(example, n_audio)[0])
+        counts = self.counts[example.task]
+        counts["prompt"].append(prompt - n_audio)  # the expanded <|audio_1|> is counted apart
+        counts["audio"].append(n_audio)
+        if example.target is not None:
+            counts["answer"].append(len(self.full.encode(example, n_audio)[0]) - prompt)
+
+    def means(self) -> dict[str, dict[str, float | None]]:
+        return {task: {k: round(mean(v), 2) if v else None for k, v in c.items()} for task, c in self.counts.items()}

@@ -1,7 +1,7 @@
 """Feedback for one recording of a known sentence: scores plus Azure-style per-word errors.
 
 The model gives sentence scores (APA) and the phones it heard as one flat list (MDD). The words
-of the sentence (normalised by `pronlm.text`: résumé -> RESUME, 42 -> FORTY TWO) give the phones
+of the sentence (normalised by `pronlm.data.text`: résumé -> RESUME, 42 -> FORTY TWO) give the phones
 that were expected (CMUdict, or a lexicon file). Aligning the two says, per word, which phones
 were right, substituted, deleted or inserted, and so each word's `error_type`: None /
 Mispronunciation / Omission / Insertion, as Azure Pronunciation Assessment, or `NotJudged` when
@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from pronlm.data import SAMPLE_RATE, ApaScores, PronlmError
-from pronlm.prompts import TASKS
-from pronlm.targets import cmudict_entries, strip_stress
-from pronlm.text import TextError, plain_word, sentence_words, words as spoken_words
+from pronlm.data.audio import SAMPLE_RATE
+from pronlm.data.prompts import TASKS
+from pronlm.data.records import ApaScores
+from pronlm.data.targets import cmudict_entries, strip_stress
+from pronlm.data.text import TextError, plain_word, sentence_words
+from pronlm.data.text import words as spoken_words
+from pronlm.errors import PronlmError
 
 CORRECT, SUBSTITUTED, DELETED, INSERTED = "correct", "substituted", "deleted", "inserted"
 NONE, MISPRONUNCIATION, OMISSION, INSERTION = "None", "Mispronunciation", "Omission", "Insertion"
@@ -38,7 +41,7 @@ class AssessError(PronlmError):
 
 
 def normalise_words(text: str) -> list[str]:
-    """Upper-case words without punctuation, as `pronlm.text` spells them ("don't!" -> ["DON'T"])."""
+    """Upper-case words without punctuation, as `pronlm.data.text` spells them ("don't!" -> ["DON'T"])."""
     return spoken_words(text)
 
 
@@ -297,7 +300,7 @@ def assess_long(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | No
     in order, and `scores` is the pieces' scores averaged by duration (one decimal). When a piece's
     heard phones cannot be read, no word is judged (which words it held is unknown).
     """
-    from pronlm.data import speech_chunks
+    from pronlm.data.audio import speech_chunks
 
     lexicon = lexicon or Lexicon()
     expected_words(text, lexicon)
@@ -374,7 +377,7 @@ def assess_command(audio: str, text: str, base: str | None = None, adapter: str 
     A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
     `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates.
     """
-    from pronlm.data import load_audio
+    from pronlm.data.audio import load_audio
 
     lex = Lexicon.load(lexicon)
     expected_words(text, lex)  # a bad sentence or clip fails before the model loads
@@ -383,7 +386,7 @@ def assess_command(audio: str, text: str, base: str | None = None, adapter: str 
     if seconds > max_audio_seconds and not split_long:
         raise AssessError(f"{audio} lasts {seconds:.1f} s, over the limit of {max_audio_seconds:g} s: pass "
                           "--split-long to cut it at pauses and assess each piece, or record one sentence at a time")
-    from pronlm.infer import load_predictor
+    from pronlm.evaluation.predict import load_predictor
 
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
                                cfg=cfg)

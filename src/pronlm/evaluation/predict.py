@@ -2,7 +2,7 @@
 
 `Predictor` is the one prediction path: `pronlm predict` (a corpus or a data folder, written as
 JSON lines and resumable), `pronlm assess` and `pronlm serve` all go through it, or through its
-twin for `backend=vllm` (`pronlm.vllm_client`), picked by `load_predictor`. It refuses clips longer than
+twin for `backend=vllm` (`pronlm.evaluation.vllm_client`), picked by `load_predictor`. It refuses clips longer than
 the audio encoder takes (`max_audio_seconds`), and a configured limit above that at start-up.
 """
 
@@ -20,55 +20,18 @@ import torch
 from tqdm import tqdm
 from transformers import Phi4MultimodalFeatureExtractor
 
-from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config
-from pronlm.collate import Collator
-from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, UtteranceError, load_audio, read_corpus
-from pronlm.errors import PredictionInterrupted
-from pronlm.model import load_feature_extractor, load_model, resolve_base
-from pronlm.parse import parse_answer
-from pronlm.prepare import read_examples
-from pronlm.prompts import TASKS, Example, PromptSet
+from pronlm.config import INFERENCE_DEFAULTS, Config, command_config
+from pronlm.data.audio import SAMPLE_RATE, load_audio
+from pronlm.data.corpus import read_corpus
+from pronlm.data.parse import parse_answer
+from pronlm.data.prepare import read_examples
+from pronlm.data.prompts import TASKS, Example, PromptSet
+from pronlm.data.records import AudioError, UtteranceError
+from pronlm.errors import PredictionInterrupted, PronlmError
+from pronlm.model.collate import Collator, audio_limit
+from pronlm.model.load import load_feature_extractor, load_model, resolve_base
 
 log = logging.getLogger(__name__)
-
-# Phi4MultimodalAudioModel.forward (transformers 5.2x) encodes at most `max_seq_len = 500` positions
-# in one window, a constant of the code, not of the config. A longer clip is cut into independent
-# 500-position windows, and that path fails for batches of more than one clip ("view size is not
-# compatible with input tensor's size and stride": `unfold_tensor` views a permuted tensor); assess
-# and serve always batch (APA and MDD together). `bias_max_distance` (500 real, 1000 tiny) only
-# clips the relative attention bias and limits nothing.
-ENCODER_WINDOW = 500
-FEATURE_HOP_SECONDS = 0.01  # one log-mel frame per 10 ms (SPEC §2)
-
-
-class AudioLimitError(ConfigError):
-    """A configured clip limit the audio encoder cannot honour."""
-
-
-def max_audio_seconds(model_config) -> float:
-    """The longest clip the model's audio encoder takes: 500 positions x time_reduction frames x 10 ms.
-
-    40 s for Phi-4-multimodal and the tiny model (time_reduction 8: one position per 80 ms).
-    Takes the model's config or its `audio_config`.
-    """
-    audio = getattr(model_config, "audio_config", model_config)
-    return ENCODER_WINDOW * audio.time_reduction * FEATURE_HOP_SECONDS
-
-
-def audio_limit(configured: float | None, model_config) -> float:
-    """The clip limit to enforce: `configured`, or the model's own when None.
-
-    Raises `AudioLimitError` naming both numbers when `configured` is above the model's limit.
-    """
-    limit = max_audio_seconds(model_config)
-    if configured is None:
-        return limit
-    if configured > limit:
-        raise AudioLimitError(f"max_audio_seconds is {configured:g} s, but the model's audio encoder takes at most "
-                              f"{limit:g} s per clip: set it to {limit:g} or less (`pronlm assess --split-long` "
-                              "cuts a long recording at pauses)")
-    return configured
-
 
 @dataclass
 class Predictor:
@@ -163,7 +126,7 @@ def load_predictor(base: str | None = None, adapter: str | None = None, max_new_
     """
     cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
     if cfg.backend == "vllm":
-        from pronlm.vllm_client import VllmPredictor
+        from pronlm.evaluation.vllm_client import VllmPredictor
 
         return VllmPredictor.from_config(cfg, max_new_tokens, max_audio_seconds)
     return Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
@@ -220,7 +183,7 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     `data`: a folder's examples.jsonl instead of the corpus (`predict_folder`). `cfg`: the resolved
     config (`pronlm.cli`), in place of `base` and the templates.
 
-    `speakers`: only their utterances (a development split carved from train, `pronlm.table`).
+    `speakers`: only their utterances (a development split carved from train, `pronlm.evaluation.table`).
     """
     bad = [t for t in tasks if t not in TASKS]
     if bad:

@@ -16,11 +16,19 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pronlm import metrics
-from pronlm.data import ApaScores, PronlmError, Utterance, UtteranceError, read_corpus
-from pronlm.parse import SCORE_RANGE, TASKS, normalise_phones, parse_answer
-from pronlm.targets import DELETED, WORD_SEPARATOR, AccentPolicy, aligned_word_phones
-from pronlm.text import spoken_form
+from pronlm.data.corpus import read_corpus
+from pronlm.data.parse import SCORE_RANGE, normalise_phones, parse_answer
+from pronlm.data.prompts import TASKS
+from pronlm.data.records import ApaScores, Utterance, UtteranceError
+from pronlm.data.targets import (
+    DELETED,
+    WORD_SEPARATOR,
+    AccentPolicy,
+    aligned_word_phones,
+)
+from pronlm.data.text import spoken_form
+from pronlm.errors import PronlmError
+from pronlm.evaluation import metrics
 
 ASPECTS = ApaScores.ASPECTS
 PAPER_TEST_SIZE = 2500
@@ -186,7 +194,7 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
              duplicates: str = "error", speakers=None) -> dict:
     """Score a prediction file against `split` of `corpus`; write report.json, report.md and plots to `out`.
 
-    `speakers`: only their utterances count (a development split carved from train, `pronlm.table`).
+    `speakers`: only their utterances count (a development split carved from train, `pronlm.evaluation.table`).
     """
     try:
         policy = AccentPolicy(accent_policy)

@@ -19,11 +19,21 @@ from typing import Iterator
 
 import numpy as np
 
-from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, Utterance, UtteranceError, load_audio, read_corpus
-from pronlm.errors import FileFormatError, json_line, read_text
-from pronlm.parse import parse_answer
-from pronlm.prompts import ASSISTANT, AUDIO_PLACEHOLDER, CONTROL_TOKENS, TASKS, Example, PromptSet, build_examples
-from pronlm.targets import AccentPolicy, aligned_word_phones
+from pronlm.data.audio import SAMPLE_RATE, load_audio
+from pronlm.data.corpus import read_corpus
+from pronlm.data.parse import parse_answer
+from pronlm.data.prompts import (
+    ASSISTANT,
+    AUDIO_PLACEHOLDER,
+    CONTROL_TOKENS,
+    TASKS,
+    Example,
+    PromptSet,
+    build_examples,
+)
+from pronlm.data.records import AudioError, Utterance, UtteranceError
+from pronlm.data.targets import AccentPolicy, aligned_word_phones
+from pronlm.errors import FileFormatError, PronlmError, json_line, read_text
 
 log = logging.getLogger(__name__)
 
@@ -32,60 +42,16 @@ ANSWER_EXAMPLES = {"apa": '{"accuracy": 8, "fluency": 9, "prosodic": 9, "total":
                    "mdd": '{"word_transcript": "WE CALL IT BEAR", "phoneme_transcript": "W IY K AO L IH T B EH R"}'}
 
 
-def load_tokenizer(name):
-    """'tiny' (built offline), a local folder, a hub id or a loaded tokenizer; `<|APA|>`/`<|MDD|>` added."""
-    from pronlm.model import add_control_tokens
-
-    if not isinstance(name, str):
-        tokenizer = name
-    else:
-        from transformers import AutoTokenizer
-
-        from pronlm.config import ModelConfig
-        from pronlm.model import resolve_base
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(resolve_base(ModelConfig(base=name)))
-        except (OSError, ValueError) as exc:
-            raise PronlmError(f"cannot load tokenizer {name!r}: {exc}") from exc
-    add_control_tokens(tokenizer)
-    return tokenizer
-
-
-class TokenCounter:
-    """Prompt / answer / audio tokens of each example, counted exactly as the collator builds them."""
-
-    def __init__(self, tokenizer):
-        from pronlm.collate import Collator  # torch and transformers: only needed for token counts
-
-        # The audio token's id does not change any count; 0 keeps this independent of the model.
-        self.prompt_only = Collator(tokenizer, audio_token_id=0, for_generation=True)
-        self.full = Collator(tokenizer, audio_token_id=0)
-        self.counts: dict[str, dict[str, list[int]]] = {t: {"prompt": [], "answer": [], "audio": []} for t in TASKS}
-
-    def add(self, example: Example, n_samples: int) -> None:
-        from pronlm.collate import n_audio_tokens
-
-        n_audio = n_audio_tokens(n_samples)
-        prompt = len(self.prompt_only.encode(example, n_audio)[0])
-        counts = self.counts[example.task]
-        counts["prompt"].append(prompt - n_audio)  # the expanded <|audio_1|> is counted apart
-        counts["audio"].append(n_audio)
-        if example.target is not None:
-            counts["answer"].append(len(self.full.encode(example, n_audio)[0]) - prompt)
-
-    def means(self) -> dict[str, dict[str, float | None]]:
-        return {task: {k: round(mean(v), 2) if v else None for k, v in c.items()} for task, c in self.counts.items()}
-
-
-def prepare(corpus: str, split: str, out: str | Path, tokenizer=None, accent_policy: str = "unk",
+def prepare(corpus: str, split: str, out: str | Path, counter=None, accent_policy: str = "unk",
             word_boundaries: bool = False, apa_template: str = "default", mdd_template: str = "default",
             max_audio_seconds: float | None = 30.0, limit: int | None = None) -> dict:
-    """Validate every utterance of `split`, write its APA and MDD examples, and return the stats."""
+    """Validate every utterance of `split`, write its APA and MDD examples, and return the stats.
+
+    `counter`: a `pronlm.model.collate.TokenCounter`, to add each example's token counts to the stats.
+    """
     corpus = str(corpus)
     policy = AccentPolicy(accent_policy)
     prompts = PromptSet.from_templates(apa_template, mdd_template)
-    counter = TokenCounter(load_tokenizer(tokenizer)) if tokenizer is not None else None
     errors: list[UtteranceError] = []
     start = time.perf_counter()  # tokenizer loading excluded: it is not per-utterance work
     utterances = usable_utterances(corpus, split, errors, max_audio_seconds, limit)
@@ -118,7 +84,7 @@ def prepare(corpus: str, split: str, out: str | Path, tokenizer=None, accent_pol
     stats = {
         "corpus": corpus, "split": split, "accent_policy": policy.value, "word_boundaries": word_boundaries,
         "templates": {"apa": apa_template, "mdd": mdd_template},
-        "tokenizer": tokenizer if tokenizer is None or isinstance(tokenizer, str) else type(tokenizer).__name__,
+        "tokenizer": counter.name if counter is not None else None,
         "utterances": len(seconds), "examples": n_examples, "unlabelled": n_unlabelled,
         "skipped": len(errors), "skip_reasons": {e.utt_id: e.problem for e in errors},
         "phones": n_phones, "mispronounced_phones": n_mispronounced,

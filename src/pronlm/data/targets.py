@@ -12,7 +12,7 @@ import json
 import re
 from enum import Enum
 
-from pronlm.data import ApaScores, LabelError, Utterance, Word
+from pronlm.data.records import ApaScores, LabelError, Utterance, Word
 
 ARPABET = frozenset("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
                     "UH UW V W Y Z ZH".split())  # the CMU dictionary's 39 phones, stress removed

@@ -21,10 +21,21 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import EXPORT_FILE, TEMPLATE_COPIES, Config, ConfigError, checkpoint_config
-from pronlm.data import PronlmError
-from pronlm.model import check_adapter_folder, load_feature_extractor, load_model, resolve_base
-from pronlm.prompts import CONTROL_TOKENS
+from pronlm.config import (
+    EXPORT_FILE,
+    TEMPLATE_COPIES,
+    Config,
+    ConfigError,
+    checkpoint_config,
+)
+from pronlm.data.prompts import CONTROL_TOKENS
+from pronlm.errors import PronlmError
+from pronlm.model.load import (
+    check_adapter_folder,
+    load_feature_extractor,
+    load_model,
+    resolve_base,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +317,7 @@ def save_original_tokenizer(trained, source: Path, out: Path) -> None:
     """The original tokenizer plus the control tokens, at the ids the model was trained with."""
     from transformers import AutoTokenizer
 
-    from pronlm.model import add_control_tokens
+    from pronlm.model.load import add_control_tokens
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)  # its config.json has an auto_map

@@ -12,17 +12,20 @@ epoch's checkpoint (`dev_history`), and training stops once it has not improved 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pronlm.config import Config, ConfigError, load_config
-from pronlm.data import PronlmError, read_corpus
-from pronlm.infer import predict
-from pronlm.report import ASPECTS, PAPER_TABLE3, PAPER_TEST_SIZE, evaluate
+import torch
+from transformers import TrainerCallback
+
+from pronlm.config import Config, load_config
+from pronlm.data.split import DEV_SPEAKERS, read_dev_speakers
+from pronlm.errors import PronlmError
+from pronlm.evaluation.predict import predict
+from pronlm.evaluation.report import ASPECTS, PAPER_TABLE3, PAPER_TEST_SIZE, evaluate
+from pronlm.model.train import DEV_HISTORY, train
 
 log = logging.getLogger(__name__)
 
@@ -30,56 +33,11 @@ log = logging.getLogger(__name__)
 COLUMNS = ("acc_pcc", "flu_pcc", "pro_pcc", "total_pcc", "wer", "per", "f1", "precision", "recall")
 HEADERS = ("acc PCC", "flu PCC", "pro PCC", "total PCC", "WER", "PER", "F1", "P", "R")
 DEV = "dev"  # the development split's file names: checkpoint-N/dev.jsonl, checkpoint-N/report-dev/
-DEV_SPEAKERS = "dev_speakers.json"
-DEV_HISTORY = "dev_history.json"  # early_stop_patience: the development rows as training went, and the decision
 UNTRAINED = "untrained"  # folder of the no-adapter predictions in the run
 
 
 class TableError(PronlmError):
     """The run cannot give a table (no config.yaml, no checkpoint, nothing to evaluate)."""
-
-
-# ---------------------------------------------------------------- development split
-
-
-def pick_dev_speakers(speakers, fraction: float, seed: int) -> list[str]:
-    """round(fraction x speakers), at least one, drawn with `seed`; sorted. Leaves at least one to train on."""
-    pool = sorted(set(speakers))
-    n = max(1, round(fraction * len(pool)))
-    if n >= len(pool):
-        raise ConfigError(f"dev_fraction {fraction} of {len(pool)} speakers leaves none to train on: lower it")
-    return sorted(random.Random(seed).sample(pool, n))
-
-
-@functools.lru_cache(maxsize=8)
-def _speakers(corpus: str, split: str) -> tuple[str, ...]:
-    return tuple(sorted({u.speaker for u in read_corpus(corpus, split, [])}))
-
-
-def dev_speakers(cfg: Config) -> list[str]:
-    """The speakers of `train_split` held out as the development split; [] when `dev_fraction` is 0."""
-    if not cfg.dev_fraction:
-        return []
-    return pick_dev_speakers(_speakers(cfg.corpus, cfg.train_split), cfg.dev_fraction, cfg.seed)
-
-
-def save_dev_speakers(cfg: Config, run: str | Path) -> None:
-    """dev_speakers.json in the run: which speakers never trained, and how they were drawn.
-
-    A run that already holds checkpoints (resumed) must keep the development split it started with.
-    """
-    path, speakers = Path(run) / DEV_SPEAKERS, dev_speakers(cfg)
-    if checkpoints(Path(run)):
-        before = json.loads(path.read_text())["speakers"] if path.is_file() else []
-        if before != speakers:
-            raise ConfigError(f"{run} was trained so far with development speakers {before or 'none'}, this "
-                              f"config holds out {speakers or 'none'}: resume with the run's own dev_fraction, "
-                              "seed and corpus")
-    if speakers:
-        record = {"split": cfg.train_split, "fraction": cfg.dev_fraction, "seed": cfg.seed, "speakers": speakers}
-        path.write_text(json.dumps(record, indent=2) + "\n")
-    else:
-        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- what is evaluated
@@ -232,14 +190,6 @@ def run_config(run: Path) -> Config:
     return load_config(str(run / "config.yaml"))
 
 
-def read_dev_speakers(run: Path) -> list[str]:
-    path = run / DEV_SPEAKERS
-    if not path.is_file():
-        raise TableError(f"{path} not found: the run was trained without dev_fraction, so there is no "
-                         "development split to evaluate")
-    return json.loads(path.read_text())["speakers"]
-
-
 def table_command(run: str, split: str | None = None, untrained: bool = False) -> dict:
     """`pronlm table`: the run's own eval_split (or `split`), the untrained row if asked; prints table.md."""
     cfg = run_config(Path(run))
@@ -319,3 +269,39 @@ def _coverage(table: dict) -> str:
         return ""
     return (f" This table covers {table['n_utterances']} utterances of the {table['split']} split, not the "
             f"paper's {PAPER_TEST_SIZE:,} test utterances, so its numbers do not compare directly.")
+
+
+class EarlyStopOnDev(TrainerCallback):
+    """early_stop_patience: at each epoch's checkpoint process 0 evaluates the development split
+    (`table.dev_history`) and every process stops once its total PCC has not improved for that many epochs."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._decide(args, state, control)  # resumed: the checkpoints so far may already say stop
+
+    def on_save(self, args, state, control, **kwargs):
+        self._decide(args, state, control)
+
+    def _decide(self, args, state, control):
+        stop = False
+        if state.is_world_process_zero:
+            # predicting draws random numbers (model loading); training's stream must not see that, or a
+            # resumed run (its RNG restored from the checkpoint) would drift from an uninterrupted one
+            with torch.random.fork_rng(devices=[args.device] if args.device.type == "cuda" else []):
+                stop = dev_history(self.cfg, args.output_dir, state.global_step, state.max_steps)["stopped_early"]
+        flag = torch.tensor([float(stop)], device=args.device)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():  # the other processes wait here for process 0's decision
+            dist.broadcast(flag, src=0)
+        control.should_training_stop |= bool(flag.item())
+
+
+def train_and_evaluate(cfg: Config, resume: bool = False):
+    """`pronlm train`: the run (stopping early on the development split when asked), then every saved
+    checkpoint evaluated into table.md when `eval_split` or `dev_fraction` is set. Returns the trainer."""
+    trainer = train(cfg, resume, [EarlyStopOnDev(cfg)] if cfg.early_stop_patience else [])
+    if trainer.args.process_index == 0 and (cfg.eval_split or cfg.dev_fraction):
+        build_table(cfg.output_dir, cfg)  # every checkpoint on the test / dev split: the paper's Table 3
+    return trainer

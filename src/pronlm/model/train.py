@@ -19,16 +19,26 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
-from pronlm.collate import IGNORE_INDEX, Collator, n_audio_tokens
 from pronlm.config import Config, ConfigError, save_run_config
-from pronlm.data import PronlmError, UtteranceError, load_audio
-from pronlm.infer import audio_limit
-from pronlm.model import (TINY_BASE_DIR, check_trainable, format_table, load_feature_extractor, load_model,
-                          parameter_table, prepare_for_training, resolve_base, resolve_dtype)
-from pronlm.prepare import read_examples, usable_utterances
-from pronlm.prompts import TASKS, Example, PromptSet, build_examples
-from pronlm.table import DEV_HISTORY, build_table, dev_history, dev_speakers, save_dev_speakers
-from pronlm.targets import AccentPolicy
+from pronlm.data.audio import load_audio
+from pronlm.data.prepare import read_examples, usable_utterances
+from pronlm.data.prompts import TASKS, Example, PromptSet, build_examples
+from pronlm.data.records import UtteranceError
+from pronlm.data.split import dev_speakers, save_dev_speakers
+from pronlm.data.targets import AccentPolicy
+from pronlm.errors import PronlmError
+from pronlm.model.collate import IGNORE_INDEX, Collator, audio_limit, n_audio_tokens
+from pronlm.model.load import (
+    TINY_BASE_DIR,
+    check_trainable,
+    format_table,
+    load_feature_extractor,
+    load_model,
+    parameter_table,
+    prepare_for_training,
+    resolve_base,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,33 +122,6 @@ class DescribeCheckpoint(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             save_run_config(self.cfg, Path(args.output_dir) / f"checkpoint-{state.global_step}")
-
-
-class EarlyStopOnDev(TrainerCallback):
-    """early_stop_patience: at each epoch's checkpoint process 0 evaluates the development split
-    (`table.dev_history`) and every process stops once its total PCC has not improved for that many epochs."""
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._decide(args, state, control)  # resumed: the checkpoints so far may already say stop
-
-    def on_save(self, args, state, control, **kwargs):
-        self._decide(args, state, control)
-
-    def _decide(self, args, state, control):
-        stop = False
-        if state.is_world_process_zero:
-            # predicting draws random numbers (model loading); training's stream must not see that, or a
-            # resumed run (its RNG restored from the checkpoint) would drift from an uninterrupted one
-            with torch.random.fork_rng(devices=[args.device] if args.device.type == "cuda" else []):
-                stop = dev_history(self.cfg, args.output_dir, state.global_step, state.max_steps)["stopped_early"]
-        flag = torch.tensor([float(stop)], device=args.device)
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():  # the other processes wait here for process 0's decision
-            dist.broadcast(flag, src=0)
-        control.should_training_stop |= bool(flag.item())
 
 
 def sequence_length(tokenizer, prompt_tokens: int, n_samples: int, target: str) -> int:
@@ -256,7 +239,8 @@ def training_arguments(cfg: Config) -> TrainingArguments:
     )
 
 
-def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None = None) -> "PronlmTrainer":
+def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None = None,
+                 callbacks=()) -> "PronlmTrainer":
     """Dataset, collator (first batch checked answer-only) and Trainer around a prepared model."""
     args = args or training_arguments(cfg)
     audio_limit(cfg.max_audio_seconds, model.config)  # longer clips crash the audio encoder in a batch
@@ -265,12 +249,13 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
                         feature_extractor=load_feature_extractor(resolve_base(cfg), cfg.revision))
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
-    callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg)]
-    callbacks += [EarlyStopOnDev(cfg)] if cfg.early_stop_patience else []  # after the checkpoint has its config
+    callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg), *callbacks]  # after: a
+    # checkpoint has its config before an evaluating callback (`table.EarlyStopOnDev`) reads it
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=tokenizer, callbacks=callbacks)
 
 
+DEV_HISTORY = "dev_history.json"  # early_stop_patience: the development rows as training went, and the decision
 RUN_FILES = ("log.jsonl", "train_result.json", "adapter_model.safetensors", "adapter_config.json", DEV_HISTORY)
 
 
@@ -297,15 +282,18 @@ def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: boo
     return None
 
 
-def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
-    """Train from a config; the summary goes to output_dir/train_result.json, the trainer is returned."""
+def train(cfg: Config, resume: bool = False, callbacks=()) -> "PronlmTrainer":
+    """Train from a config; the summary goes to output_dir/train_result.json, the trainer is returned.
+
+    `callbacks`: more Trainer callbacks (`pronlm.evaluation.table.train_and_evaluate` adds early stopping).
+    """
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = training_arguments(cfg)
     checkpoint = claim_output_dir(out, resume, cfg.overwrite, args.process_index == 0)
     model, tokenizer = load_model(cfg, training=True)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
-        from pronlm.tiny import fit_audio_normalisation  # a random encoder's input normalisation, saved with it
+        from pronlm.model.tiny import fit_audio_normalisation  # a random encoder's input level, saved with it
 
         fit_audio_normalisation(model, tokenizer, training_clips(cfg))
         for part in (model, tokenizer, load_feature_extractor(resolve_base(cfg))):
@@ -319,7 +307,7 @@ def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
         save_dev_speakers(cfg, out)
         print(format_table(table), flush=True)
         (out / "parameters.json").write_text(json.dumps(table, indent=2))
-    trainer = make_trainer(cfg, model, tokenizer, args)
+    trainer = make_trainer(cfg, model, tokenizer, args, callbacks)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))
     digests = replica_digests(model)
@@ -330,6 +318,4 @@ def train(cfg: Config, resume: bool = False) -> "PronlmTrainer":
             log.info("trainable weights agree across %d processes", len(digests))
         summary = {**result.metrics, "global_step": result.global_step, "replica_digests": digests}
         (out / "train_result.json").write_text(json.dumps(summary))
-        if cfg.eval_split or cfg.dev_fraction:  # every checkpoint on the test / dev split: the paper's Table 3
-            build_table(out, cfg)
     return trainer

@@ -6,8 +6,8 @@ version (accent policy, word boundaries) replaces it.
 
 from __future__ import annotations
 
-from pronlm.data import ApaScores
-from pronlm.prompts import TASKS
+from pronlm.data.prompts import TASKS
+from pronlm.data.records import ApaScores
 
 MDD_KEYS = ("word_transcript", "phoneme_transcript")
 

@@ -15,7 +15,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 from scipy import stats
 
-from pronlm.targets import DELETED
+from pronlm.data.targets import DELETED
 
 NAN = float("nan")
 
@@ -187,7 +187,7 @@ def align_to_canonical(canonical: Sequence[str], predicted: Sequence[str],
 
 
 def _deleted_as_none(human: Sequence[str | None]) -> list[str | None]:
-    """The human phones as a list, `<DEL>` read as None (the form `pronlm.targets` gives)."""
+    """The human phones as a list, `<DEL>` read as None (the form `pronlm.data.targets` gives)."""
     return [None if h == DELETED else h for h in human] if DELETED in human else list(human)
 
 

@@ -7,11 +7,10 @@ Layout (paper Fig. 3), Phi-4 chat format, no newlines between the parts:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from importlib import resources
-from pathlib import Path
 
-from pronlm.data import PronlmError, Utterance
-from pronlm.targets import AccentPolicy, apa_target, mdd_target
+from pronlm.config import load_template
+from pronlm.data.records import Utterance
+from pronlm.data.targets import AccentPolicy, apa_target, mdd_target
 
 TASKS = ("apa", "mdd")
 CONTROL_TOKENS = {"apa": "<|APA|>", "mdd": "<|MDD|>"}
@@ -31,22 +30,6 @@ class Example:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def load_template(task: str, name_or_path: str = "default") -> str:
-    """A packaged template by name (`default`, `short`) or any text file by path."""
-    if task not in TASKS:
-        raise PronlmError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
-    path = Path(name_or_path)
-    if path.suffix == ".txt" or "/" in name_or_path:
-        if not path.is_file():
-            raise PronlmError(f"{task} prompt template file {path} not found")
-        return path.read_text().strip()
-    packaged = resources.files("pronlm") / "prompts" / f"{task}_{name_or_path}.txt"
-    if not packaged.is_file():
-        names = sorted(p.name for p in (resources.files("pronlm") / "prompts").iterdir())
-        raise PronlmError(f"no {task} prompt template {name_or_path!r}: give a .txt path or one of {names}")
-    return packaged.read_text().strip()
 
 
 def render_prompt(task: str, instructions: str) -> str:

@@ -17,16 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import transformers
-from transformers import (Phi4MultimodalConfig, Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM,
-                          PreTrainedTokenizerFast)
-from transformers.models.phi4_multimodal.modeling_phi4_multimodal import Phi4MultimodalAudioMeanVarianceNormLayer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    Phi4MultimodalConfig,
+    Phi4MultimodalFeatureExtractor,
+    Phi4MultimodalForCausalLM,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.phi4_multimodal.modeling_phi4_multimodal import (
+    Phi4MultimodalAudioMeanVarianceNormLayer,
+)
 
-from pronlm.collate import Collator
 from pronlm.config import cache_dir
-from pronlm.data import PronlmError
-from pronlm.targets import ARPABET, cmudict_entries, strip_stress
+from pronlm.data.targets import ARPABET, cmudict_entries, strip_stress
+from pronlm.errors import PronlmError
+from pronlm.model.collate import Collator
 
 # Phi-4's own special tokens; the tiny vocabulary keeps their names, not their ids.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>",
@@ -42,7 +48,7 @@ MIN_LOG_MEL_STD = 1.0  # a near-constant bin is not amplified into noise
 
 def _training_text(n_words: int = 4000) -> list[str]:
     """Text the tiny tokenizer learns merges from: our templates, JSON answers, CMU words/phones."""
-    lines = [p.read_text() for p in (resources.files("pronlm") / "prompts").iterdir() if p.name.endswith(".txt")]
+    lines = [p.read_text() for p in (resources.files("pronlm") / "templates").iterdir() if p.name.endswith(".txt")]
     lines.append(" ".join(sorted(ARPABET)) + " <unk> | 0 1 2 3 4 5 6 7 8 9 10")
     lines.append('{"accuracy": 8, "fluency": 8, "prosodic": 9, "total": 8}')
     entries = sorted(cmudict_entries().items())

@@ -15,9 +15,9 @@ import json
 import math
 import re
 
-from pronlm.data import ApaScores
-from pronlm.prompts import TASKS
-from pronlm.targets import ARPABET, UNK, WORD_SEPARATOR, strip_stress
+from pronlm.data.prompts import TASKS
+from pronlm.data.records import ApaScores
+from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR, strip_stress
 
 ASPECTS = ApaScores.ASPECTS
 SCORE_RANGE = (0, 10)

@@ -33,13 +33,14 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
-from pronlm.assess import AssessError, Lexicon, assess_batch, expected_words
-from pronlm.data import SAMPLE_RATE, AudioError, PronlmError, check_audio, check_complete, to_mono_16k
-from pronlm.errors import BackendError
+from pronlm.app.assess import AssessError, Lexicon, assess_batch, expected_words
+from pronlm.data.audio import SAMPLE_RATE, check_audio, check_complete, to_mono_16k
+from pronlm.data.records import AudioError
+from pronlm.errors import BackendError, PronlmError
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(str(resources.files("pronlm") / "static"))
+STATIC = Path(str(resources.files("pronlm.app") / "static"))
 AUDIO_TYPES = ("application/octet-stream", "application/ogg", "video/ogg", "")  # besides audio/*
 API_KEY_ENV = "PRONLM_API_KEY"
 # Open without a key and never rate limited: the page (it asks for the key), /health, the API docs.
@@ -419,7 +420,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, base: str | None = None, ad
     """
     import uvicorn
 
-    from pronlm.infer import load_predictor
+    from pronlm.evaluation.predict import load_predictor
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     lex = Lexicon.load(lexicon)

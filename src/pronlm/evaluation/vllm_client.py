@@ -24,11 +24,21 @@ import numpy as np
 import soundfile as sf
 
 from pronlm.config import Config
-from pronlm.data import SAMPLE_RATE, PronlmError
-from pronlm.errors import BackendError
-from pronlm.grammar import answer_schema
-from pronlm.infer import answer_record, audio_limit, task_examples
-from pronlm.prompts import ASSISTANT, AUDIO_PLACEHOLDER, END, EOT, TASKS, USER, Example, PromptSet
+from pronlm.data.audio import SAMPLE_RATE
+from pronlm.data.prompts import (
+    ASSISTANT,
+    AUDIO_PLACEHOLDER,
+    END,
+    EOT,
+    TASKS,
+    USER,
+    Example,
+    PromptSet,
+)
+from pronlm.errors import BackendError, PronlmError
+from pronlm.evaluation.grammar import answer_schema
+from pronlm.evaluation.predict import answer_record, task_examples
+from pronlm.model.collate import audio_limit
 
 # The server's model cannot be asked for its audio encoder; it is Phi-4-multimodal, whose encoder
 # reduces time 8x (SPEC §2): the 40 s limit the transformers backend finds in the model's config.

@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pronlm.data import SAMPLE_RATE, PronlmError, load_audio, read_corpus
-from pronlm.targets import DELETED, cmudict_entries, strip_stress
+from pronlm.data.audio import SAMPLE_RATE, load_audio
+from pronlm.data.corpus import read_corpus
+from pronlm.data.targets import DELETED, cmudict_entries, strip_stress
+from pronlm.errors import PronlmError
 
 # Sentences and the near-homophones a reading may swap in, one phone apart: substitutions common
 # among Mandarin-L1 learners, SpeechOcean762's speakers (TH->S/T, R->L, IH->IY, AE->EH, V->B,
@@ -205,7 +207,7 @@ def build_corpus(root: str | Path, espeak: str | None = None, seed: int = 0) -> 
 def train_tiny(corpus: str, run_dir: Path, steps: int) -> float | None:
     """The tiny-cpu recipe on `corpus`; returns the last logged training loss."""
     from pronlm.config import load_config
-    from pronlm.train import train
+    from pronlm.model.train import train
 
     cfg = load_config("tiny-cpu", {**DEMO_OVERRIDES, "corpus": corpus, "output_dir": str(run_dir),
                                    "max_steps": steps})
@@ -236,7 +238,7 @@ def listening(predictor, corpus: str) -> dict:
 
 def assess_one(predictor, corpus: str) -> str:
     """Assess the first training-voice recording with a swapped word (else the first one); return the table."""
-    from pronlm.assess import assess, format_table
+    from pronlm.app.assess import assess, format_table
 
     utts = list(read_corpus(corpus, "train"))
     utt = next((u for u in utts if any(w.mispronunciations for w in u.words)), utts[0])
@@ -271,8 +273,8 @@ def demo(out: str | Path = "demo-out", corpus: str | None = None, steps: int = 3
 
 def run_pipeline(corpus: str, out: Path, steps: int) -> tuple[dict, float | None, dict]:
     """Train, check it listens, predict and evaluate the test split, assess one recording."""
-    from pronlm.infer import Predictor, predict
-    from pronlm.report import evaluate
+    from pronlm.evaluation.predict import Predictor, predict
+    from pronlm.evaluation.report import evaluate
 
     run_dir = out / "run"
     print(f"[2/5] training the tiny model for {steps} steps in {run_dir}", flush=True)

@@ -9,7 +9,7 @@ In every strategy the two control-token rows of the input embedding are trained 
 then shares the same rows' delta with lm_head. The rest of the matrix stays frozen.
 
 Every path here that only runs on the real checkpoint (hub loading, flash-attention, 4-bit, bf16) makes
-its decision in a small function that the tests check on the real module names (`pronlm.phi4_config`).
+its decision in a small function that the tests check on the real module names (`pronlm.model.phi4_config`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from pronlm.config import EXPORT_FILE, NATIVE_REVISION, Config, ConfigError, ModelConfig
-from pronlm.data import PronlmError
-from pronlm.prompts import CONTROL_TOKENS
+from pronlm.data.prompts import CONTROL_TOKENS
+from pronlm.errors import PronlmError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def resolve_base(model: ModelConfig, adapter: str | None = None) -> str:
     if not model.is_tiny:
         return model.base
     if adapter is None:
-        from pronlm.tiny import tiny_base_folder
+        from pronlm.model.tiny import tiny_base_folder
 
         return str(tiny_base_folder(model.tiny_hidden_size, model.tiny_layers))
     for folder in (Path(adapter), *Path(adapter).parents[:2]):
@@ -152,6 +152,21 @@ def _from_pretrained(model: ModelConfig, base: str, device_map=None, dtype: str 
         raise ModelError(f"cannot load the base model {base} (revision {model.revision}): {exc}") from None
     check_tied_embeddings(net)
     return net, tokenizer
+
+
+def load_tokenizer(name):
+    """A base's tokenizer by name ('tiny', a folder, a hub id) or a loaded one; `<|APA|>`/`<|MDD|>` added."""
+    if not isinstance(name, str):
+        tokenizer = name
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_base(ModelConfig(base=name)))
+        except (OSError, ValueError) as exc:
+            raise PronlmError(f"cannot load tokenizer {name!r}: {exc}") from exc
+    add_control_tokens(tokenizer)
+    return tokenizer
 
 
 def check_base_reachable(base: str, revision: str | None) -> None:

@@ -15,7 +15,7 @@ import unicodedata
 
 from num2words import num2words
 
-from pronlm.data import PronlmError
+from pronlm.errors import PronlmError
 
 # Typographic apostrophes and hyphens, so that "don’t" and "well‑known" stay one word.
 _MARKS = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'",
