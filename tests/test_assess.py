@@ -8,19 +8,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pronlm.app.assess import (
-    UNKNOWN,
+from pronlm.app.alignment import UNKNOWN, align_phones, word_feedback
+from pronlm.app.assess import assess, assess_long, format_table
+from pronlm.app.feedback import feedback
+from pronlm.app.lexicon import (
     AssessError,
     Lexicon,
-    align_phones,
-    assess,
-    assess_long,
     expected_words,
-    feedback,
-    format_table,
     normalise_words,
     read_lexicon,
-    word_feedback,
 )
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}

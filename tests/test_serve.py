@@ -387,7 +387,7 @@ def test_only_the_failing_request_of_a_batch_gets_its_error(error, status, detai
 
 def test_a_request_that_went_away_does_not_stop_the_worker():
     """A cancelled future (its request's task was cancelled) is skipped, not answered into an error."""
-    from pronlm.app.assess import Lexicon
+    from pronlm.app.lexicon import Lexicon
     from pronlm.app.serve import InferenceWorker
 
     worker = InferenceWorker(CannedPredictor(), Lexicon(), max_queue=4, max_batch=4)
@@ -403,7 +403,7 @@ def test_a_request_that_went_away_does_not_stop_the_worker():
 
 
 def test_an_unforeseen_error_is_a_one_line_json_500():
-    from pronlm.app.assess import Lexicon
+    from pronlm.app.lexicon import Lexicon
     from pronlm.app.serve import create_app
 
     class BrokenLexicon(Lexicon):

@@ -33,7 +33,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
-from pronlm.app.assess import AssessError, Lexicon, assess_batch, expected_words
+from pronlm.app.assess import assess_batch
+from pronlm.app.lexicon import AssessError, Lexicon, expected_words
 from pronlm.data.audio import SAMPLE_RATE, check_audio, check_complete, to_mono_16k
 from pronlm.data.records import AudioError
 from pronlm.errors import BackendError, PronlmError

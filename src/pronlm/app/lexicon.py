@@ -1,0 +1,76 @@
+"""The phones a sentence should have: its words normalised (`pronlm.data.text`) and looked up in
+CMUdict, or in a lexicon file that adds or overrides words (`--lexicon`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pronlm.data.targets import cmudict_entries, strip_stress
+from pronlm.data.text import TextError, plain_word, sentence_words
+from pronlm.data.text import words as spoken_words
+from pronlm.errors import PronlmError
+
+
+class AssessError(PronlmError):
+    """The sentence or the lexicon cannot be used for assessment."""
+
+
+def normalise_words(text: str) -> list[str]:
+    """Upper-case words without punctuation, as `pronlm.data.text` spells them ("don't!" -> ["DON'T"])."""
+    return spoken_words(text)
+
+
+def read_lexicon(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """`WORD PH1 PH2 ...` lines (SpeechOcean762's resource/lexicon.txt); first pronunciation wins."""
+    path = Path(path)
+    if not path.is_file():
+        raise AssessError(f"lexicon file not found: {path}")
+    entries: dict[str, tuple[str, ...]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith(("#", ";;;")):
+            continue
+        word, *phones = line.split()
+        if not phones:
+            raise AssessError(f"{path}:{number}: {word!r} has no phones; expected 'WORD PH1 PH2 ...'")
+        entries.setdefault(plain_word(word), tuple(strip_stress(p) for p in phones))
+    return entries
+
+
+class Lexicon:
+    """Word -> canonical phones without stress: a lexicon file's entries first, then CMUdict."""
+
+    def __init__(self, extra: dict[str, tuple[str, ...]] | None = None):
+        self.extra = dict(extra or {})
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Lexicon:
+        return cls(read_lexicon(path) if path else None)
+
+    def phones(self, word: str) -> tuple[str, ...] | None:
+        """The first pronunciation of an upper-case word, or None when neither source knows it.
+
+        A hyphenated word that no source lists (WELL-KNOWN) is its parts' phones in order.
+        """
+        found = self._entry(word)
+        if found is None and "-" in word:
+            parts = [self._entry(part) for part in word.split("-")]
+            found = tuple(p for part in parts for p in part) if all(parts) else None
+        return found
+
+    def _entry(self, word: str) -> tuple[str, ...] | None:
+        if word in self.extra:
+            return self.extra[word]
+        prons = cmudict_entries().get(word.lower())
+        return tuple(strip_stress(p) for p in prons[0]) if prons else None
+
+
+def expected_words(text: str, lexicon: Lexicon | None = None) -> list[tuple[str, tuple[str, ...] | None]]:
+    """(word, canonical phones or None when unknown) for each word of the sentence."""
+    try:
+        words = sentence_words(text)
+    except TextError as exc:
+        raise AssessError(str(exc)) from None
+    if not words:
+        raise AssessError(f"the text {text[:80]!r} has no words: send the sentence that was read")
+    lexicon = lexicon or Lexicon()
+    return [(w, lexicon.phones(w)) for w in words]
