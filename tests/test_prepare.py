@@ -275,9 +275,9 @@ def one_thread():
 
 @pytest.mark.slow
 def test_train_and_predict_on_examples_written_by_hand(espeak, tmp_path, caplog):
-    from pronlm.app.demo import Reading, synthesise
     from pronlm.cli import main
     from pronlm.config import load_config
+    from pronlm.data.synthetic import Reading, synthesise
     from pronlm.model.train import train
 
     folder = tmp_path / "mine"

@@ -293,9 +293,7 @@ def train(cfg: Config, resume: bool = False, callbacks=()) -> "PronlmTrainer":
     checkpoint = claim_output_dir(out, resume, cfg.overwrite, args.process_index == 0)
     model, tokenizer = load_model(cfg, training=True)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
-        from pronlm.model.tiny import (
-            fit_audio_normalisation,  # a random encoder's input level, saved with it
-        )
+        from pronlm.model.tiny import fit_audio_normalisation
 
         fit_audio_normalisation(model, tokenizer, training_clips(cfg))
         for part in (model, tokenizer, load_feature_extractor(resolve_base(cfg))):
