@@ -11,13 +11,7 @@ import soundfile as sf
 from pronlm.app.alignment import UNKNOWN, align_phones, word_feedback
 from pronlm.app.assess import assess, assess_long, format_table
 from pronlm.app.feedback import feedback
-from pronlm.app.lexicon import (
-    AssessError,
-    Lexicon,
-    expected_words,
-    normalise_words,
-    read_lexicon,
-)
+from pronlm.app.lexicon import AssessError, Lexicon, expected_words, normalise_words, read_lexicon
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
 WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones"}

@@ -14,16 +14,7 @@ import soundfile as sf
 from pronlm.app.demo import MAX_NEW_TOKENS, DemoError, demo, transcribe
 from pronlm.cli import main
 from pronlm.data.corpus import read_corpus
-from pronlm.data.synthetic import (
-    SENTENCES,
-    SPEAKERS,
-    TEST_SPEAKERS,
-    build_corpus,
-    cmu_phones,
-    mispronunciations,
-    plan_readings,
-    synthetic_scores,
-)
+from pronlm.data.synthetic import (SENTENCES, SPEAKERS, TEST_SPEAKERS, build_corpus, cmu_phones, mispronunciations, plan_readings, synthetic_scores)
 from pronlm.data.targets import canonical_phones, heard_phones, strip_stress
 from pronlm.evaluation.metrics import wer
 from pronlm.evaluation.predict import Predictor
@@ -80,7 +71,7 @@ def test_synthetic_corpus_reads_back_with_heard_phones_of_what_was_said(tmp_path
 
 
 def test_demo_without_espeak_or_corpus_says_what_to_do(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("pronlm.data.synthetic.shutil.which", lambda name: None)
+    monkeypatch.setattr("pronlm.data.corpus.synthetic.shutil.which", lambda name: None)
     with pytest.raises(DemoError, match="install it.*--corpus"):
         demo(out=tmp_path / "out")
     assert main(["demo", "--out", str(tmp_path / "out")]) == 2

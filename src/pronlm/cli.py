@@ -15,13 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pronlm.config import (
-    INFERENCE_DEFAULTS,
-    Config,
-    ConfigError,
-    command_config,
-    predictions_config,
-)
+from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config, predictions_config
 from pronlm.errors import PronlmError
 
 FIELD_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Config)}

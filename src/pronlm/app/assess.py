@@ -18,22 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pronlm.app.alignment import (
-    CORRECT,
-    DELETED,
-    INSERTED,
-    INSERTION,
-    MISPRONUNCIATION,
-    NONE,
-    NOT_JUDGED,
-    OMISSION,
-    SUBSTITUTED,
-)
+from pronlm.app.alignment import (CORRECT, DELETED, INSERTED, INSERTION, MISPRONUNCIATION, NONE, NOT_JUDGED, OMISSION, SUBSTITUTED)
 from pronlm.app.feedback import answer_fields, feedback
 from pronlm.app.lexicon import AssessError, Lexicon, expected_words
 from pronlm.data.audio import SAMPLE_RATE
 from pronlm.data.prompts import TASKS
-from pronlm.data.records import ApaScores
+from pronlm.data.records import ASPECTS
 
 
 def assess_batch(predictor, items: list[tuple[np.ndarray, str]], lexicon: Lexicon | None = None,
@@ -79,7 +69,7 @@ def assess_long(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | No
               for k, c in enumerate(chunks) for e in c["errors"]]
     scored = [(c["scores"], c["end"] - c["start"]) for c in chunks if c["scores"]]
     apa = {"ok": True, "scores": {a: round(sum(s[a] * d for s, d in scored) / sum(d for _, d in scored), 1)
-                                  for a in ApaScores.ASPECTS}} if scored else None
+                                  for a in ASPECTS}} if scored else None
     mdd = {"ok": not any(e["task"] == "mdd" for e in errors), "error": "see the pieces' errors",
            "word_transcript": " ".join(c["word_transcript"] for c in chunks if c["word_transcript"]),
            "phoneme_transcript": " ".join(c["phoneme_transcript"] for c in chunks if c["phoneme_transcript"])}

@@ -16,10 +16,9 @@ import math
 import re
 
 from pronlm.data.prompts import TASKS
-from pronlm.data.records import ApaScores
+from pronlm.data.records import ASPECTS
 from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR, strip_stress
 
-ASPECTS = ApaScores.ASPECTS
 SCORE_RANGE = (0, 10)
 MAX_CANDIDATES = 20  # objects tried per answer; bounds the work on adversarial text
 

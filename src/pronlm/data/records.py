@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 class CorpusError(PronlmError):
     """The corpus as a whole cannot be read (missing folder, unknown split)."""
 
+ASPECTS = ("accuracy", "fluency", "prosodic", "total")  # the four sentence scores: APA keys, in this order
+
 
 class UtteranceError(PronlmError):
     """One utterance is unusable; batch jobs report it and go on."""
@@ -59,7 +61,7 @@ class ApaScores:
     total: int
     completeness: float | None = None
 
-    ASPECTS = ("accuracy", "fluency", "prosodic", "total")
+    ASPECTS = ASPECTS
 
     def as_dict(self) -> dict[str, int]:
         return {a: getattr(self, a) for a in self.ASPECTS}

@@ -19,18 +19,12 @@ from matplotlib.figure import Figure
 from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import SCORE_RANGE, normalise_phones, parse_answer
 from pronlm.data.prompts import TASKS
-from pronlm.data.records import ApaScores, Utterance, UtteranceError
-from pronlm.data.targets import (
-    DELETED,
-    WORD_SEPARATOR,
-    AccentPolicy,
-    aligned_word_phones,
-)
+from pronlm.data.records import ASPECTS, Utterance, UtteranceError
+from pronlm.data.targets import DELETED, WORD_SEPARATOR, AccentPolicy, aligned_word_phones
 from pronlm.data.text import spoken_form
 from pronlm.errors import PronlmError
 from pronlm.evaluation import metrics
 
-ASPECTS = ApaScores.ASPECTS
 PAPER_TEST_SIZE = 2500
 PLOTS = ("apa_scatter.png", "per_vs_accuracy.png", "confusions.png")
 
