@@ -71,7 +71,7 @@ def test_synthetic_corpus_reads_back_with_heard_phones_of_what_was_said(tmp_path
 
 
 def test_demo_without_espeak_or_corpus_says_what_to_do(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("pronlm.data.corpus.synthetic.shutil.which", lambda name: None)
+    monkeypatch.setattr("pronlm.data.synthetic.shutil.which", lambda name: None)
     with pytest.raises(DemoError, match="install it.*--corpus"):
         demo(out=tmp_path / "out")
     assert main(["demo", "--out", str(tmp_path / "out")]) == 2
