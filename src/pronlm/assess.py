@@ -368,11 +368,13 @@ def _scores(scores: dict | None) -> str:
 
 def assess_command(audio: str, text: str, base: str | None = None, adapter: str | None = None,
                    fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None) -> int:
+                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None,
+                   constrained: bool | None = None) -> int:
     """`pronlm assess`: print the assessment of one audio file as JSON or as a table.
 
     A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
-    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates.
+    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates. `constrained`:
+    structured decoding (None: the config's, on by default).
     """
     from pronlm.data import load_audio
 
@@ -386,7 +388,7 @@ def assess_command(audio: str, text: str, base: str | None = None, adapter: str 
     from pronlm.infer import Predictor
 
     predictor = Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg)
+                               cfg=cfg, constrained=constrained)
     if split_long:
         result = assess_long(predictor, samples, text, lex)
     else:

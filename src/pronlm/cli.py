@@ -149,7 +149,7 @@ def model_options(s):
 
 
 INFERENCE_START = "the adapter's config, else the tiny model (base=tiny)"
-INFERENCE_USES = "base, revision, apa_template, mdd_template, max_audio_seconds"
+INFERENCE_USES = "base, revision, apa_template, mdd_template, max_audio_seconds, constrained"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,8 @@ class Config:
     word_boundaries: bool = False
     max_audio_seconds: float = 30.0
     limit: int | None = None  # first N utterances only (smoke runs)
+    # inference
+    constrained: bool = True  # answers follow each task's grammar (pronlm.grammar); false: free text (the paper)
     # training
     output_dir: str = "runs/default"
     overwrite: bool = False  # train into an output_dir that holds an earlier run, removing it
