@@ -252,7 +252,8 @@ def feedback(text: str, apa: dict | None, mdd: dict | None, lexicon: Lexicon | N
     else:
         heard = [p for p in answers["phoneme_transcript"].split() if p != "|"]
         results = word_feedback(words, heard, normalise_words(answers["word_transcript"]), lexicon)
-    return {"text": text, "scores": answers["scores"], "word_transcript": answers["word_transcript"],
+    return {"text": text, "scores": answers["scores"], "scores_expected": answers["scores_expected"],
+            "word_transcript": answers["word_transcript"],
             "phoneme_transcript": answers["phoneme_transcript"], "words": [asdict(r) for r in results],
             "errors": answers["errors"], "unknown_words": list(dict.fromkeys(w for w, p in words if p is None))}
 
@@ -263,6 +264,8 @@ def _answers(apa: dict | None, mdd: dict | None) -> dict:
     mdd = mdd or {"ok": False, "error": "no MDD prediction was returned"}
     return {
         "scores": apa.get("scores") if apa.get("ok") else None,
+        # the probability-weighted scores (pronlm.grammar.expected_scores), when the model gave them
+        "scores_expected": apa.get("scores_expected") if apa.get("ok") else None,
         "word_transcript": (mdd.get("word_transcript") or "") if mdd.get("ok") else "",
         "phoneme_transcript": " ".join((mdd.get("phoneme_transcript") or "").split()) if mdd.get("ok") else "",
         "errors": [{"task": task, "error": rec.get("error") or "unknown error"}
@@ -312,12 +315,19 @@ def assess_long(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | No
     errors = [{"task": e["task"], "error": f"piece {k + 1} ({c['start']:.1f}-{c['end']:.1f} s): {e['error']}"}
               for k, c in enumerate(chunks) for e in c["errors"]]
     scored = [(c["scores"], c["end"] - c["start"]) for c in chunks if c["scores"]]
-    apa = {"ok": True, "scores": {a: round(sum(s[a] * d for s, d in scored) / sum(d for _, d in scored), 1)
-                                  for a in ApaScores.ASPECTS}} if scored else None
+    apa = {"ok": True, "scores": _weighted(scored)} if scored else None
+    expected = [(c["scores_expected"], c["end"] - c["start"]) for c in chunks if c["scores"]]
+    if apa and all(s for s, _ in expected):
+        apa["scores_expected"] = _weighted(expected)
     mdd = {"ok": not any(e["task"] == "mdd" for e in errors), "error": "see the pieces' errors",
            "word_transcript": " ".join(c["word_transcript"] for c in chunks if c["word_transcript"]),
            "phoneme_transcript": " ".join(c["phoneme_transcript"] for c in chunks if c["phoneme_transcript"])}
     return {**feedback(text, apa, mdd, lexicon), "errors": errors, "chunks": chunks}
+
+
+def _weighted(scored: list[tuple[dict, float]]) -> dict:
+    """Scores averaged by the pieces' durations, one decimal."""
+    return {a: round(sum(s[a] * d for s, d in scored) / sum(d for _, d in scored), 1) for a in ApaScores.ASPECTS}
 
 
 # ---------------------------------------------------------------- command line
@@ -340,10 +350,11 @@ def _phone_cell(p: dict, colour: bool) -> str:
 
 def format_table(result: dict, colour: bool = False) -> str:
     """A readable report: scores, then one line per word (`AO>AA` substituted, `-T` deleted, `+S` inserted)."""
-    lines = ["scores:   " + _scores(result["scores"])]
+    lines = ["scores:   " + _scores(result["scores"], result.get("scores_expected"))]
     for k, c in enumerate(result.get("chunks", []), 1):
         unread = any(e["task"] == "mdd" for e in c["errors"])
-        lines.append(f"piece {k:<3}{c['start']:6.1f}-{c['end']:.1f} s  {_scores(c['scores'])}  heard: "
+        scores = _scores(c["scores"], c.get("scores_expected"))
+        lines.append(f"piece {k:<3}{c['start']:6.1f}-{c['end']:.1f} s  {scores}  heard: "
                      f"{c['word_transcript'] or ('(not read)' if unread else '(nothing)')}")
     lines.append(f"heard:    {result['phoneme_transcript'] or '(nothing)'}")
     width = max(len(w["word"]) for w in result["words"]) + 2
@@ -362,8 +373,13 @@ def format_table(result: dict, colour: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _scores(scores: dict | None) -> str:
-    return "  ".join(f"{k} {v}" for k, v in scores.items()) if scores else "unavailable"
+def _scores(scores: dict | None, expected: dict | None = None) -> str:
+    """`accuracy 7.8 (8)`: the expected score with one decimal, the model's integer beside it."""
+    if not scores:
+        return "unavailable"
+    if not expected:
+        return "  ".join(f"{k} {v}" for k, v in scores.items())
+    return "  ".join(f"{k} {expected[k]:.1f} ({v})" for k, v in scores.items())
 
 
 def assess_command(audio: str, text: str, base: str | None = None, adapter: str | None = None,
