@@ -17,7 +17,8 @@ SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
 WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones"}
 ERROR_TYPES = {"None", "Mispronunciation", "Omission", "Insertion", "NotJudged"}
 STATUSES = {"correct", "substituted", "deleted", "inserted"}
-KEYS = {"text", "scores", "scores_expected", "word_transcript", "phoneme_transcript", "words", "errors", "unknown_words"}
+KEYS = {"text", "scores", "scores_expected", "word_transcript", "phoneme_transcript", "words", "errors",
+        "unknown_words"}
 
 
 def check_schema(result: dict) -> None:
@@ -431,7 +432,8 @@ def test_expected_scores_are_shown_with_one_decimal_beside_the_integers():
     result = feedback("We call it bear", apa, mdd)
     check_schema(result)
     assert result["scores"] == SCORES and result["scores_expected"] == apa["scores_expected"]
-    assert format_table(result).splitlines()[0] == "scores:   accuracy 7.8 (8)  fluency 7.0 (7)  prosodic 9.0 (9)  total 8.0 (8)"
+    assert format_table(result).splitlines()[0] == \
+        "scores:   accuracy 7.8 (8)  fluency 7.0 (7)  prosodic 9.0 (9)  total 8.0 (8)"
     assert run("We call it bear", "WE CALL IT BEAR", "W IY K AO L IH T B EH R")["scores_expected"] is None
     assert format_table(run("We call it bear", "WE CALL IT BEAR", "W IY K AO L IH T B EH R")).startswith(
         "scores:   accuracy 8  fluency 7  prosodic 9  total 8\n")

@@ -238,3 +238,14 @@ def test_the_untrained_tiny_model_answers_in_the_grammar(tiny_model, tiny_tokeni
     free = Predictor(tiny_model, tiny_tokenizer, PromptSet.from_templates(), max_new_tokens=60,
                      max_audio_seconds=None, constrained=False)
     assert not any(r["ok"] for r in free.predict(items[:1]))  # untrained, free text: nothing parses
+
+
+def test_constrained_comes_from_the_config_and_false_is_the_free_text_path():
+    from pronlm.cli import _config, parse_args
+    from pronlm.config import INFERENCE_DEFAULTS
+
+    cfg, given = _config(parse_args(["predict", "--out", "p.jsonl", "constrained=false"]), None, INFERENCE_DEFAULTS)
+    assert cfg.constrained is False and "constrained" in given
+    assert _config(parse_args(["predict", "--out", "p.jsonl"]), None, INFERENCE_DEFAULTS)[0].constrained is True
+    assert Predictor.load(cfg=cfg).grammar is None
+    assert Predictor.load(cfg=cfg, constrained=True).grammar is not None  # an explicit argument wins

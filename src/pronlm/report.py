@@ -287,7 +287,8 @@ def markdown(report: dict, predictions: str) -> str:
         *[f"| {a} | {_num(v['pcc'])} | {_ci(v['ci95'])} | {_num(v['p_value'], 4)} | {_num(v['spearman'])} "
           f"| {_num(v['mse'], 2)} | {v['n']} |" for a, v in apa.items()],
         *[f"| {a} (expected) | {_num(v['pcc'])} | {_ci(v['ci95'])} | {_num(v['p_value'], 4)} | "
-          f"{_num(v['spearman'])} | {_num(v['mse'], 2)} | {v['n']} |" for a, v in (report["apa_expected"] or {}).items()],
+          f"{_num(v['spearman'])} | {_num(v['mse'], 2)} | {v['n']} |"
+          for a, v in (report["apa_expected"] or {}).items()],
         "",
         f"MDD: PER {_num(mdd['per'])} (95% CI {_ci(mdd['per_ci95'])}), F1 {_num(mdd['f1'])} "
         f"(95% CI {_ci(mdd['f1_ci95'])}), FAR {_num(mdd['far'])}, FRR {_num(mdd['frr'])}, DER {_num(mdd['der'])}; "

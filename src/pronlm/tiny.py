@@ -48,7 +48,8 @@ def _training_text(n_words: int = 4000) -> list[str]:
 
 
 def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with Phi-4's special tokens, digits split as o200k does; deterministic, no download."""
+    """A byte-level BPE tokenizer with Phi-4's special tokens, digits split as o200k splits them;
+    deterministic, no download."""
     tok = Tokenizer(models.BPE())
     # Digits as o200k splits them (runs of up to three, never merged with the space before them:
     # `": 8` is `":`, ` `, `8`), so each score 0-10 is one token at one position, as in the real model.
