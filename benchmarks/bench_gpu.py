@@ -22,7 +22,12 @@ import time
 import torch
 
 from pronlm.config import load_config
-from pronlm.model.load import attention_implementation, parameter_table, speech_lora_config, upcast_trainable
+from pronlm.model.load import (
+    attention_implementation,
+    parameter_table,
+    speech_lora_config,
+    upcast_trainable,
+)
 from pronlm.model.phi4_config import AUDIO_TOKEN_ID, real_config
 
 # Dense bf16 peak of common GPUs (TFLOP/s, no sparsity), for MFU.

@@ -3,7 +3,7 @@
     python benchmarks/bench_serve.py [--base tiny] [--adapter DIR] [--requests 20] [--concurrency 20]
                                      [--max-new-tokens 32] [--max-batch 8] [--clip WAV --text "..."]
 
-Starts the real service (`pronlm.serve.serve`, uvicorn on a free loopback port) in a subprocess,
+Starts the real service (`pronlm.app.serve.serve`, uvicorn on a free loopback port) in a subprocess,
 sends the clip from that many threads at once, and prints requests/s, latency percentiles and the
 batches the worker formed. Default clip: SpeechOcean762 000010011 from ../shared/data. The random
 tiny model rambles up to the token limit, so --max-new-tokens sets its cost.

@@ -11,19 +11,28 @@ import soundfile as sf
 from pronlm.app.alignment import UNKNOWN, align_phones, word_feedback
 from pronlm.app.assess import assess, assess_long, format_table
 from pronlm.app.feedback import feedback
-from pronlm.app.lexicon import AssessError, Lexicon, expected_words, normalise_words, read_lexicon
+from pronlm.app.lexicon import (
+    AssessError,
+    Lexicon,
+    expected_words,
+    normalise_words,
+    read_lexicon,
+)
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
 WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones"}
 ERROR_TYPES = {"None", "Mispronunciation", "Omission", "Insertion", "NotJudged"}
 STATUSES = {"correct", "substituted", "deleted", "inserted"}
-KEYS = {"text", "scores", "word_transcript", "phoneme_transcript", "words", "errors", "unknown_words"}
+KEYS = {"text", "scores", "scores_expected", "word_transcript", "phoneme_transcript", "words", "errors",
+        "unknown_words"}
 
 
 def check_schema(result: dict) -> None:
     """The assessment schema shared by `assess`, the CLI and the service (`assess_long` adds `chunks`)."""
     assert set(result) == KEYS | ({"chunks"} & set(result))
     assert result["scores"] is None or set(result["scores"]) == set(SCORES)
+    assert result["scores_expected"] is None or set(result["scores_expected"]) == set(SCORES)
+    assert result["scores"] is not None or result["scores_expected"] is None
     assert isinstance(result["word_transcript"], str) and isinstance(result["phoneme_transcript"], str)
     assert result["words"], "every sentence has at least one word"
     for w in result["words"]:
@@ -234,7 +243,7 @@ def test_alignment_is_deterministic():
 
 
 class RecordingPredictor:
-    """Test double of `pronlm.infer.Predictor`: canned answers, remembers its calls."""
+    """Test double of `pronlm.evaluation.predict.Predictor`: canned answers, remembers its calls."""
 
     def __init__(self, phones: str, words: str):
         self.phones, self.words, self.calls = phones, words, []
@@ -421,3 +430,39 @@ def test_assess_command_split_long_with_the_tiny_model(train_utterances, tmp_pat
     check_schema(result)
     assert len(result["chunks"]) == 15 and all(c["end"] - c["start"] <= 30 for c in result["chunks"])
     assert [w["word"] for w in result["words"] if w["error_type"] != "Insertion"] == normalise_words(text)
+
+
+def test_expected_scores_are_shown_with_one_decimal_beside_the_integers():
+    apa, mdd = ok("WE CALL IT BEAR", "W IY K AO L IH T B EH R")
+    apa["scores_expected"] = {"accuracy": 7.76, "fluency": 7.04, "prosodic": 8.96, "total": 8.0}
+    result = feedback("We call it bear", apa, mdd)
+    check_schema(result)
+    assert result["scores"] == SCORES and result["scores_expected"] == apa["scores_expected"]
+    assert format_table(result).splitlines()[0] == \
+        "scores:   accuracy 7.8 (8)  fluency 7.0 (7)  prosodic 9.0 (9)  total 8.0 (8)"
+    assert run("We call it bear", "WE CALL IT BEAR", "W IY K AO L IH T B EH R")["scores_expected"] is None
+    assert format_table(run("We call it bear", "WE CALL IT BEAR", "W IY K AO L IH T B EH R")).startswith(
+        "scores:   accuracy 8  fluency 7  prosodic 9  total 8\n")
+
+
+class ExpectedPiecePredictor(PiecePredictor):
+    """Piece k's expected scores: its integers minus 0.25 x (k + 1)."""
+
+    def predict(self, items, tasks=("apa", "mdd"), batch_size=8):
+        out = super().predict(items, tasks, batch_size)
+        for r in out:
+            if r["task"] == "apa":
+                r["scores_expected"] = {a: v - 0.25 * (int(r["id"]) + 1) for a, v in r["scores"].items()}
+        return out
+
+
+def test_assess_long_averages_the_expected_scores_by_duration(train_utterances):
+    from tests.test_data import long_reading
+
+    samples, texts, _ = long_reading(train_utterances, 3)
+    result = assess_long(ExpectedPiecePredictor([(SCORES, t) for t in texts]), samples, " ".join(texts))
+    check_schema(result)
+    durations = [c["end"] - c["start"] for c in result["chunks"]]
+    shift = sum(0.25 * (k + 1) * d for k, d in enumerate(durations)) / sum(durations)
+    assert result["scores_expected"] == {a: round(v - shift, 1) for a, v in SCORES.items()}
+    assert [c["scores_expected"]["total"] for c in result["chunks"]] == [7.75, 7.5, 7.25]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pronlm.config import Config, ConfigError, command_config, load_config, save_run_config
+from pronlm.config import (
+    Config,
+    ConfigError,
+    command_config,
+    load_config,
+    save_run_config,
+)
 
 
 @pytest.mark.parametrize("name", ["paper-lora", "paper-unfreeze", "new-lora", "tiny-cpu"])

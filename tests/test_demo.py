@@ -14,7 +14,16 @@ import soundfile as sf
 from pronlm.app.demo import MAX_NEW_TOKENS, DemoError, demo, transcribe
 from pronlm.cli import main
 from pronlm.data.corpus import read_corpus
-from pronlm.data.synthetic import (SENTENCES, SPEAKERS, TEST_SPEAKERS, build_corpus, cmu_phones, mispronunciations, plan_readings, synthetic_scores)
+from pronlm.data.synthetic import (
+    SENTENCES,
+    SPEAKERS,
+    TEST_SPEAKERS,
+    build_corpus,
+    cmu_phones,
+    mispronunciations,
+    plan_readings,
+    synthetic_scores,
+)
 from pronlm.data.targets import canonical_phones, heard_phones, strip_stress
 from pronlm.evaluation.metrics import wer
 from pronlm.evaluation.predict import Predictor

@@ -12,8 +12,32 @@ import pytest
 
 from pronlm.data.corpus import read_corpus
 from pronlm.data.records import Mispronunciation
-from pronlm.data.targets import (ARPABET, DELETED, UNK, AccentPolicy, aligned_word_phones, canonical_phones, heard_phones, strip_stress)
-from pronlm.evaluation.metrics import (MddCounts, align_to_canonical, bootstrap_ci, f1_ci, mdd_counts, mdd_labels, mse, pcc, pcc_ci, per, per_ci, phone_errors, spearman, wer)
+from pronlm.data.targets import (
+    ARPABET,
+    DELETED,
+    UNK,
+    AccentPolicy,
+    aligned_word_phones,
+    canonical_phones,
+    heard_phones,
+    strip_stress,
+)
+from pronlm.evaluation.metrics import (
+    MddCounts,
+    align_to_canonical,
+    bootstrap_ci,
+    f1_ci,
+    mdd_counts,
+    mdd_labels,
+    mse,
+    pcc,
+    pcc_ci,
+    per,
+    per_ci,
+    phone_errors,
+    spearman,
+    wer,
+)
 
 PHONES = sorted(ARPABET)
 

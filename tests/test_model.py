@@ -14,7 +14,16 @@ from safetensors.torch import load_file
 from pronlm.config import Config, ConfigError, load_config
 from pronlm.data.prompts import PromptSet, build_examples
 from pronlm.model.collate import Collator
-from pronlm.model.load import (LM_LORA_TARGETS, ModelError, check_trainable, load_model, merge_speech_lora, parameter_table, prepare_for_training, resolve_base)
+from pronlm.model.load import (
+    LM_LORA_TARGETS,
+    ModelError,
+    check_trainable,
+    load_model,
+    merge_speech_lora,
+    parameter_table,
+    prepare_for_training,
+    resolve_base,
+)
 
 
 def make_speech_adapter(model, folder, seed=1):

@@ -18,7 +18,17 @@ from transformers import Phi4MultimodalForCausalLM, PreTrainedModel
 
 from pronlm.config import Config, load_config
 from pronlm.model import phi4_config
-from pronlm.model.load import (LM_LORA_TARGETS, ModelError, add_control_tokens, attention_implementation, check_lm_only, load_model, parameter_table, quantisable_linears, speech_lora_config)
+from pronlm.model.load import (
+    LM_LORA_TARGETS,
+    ModelError,
+    add_control_tokens,
+    attention_implementation,
+    check_lm_only,
+    load_model,
+    parameter_table,
+    quantisable_linears,
+    speech_lora_config,
+)
 
 LAYERS = phi4_config.LM_LAYERS
 

@@ -16,7 +16,12 @@ from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import parse_answer
 from pronlm.data.targets import canonical_phones, heard_phones
 from pronlm.errors import PronlmError
-from pronlm.evaluation.report import PredictionsError, ReportError, evaluate, read_predictions
+from pronlm.evaluation.report import (
+    PredictionsError,
+    ReportError,
+    evaluate,
+    read_predictions,
+)
 
 # heard phones per test utterance (no deletions in this split, so canonical counts are the same)
 HEARD = {"000030145": 15, "000030153": 9, "000030154": 12, "000030175": 4, "003060235": 19,
@@ -196,3 +201,37 @@ def test_scores_outside_0_to_10_count_as_failed_answers(corpus_dir, tmp_path):
     assert report["parse"]["apa_failed"] == 2 and report["parse"]["out_of_range"] == 2
     assert report["apa"]["accuracy"]["n"] == len(utts) - 2
     assert "2 APA answers failed with a score outside 0-10" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_expected_scores_get_their_own_pccs_beside_the_greedy_ones(corpus_dir, tmp_path):
+    """The greedy integers stay the paper's PCC; `scores_expected` gets a second set, labelled."""
+    utts = list(read_corpus(str(corpus_dir), "test"))
+    lines = []
+    for n, u in enumerate(utts):
+        raw = json.dumps({a: getattr(u.scores, a) for a in ("accuracy", "fluency", "prosodic", "total")})
+        record = {"id": u.id, "task": "apa", "raw": raw, **parse_answer("apa", raw)}
+        # expected: human accuracy, minus a bit on every other utterance; None on the first (not computable)
+        record["scores_expected"] = None if n == 0 else {a: 10.0 - n * 0.5 if a == "fluency" else
+                                                         getattr(u.scores, a) - 0.3 * (n % 2) for a in record["scores"]}
+        lines.append(json.dumps(record))
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    report = evaluate(str(tmp_path / "p.jsonl"), str(corpus_dir), "test", str(tmp_path / "out"))
+    assert report["apa"]["fluency"]["pcc"] == pytest.approx(1.0) and report["apa"]["fluency"]["n"] == 10
+    expected = report["apa_expected"]
+    assert all(expected[a]["n"] == 9 for a in expected)
+    human = np.array([u.scores.fluency for u in utts[1:]], float)
+    mine = np.array([10.0 - n * 0.5 for n in range(1, 10)])
+    assert expected["fluency"]["pcc"] == pytest.approx(np.corrcoef(mine, human)[0, 1])
+    acc = np.array([u.scores.accuracy - 0.3 * (n % 2) for n, u in enumerate(utts) if n], float)
+    assert expected["accuracy"]["pcc"] == pytest.approx(
+        np.corrcoef(acc, [u.scores.accuracy for u in utts[1:]])[0, 1])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| **this run, expected scores** |" in md and "the paper's protocol" in md
+    assert f"**{expected['fluency']['pcc']:.3f}**" in md
+
+
+def test_predictions_without_expected_scores_report_one_set(evaluated):
+    _, report, tmp = evaluated
+    assert report["apa_expected"] is None
+    md = (tmp / "out" / "report.md").read_text()
+    assert "expected scores" not in md and "greedy integer scores (the paper's protocol)" in md

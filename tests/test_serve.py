@@ -142,13 +142,15 @@ def post_batched(url: str, predictor, clips: list[bytes], pool: ThreadPoolExecut
 
 
 class CannedPredictor:
-    """Test double of `pronlm.infer.Predictor`: one fixed answer (CALL said as K AA L), batch sizes logged.
+    """Test double of `pronlm.evaluation.predict.Predictor`: one fixed answer (CALL said as K AA L), batch sizes logged.
 
     `gate`, when given, holds every predict call until it is set (to fill the queue)."""
 
     def __init__(self, delay: float = 0.0, gate: threading.Event | None = None, ok: bool = True,
-                 phones: str = "W IY K AA L IH T B EH R", words: str = "WE CALL IT BEAR", fail=None):
+                 phones: str = "W IY K AA L IH T B EH R", words: str = "WE CALL IT BEAR", fail=None,
+                 expected: dict | None = None):
         self.delay, self.gate, self.ok, self.phones, self.words = delay, gate, ok, phones, words
+        self.expected = expected  # the APA answers' scores_expected (None: left out, as a free-text file may)
         self.fail = fail  # samples -> an exception to raise for that clip, or None
         self.batches: list[int] = []
         self.samples: list[np.ndarray] = []
@@ -168,7 +170,8 @@ class CannedPredictor:
         for item_id, _ in items:
             scores = {"accuracy": 7, "fluency": 8, "prosodic": 8, "total": 7} if self.ok else None
             error = None if self.ok else "no JSON object or key: value pairs found in the answer"
-            out.append({"id": item_id, "task": "apa", "raw": "", "ok": self.ok, "error": error, "scores": scores})
+            out.append({"id": item_id, "task": "apa", "raw": "", "ok": self.ok, "error": error, "scores": scores,
+                        **({"scores_expected": self.expected} if self.expected else {})})
             out.append({"id": item_id, "task": "mdd", "raw": "", "ok": self.ok, "error": error,
                         "word_transcript": self.words if self.ok else "",
                         "phoneme_transcript": self.phones if self.ok else ""})
@@ -310,6 +313,17 @@ def test_stereo_44k_upload_is_resampled_to_16k_mono():
         response = post(url, wav_bytes(tone(1.5, rate=44100, channels=2), rate=44100))
     assert response.status_code == 200, response.text
     assert predictor.samples[0].ndim == 1 and predictor.samples[0].shape[0] == 24000
+
+
+def test_the_json_answer_keeps_the_integers_and_adds_the_expected_scores():
+    from pronlm.app.serve import create_app
+
+    expected = {"accuracy": 6.84, "fluency": 8.0, "prosodic": 7.65, "total": 7.04}
+    with inprocess_server(create_app(CannedPredictor(expected=expected))) as url:
+        result = post(url, wav_bytes(tone(1.0))).json()
+    check_schema(result)
+    assert result["scores"] == {"accuracy": 7, "fluency": 8, "prosodic": 8, "total": 7}
+    assert result["scores_expected"] == expected
 
 
 def test_failed_answers_still_give_the_schema():

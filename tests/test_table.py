@@ -19,7 +19,14 @@ from pronlm.data.targets import heard_phones
 from pronlm.evaluation import table as table_module
 from pronlm.evaluation.predict import predict
 from pronlm.evaluation.report import PAPER_TABLE3, evaluate
-from pronlm.evaluation.table import COLUMNS, build_table, checkpoints, choose_epoch, metrics_row, should_stop
+from pronlm.evaluation.table import (
+    COLUMNS,
+    build_table,
+    checkpoints,
+    choose_epoch,
+    metrics_row,
+    should_stop,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

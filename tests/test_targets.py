@@ -8,7 +8,15 @@ import pytest
 
 from pronlm.data.corpus import read_corpus
 from pronlm.data.records import ApaScores, LabelError, Mispronunciation, Utterance, Word
-from pronlm.data.targets import (AccentPolicy, apa_target, canonical_phones, heard_phone, heard_phones, mdd_target, strip_stress)
+from pronlm.data.targets import (
+    AccentPolicy,
+    apa_target,
+    canonical_phones,
+    heard_phone,
+    heard_phones,
+    mdd_target,
+    strip_stress,
+)
 
 POLICIES = list(AccentPolicy)
 

@@ -14,7 +14,11 @@ from pronlm.data.audio import load_audio
 from pronlm.errors import PronlmError
 from pronlm.model.collate import Collator
 from pronlm.model.load import TINY_BASE_DIR
-from pronlm.model.tiny import REFERENCE_LOG_MEL, audio_normalisation, fit_audio_normalisation
+from pronlm.model.tiny import (
+    REFERENCE_LOG_MEL,
+    audio_normalisation,
+    fit_audio_normalisation,
+)
 from pronlm.model.train import train
 
 
@@ -96,7 +100,11 @@ def test_tiny_is_a_model_folder_built_once_and_loaded_by_path(tmp_path, monkeypa
 
     from pronlm.config import Config
     from pronlm.model.load import load_model, resolve_base
-    from pronlm.model.tiny import build_tiny_model, build_tiny_tokenizer, tiny_base_folder
+    from pronlm.model.tiny import (
+        build_tiny_model,
+        build_tiny_tokenizer,
+        tiny_base_folder,
+    )
 
     monkeypatch.setenv("PRONLM_CACHE", str(tmp_path))
     folder = tiny_base_folder()

@@ -29,7 +29,8 @@ MODEL = "pronlm-export"
 APA_ANSWER = '{"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}<|end|>'
 MDD_ANSWER = '{"word_transcript": "WE CALL IT BEAR", "phoneme_transcript": "W IY K AO L IH T B EH R"}<|end|>'
 APA_RECORD = {"task": "apa", "raw": APA_ANSWER, "ok": True, "error": None,
-              "scores": {"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}, "clamped": []}
+              "scores": {"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}, "clamped": [],
+              "scores_expected": None}  # the server gives no logits: the same schema, no expected scores
 MDD_RECORD = {"task": "mdd", "raw": MDD_ANSWER, "ok": True, "error": None,
               "word_transcript": "WE CALL IT BEAR", "phoneme_transcript": "W IY K AO L IH T B EH R"}
 

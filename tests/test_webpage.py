@@ -3,6 +3,7 @@ submit, and see the scores and highlighted words. Screenshots go to test-artifac
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_serve import REPO, CannedPredictor, inprocess_server, pronlm_server
+from tests.test_serve import (
+    REPO,
+    CannedPredictor,
+    inprocess_server,
+    pronlm_process,
+    pronlm_server,
+)
 
 SENTENCE = "We call zorblax bear"
 ARTIFACTS = REPO / "test-artifacts"
@@ -74,14 +81,26 @@ def words_shown(page) -> list[tuple[str, str]]:
     return [(w.inner_text(), w.get_attribute("class")) for w in page.query_selector_all("#sentence .word")]
 
 
-def test_page_with_the_tiny_model(browser, spoken_wav, tmp_path):
-    """The real server and model: its random answers cannot be parsed, which the page must say."""
-    with pronlm_server(tmp_path / "server.log") as url:
+def test_page_with_the_tiny_model_in_free_text(browser, spoken_wav, tmp_path):
+    """The real server and model, free text: its random answers cannot be parsed, which the page must say."""
+    with pronlm_process(tmp_path / "server.log", "constrained=false") as (url, _):
         page = assess_in_page(browser, url, spoken_wav, "webpage.png")
     assert [w for w, _ in words_shown(page)] == ["WE", "CALL", "ZORBLAX", "BEAR"]
     assert all("notjudged" in c for _, c in words_shown(page))  # nothing understood: not judged, not omitted
     assert "could not be read" in page.inner_text("#problems")
     assert [s.inner_text() for s in page.query_selector_all("#scores .value")] == ["—"] * 4
+    page.close()
+
+
+def test_page_with_the_tiny_model_constrained(browser, spoken_wav, tmp_path):
+    """The same model with structured decoding (the default): its answers parse, so scores (expected,
+    one decimal) and judged words are shown, and no problem is reported."""
+    with pronlm_server(tmp_path / "server.log") as url:
+        page = assess_in_page(browser, url, spoken_wav, "webpage-constrained.png")
+    values = [s.inner_text() for s in page.query_selector_all("#scores .value")]
+    assert len(values) == 4 and all(re.fullmatch(r"(10|\d)\.\d", v) for v in values), values
+    assert not any("notjudged" in c for _, c in words_shown(page))
+    assert "could not be read" not in page.inner_text("body")
     page.close()
 
 
@@ -142,3 +161,14 @@ def test_page_asks_for_the_key_once(browser, spoken_wav):
         assert page.is_hidden("#key-row")
     assert predictor.batches == [1, 1] and errors == [], errors  # 401s never reached the model
     page.close()
+
+
+def test_page_shows_the_expected_scores_with_one_decimal(browser, spoken_wav):
+    expected = {"accuracy": 6.84, "fluency": 8.0, "prosodic": 7.65, "total": 7.04}
+    from pronlm.app.serve import create_app
+
+    with inprocess_server(create_app(CannedPredictor(expected=expected))) as url:
+        page = assess_in_page(browser, url, spoken_wav, "webpage-expected-scores.png")
+    assert [s.inner_text() for s in page.query_selector_all("#scores .value")] == ["6.8", "8.0", "7.7", "7.0"]
+    assert page.query_selector("#scores .score").get_attribute("title") == \
+        "expected 6.84; the model's integer answer: 7"

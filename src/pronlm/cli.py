@@ -15,7 +15,13 @@ import logging
 import sys
 from pathlib import Path
 
-from pronlm.config import INFERENCE_DEFAULTS, Config, ConfigError, command_config, predictions_config
+from pronlm.config import (
+    INFERENCE_DEFAULTS,
+    Config,
+    ConfigError,
+    command_config,
+    predictions_config,
+)
 from pronlm.errors import PronlmError
 
 FIELD_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Config)}
@@ -165,7 +171,7 @@ def model_options(s):
 
 
 INFERENCE_START = "the adapter's config, else the tiny model (base=tiny)"
-INFERENCE_USES = "base, revision, apa_template, mdd_template, max_audio_seconds"
+INFERENCE_USES = "base, revision, apa_template, mdd_template, max_audio_seconds, constrained"
 
 
 def build_parser() -> argparse.ArgumentParser:

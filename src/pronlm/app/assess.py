@@ -18,7 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pronlm.app.alignment import (CORRECT, DELETED, INSERTED, INSERTION, MISPRONUNCIATION, NONE, NOT_JUDGED, OMISSION, SUBSTITUTED)
+from pronlm.app.alignment import (
+    CORRECT,
+    DELETED,
+    INSERTED,
+    INSERTION,
+    MISPRONUNCIATION,
+    NONE,
+    NOT_JUDGED,
+    OMISSION,
+    SUBSTITUTED,
+)
 from pronlm.app.feedback import answer_fields, feedback
 from pronlm.app.lexicon import AssessError, Lexicon, expected_words
 from pronlm.data.audio import SAMPLE_RATE
@@ -68,12 +78,19 @@ def assess_long(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | No
     errors = [{"task": e["task"], "error": f"piece {k + 1} ({c['start']:.1f}-{c['end']:.1f} s): {e['error']}"}
               for k, c in enumerate(chunks) for e in c["errors"]]
     scored = [(c["scores"], c["end"] - c["start"]) for c in chunks if c["scores"]]
-    apa = {"ok": True, "scores": {a: round(sum(s[a] * d for s, d in scored) / sum(d for _, d in scored), 1)
-                                  for a in ASPECTS}} if scored else None
+    apa = {"ok": True, "scores": _weighted(scored)} if scored else None
+    expected = [(c["scores_expected"], c["end"] - c["start"]) for c in chunks if c["scores"]]
+    if apa and all(s for s, _ in expected):
+        apa["scores_expected"] = _weighted(expected)
     mdd = {"ok": not any(e["task"] == "mdd" for e in errors), "error": "see the pieces' errors",
            "word_transcript": " ".join(c["word_transcript"] for c in chunks if c["word_transcript"]),
            "phoneme_transcript": " ".join(c["phoneme_transcript"] for c in chunks if c["phoneme_transcript"])}
     return {**feedback(text, apa, mdd, lexicon), "errors": errors, "chunks": chunks}
+
+
+def _weighted(scored: list[tuple[dict, float]]) -> dict:
+    """Scores averaged by the pieces' durations, one decimal."""
+    return {a: round(sum(s[a] * d for s, d in scored) / sum(d for _, d in scored), 1) for a in ASPECTS}
 
 
 # ---------------------------------------------------------------- command line
@@ -96,10 +113,11 @@ def _phone_cell(p: dict, colour: bool) -> str:
 
 def format_table(result: dict, colour: bool = False) -> str:
     """A readable report: scores, then one line per word (`AO>AA` substituted, `-T` deleted, `+S` inserted)."""
-    lines = ["scores:   " + _scores(result["scores"])]
+    lines = ["scores:   " + _scores(result["scores"], result.get("scores_expected"))]
     for k, c in enumerate(result.get("chunks", []), 1):
         unread = any(e["task"] == "mdd" for e in c["errors"])
-        lines.append(f"piece {k:<3}{c['start']:6.1f}-{c['end']:.1f} s  {_scores(c['scores'])}  heard: "
+        scores = _scores(c["scores"], c.get("scores_expected"))
+        lines.append(f"piece {k:<3}{c['start']:6.1f}-{c['end']:.1f} s  {scores}  heard: "
                      f"{c['word_transcript'] or ('(not read)' if unread else '(nothing)')}")
     lines.append(f"heard:    {result['phoneme_transcript'] or '(nothing)'}")
     width = max(len(w["word"]) for w in result["words"]) + 2
@@ -118,17 +136,24 @@ def format_table(result: dict, colour: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _scores(scores: dict | None) -> str:
-    return "  ".join(f"{k} {v}" for k, v in scores.items()) if scores else "unavailable"
+def _scores(scores: dict | None, expected: dict | None = None) -> str:
+    """`accuracy 7.8 (8)`: the expected score with one decimal, the model's integer beside it."""
+    if not scores:
+        return "unavailable"
+    if not expected:
+        return "  ".join(f"{k} {v}" for k, v in scores.items())
+    return "  ".join(f"{k} {expected[k]:.1f} ({v})" for k, v in scores.items())
 
 
 def assess_command(audio: str, text: str, base: str | None = None, adapter: str | None = None,
                    fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None) -> int:
+                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None,
+                   constrained: bool | None = None) -> int:
     """`pronlm assess`: print the assessment of one audio file as JSON or as a table.
 
     A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
-    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates.
+    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates. `constrained`:
+    structured decoding (None: the config's, on by default).
     """
     from pronlm.data.audio import load_audio
 
@@ -142,7 +167,7 @@ def assess_command(audio: str, text: str, base: str | None = None, adapter: str 
     from pronlm.evaluation.predict import load_predictor
 
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg)
+                               cfg=cfg, constrained=constrained)
     if split_long:
         result = assess_long(predictor, samples, text, lex)
     else:

@@ -20,7 +20,8 @@ def feedback(text: str, apa: dict | None, mdd: dict | None, lexicon: Lexicon | N
     else:
         heard = [p for p in answers["phoneme_transcript"].split() if p != "|"]
         results = word_feedback(words, heard, normalise_words(answers["word_transcript"]), lexicon)
-    return {"text": text, "scores": answers["scores"], "word_transcript": answers["word_transcript"],
+    return {"text": text, "scores": answers["scores"], "scores_expected": answers["scores_expected"],
+            "word_transcript": answers["word_transcript"],
             "phoneme_transcript": answers["phoneme_transcript"], "words": [asdict(r) for r in results],
             "errors": answers["errors"], "unknown_words": list(dict.fromkeys(w for w, p in words if p is None))}
 
@@ -31,6 +32,8 @@ def answer_fields(apa: dict | None, mdd: dict | None) -> dict:
     mdd = mdd or {"ok": False, "error": "no MDD prediction was returned"}
     return {
         "scores": apa.get("scores") if apa.get("ok") else None,
+        # the probability-weighted scores (pronlm.evaluation.grammar.expected_scores), when the model gave them
+        "scores_expected": apa.get("scores_expected") if apa.get("ok") else None,
         "word_transcript": (mdd.get("word_transcript") or "") if mdd.get("ok") else "",
         "phoneme_transcript": " ".join((mdd.get("phoneme_transcript") or "").split()) if mdd.get("ok") else "",
         "errors": [{"task": task, "error": rec.get("error") or "unknown error"}

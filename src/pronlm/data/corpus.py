@@ -8,7 +8,13 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from pronlm.data.records import CorpusError, LabelError, Utterance, UtteranceError, utterance_from_scores
+from pronlm.data.records import (
+    CorpusError,
+    LabelError,
+    Utterance,
+    UtteranceError,
+    utterance_from_scores,
+)
 from pronlm.errors import read_json
 
 log = logging.getLogger(__name__)

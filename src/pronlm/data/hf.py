@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Iterator
 
 from pronlm.config import cache_dir
-from pronlm.data.records import CorpusError, LabelError, Utterance, UtteranceError, utterance_from_scores
+from pronlm.data.records import (
+    CorpusError,
+    LabelError,
+    Utterance,
+    UtteranceError,
+    utterance_from_scores,
+)
 
 
 def read_hf(name: str, split: str, errors: list[UtteranceError] | None = None) -> Iterator[Utterance]:

@@ -22,7 +22,15 @@ import numpy as np
 from pronlm.data.audio import SAMPLE_RATE, load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import parse_answer
-from pronlm.data.prompts import ASSISTANT, AUDIO_PLACEHOLDER, CONTROL_TOKENS, TASKS, Example, PromptSet, build_examples
+from pronlm.data.prompts import (
+    ASSISTANT,
+    AUDIO_PLACEHOLDER,
+    CONTROL_TOKENS,
+    TASKS,
+    Example,
+    PromptSet,
+    build_examples,
+)
 from pronlm.data.records import AudioError, Utterance, UtteranceError
 from pronlm.data.targets import AccentPolicy, aligned_word_phones
 from pronlm.errors import FileFormatError, PronlmError, json_line, read_text

@@ -1,23 +1,221 @@
-"""The JSON schema of each task's answer: what constrained decoding lets the model write.
+"""Structured decoding: the grammar of each task's answer, the logits processor that enforces it, and
+expected scores.
 
-A minimal stand-in with the interface other modules rely on (`answer_schema`); the full
-version (accent policy, word boundaries) replaces it.
+Owns what an answer may look like token by token: `answer_schema` (the JSON schema, with
+llguidance's `x-guidance` options so separators and spaces are those of `targets.apa_target` /
+`mdd_target`; a vLLM server takes it as `structured_outputs={"json": schema}`), `AnswerGrammar`
+(compiled grammars per task and the `GrammarProcessor` for `generate`), the start-up check that
+each score 0-10 is one token (`score_token_ids`), and `expected_scores` (the probability-weighted
+mean of each APA score). llguidance is used over xgrammar and lm-format-enforcer (SPEC §2b).
 """
 
 from __future__ import annotations
 
+import json
+import re
+
+import llguidance
+import llguidance.hf
+import numpy as np
+import torch
+from llguidance import LLMatcher
+from transformers import LogitsProcessor
+
 from pronlm.data.prompts import TASKS
 from pronlm.data.records import ApaScores
+from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR
+from pronlm.errors import PronlmError
 
-MDD_KEYS = ("word_transcript", "phoneme_transcript")
+ASPECTS = ApaScores.ASPECTS
+SCORES = range(11)  # 0..10
+# The separators of `json.dumps` defaults, as in every training target; no other whitespace.
+GUIDANCE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# A word of a reference text (SpeechOcean762: upper-case letters and apostrophes; text.py keeps
+# hyphenated words whole) or `<unk>`, which the MDD prompt asks for an unclear word.
+WORD = r"[A-Z]+(['-][A-Z]+)*|<unk>"
+# An MDD answer that runs this close to max_new_tokens is steered to close its strings (see `_finish`).
+FINISH_MARGIN = 24
+
+
+class GrammarError(PronlmError):
+    """A tokenizer or model that structured decoding or expected scores cannot work with."""
+
+
+def _spaced(item: str) -> str:
+    # `(|P( P)*)`, not `(P( P)*)?`: xgrammar 0.2.8 compiles the latter wrongly (SPEC §2b).
+    return f"(|({item})( ({item}))*)"
+
+
+def phone_pattern(accent_policy: str = "unk", word_boundaries: bool = False) -> str:
+    """Regex of a phoneme_transcript as `targets.heard_phones` writes it under the policy."""
+    phones = "|".join(sorted(ARPABET)) + "|" + re.escape(UNK)
+    phone = f"({'|'.join(sorted(ARPABET))})\\*|{phones}" if accent_policy == "literal" else phones
+    word = f"({phone})( ({phone}))*"
+    if word_boundaries:  # `|` only between two words' phones, as heard_phones puts it
+        return f"^(|{word}( {re.escape(WORD_SEPARATOR)} {word})*)$"
+    return f"^{_spaced(phone)}$"
 
 
 def answer_schema(task: str, accent_policy: str = "unk", word_boundaries: bool = False) -> dict:
-    """The answer object of `task`: APA's four integer scores 0..10, or MDD's two transcripts, keys in target order."""
+    """The JSON schema of a task's answer, keys in the training targets' order and spacing."""
     if task == "apa":
-        properties = {a: {"type": "integer", "minimum": 0, "maximum": 10} for a in ApaScores.ASPECTS}
+        props = {a: {"type": "integer", "minimum": 0, "maximum": 10} for a in ASPECTS}
     elif task == "mdd":
-        properties = {k: {"type": "string"} for k in MDD_KEYS}
+        props = {"word_transcript": {"type": "string", "pattern": f"^{_spaced(WORD)}$"},
+                 "phoneme_transcript": {"type": "string", "pattern": phone_pattern(accent_policy, word_boundaries)}}
     else:
-        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+        raise GrammarError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False,
+            "x-guidance": dict(GUIDANCE)}
+
+
+def apa_grammar(score_ids: list[int]) -> str:
+    """Lark grammar of the APA answer where each score is one of the 11 value tokens, so that
+    "10" cannot be written as "1" "0" and each score has one position (`expected_scores`)."""
+    parts = [json.dumps(("{" if i == 0 else ", ") + json.dumps(a) + ": ") + " score" for i, a in enumerate(ASPECTS)]
+    return f"start: {' '.join(parts)} \"}}\"\nscore: <[{','.join(map(str, score_ids))}]>\n"
+
+
+def score_token_ids(tokenizer) -> list[int]:
+    """The token ids of the scores 0..10, checked to be one token each at one position in an answer.
+
+    Raises `GrammarError` otherwise (a tokenizer that merges " 8" or splits "10"): neither the
+    APA grammar nor `expected_scores` could then find a score's distribution at one position.
+    """
+    ids = []
+    for v in SCORES:
+        one = tokenizer(str(v), add_special_tokens=False).input_ids
+        answer = tokenizer(json.dumps({a: v for a in ASPECTS}), add_special_tokens=False).input_ids
+        if len(one) != 1 or answer.count(one[0]) != len(ASPECTS):
+            raise GrammarError(f"the tokenizer does not write the score {v} as one token of its own in an answer "
+                               f"({tokenizer.convert_ids_to_tokens(answer)}): structured decoding and expected "
+                               "scores need each of 0..10 as one token after `\": ` (as o200k does)")
+        ids.append(one[0])
+    return ids
+
+
+class AnswerGrammar:
+    """The compiled grammar of each task for one tokenizer and model; `processor` makes a batch's.
+
+    `lltokenizer`: llguidance's view of a tokenizer that is not a transformers fast tokenizer
+    (benchmarks/bench_constrained.py times the masks over o200k this way).
+    """
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], accent_policy: str = "unk",
+                 word_boundaries: bool = False, lltokenizer=None):
+        if len(tokenizer) > vocab_size:
+            raise GrammarError(f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} rows")
+        self.vocab_size, self.stop_ids = vocab_size, list(stop_ids)
+        # vocab_size: the embedding's rows, so the rows past the tokenizer's end are masked too (SPEC §2b).
+        self.lltokenizer = lltokenizer or llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size,
+                                                                       eos_token=self.stop_ids)
+        self.score_ids = score_token_ids(tokenizer)
+        grammars = {"apa": apa_grammar(self.score_ids),
+                    "mdd": LLMatcher.grammar_from_json_schema(answer_schema("mdd", accent_policy, word_boundaries))}
+        self.matchers = {task: self._matcher(g) for task, g in grammars.items()}
+        pieces = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+        self.closing = torch.zeros(vocab_size, dtype=torch.bool)  # tokens that can end a string or the object
+        self.closing[[i for i, p in enumerate(pieces) if '"' in p or "}" in p] + self.stop_ids] = True
+
+    def _matcher(self, grammar: str) -> LLMatcher:
+        matcher = LLMatcher(self.lltokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(f"answer grammar does not compile: {matcher.get_error()}")
+        return matcher
+
+    def matcher(self, task: str) -> LLMatcher:
+        """A fresh matcher for one answer of `task`."""
+        return self.matchers[task].deep_copy()
+
+    def processor(self, tasks: list[str], max_new_tokens: int | None = None) -> "GrammarProcessor":
+        return GrammarProcessor(self, [self.matcher(t) for t in tasks], max_new_tokens)
+
+
+class GrammarProcessor(LogitsProcessor):
+    """Masks each row's logits to the tokens its task's grammar allows next (rows left-padded).
+
+    Called first on the prompts, then once per new token: each row's matcher consumes the row's
+    last token, then fills its row of the bitmask. A finished row (its stop token consumed) allows
+    only stop tokens, so `generate`'s padding of finished rows never reaches the matcher.
+    """
+
+    def __init__(self, grammar: AnswerGrammar, matchers: list[LLMatcher], max_new_tokens: int | None = None):
+        self.grammar, self.matchers, self.max_new_tokens = grammar, matchers, max_new_tokens
+        self.prompt_len: int | None = None
+        self.bitmask = torch.full((len(matchers), (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_len is None:
+            self.prompt_len = input_ids.shape[1]
+        else:
+            for m, token in zip(self.matchers, input_ids[:, -1].tolist()):
+                if not m.is_stopped() and not m.consume_token(token):
+                    raise GrammarError(f"token {token} breaks the answer grammar: {m.get_error()}")
+        width = self.bitmask.shape[1] * 4
+        for row, m in enumerate(self.matchers):  # what llguidance.torch.fill_next_token_bitmask does
+            m.unsafe_compute_mask_ptr(self.bitmask[row].data_ptr(), width)
+        # bit i of the little-endian words is token i (llguidance's layout); numpy unpacks 200k bits in ~0.1 ms
+        bits = np.unpackbits(self.bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
+        allowed = torch.from_numpy(bits[:, :scores.shape[1]]).bool().to(scores.device)
+        for row, m in enumerate(self.matchers):
+            if m.is_stopped():
+                allowed[row] = False
+                allowed[row, self.grammar.stop_ids] = True
+        allowed = self._finish(input_ids.shape[1] - self.prompt_len, allowed)
+        return scores.masked_fill(~allowed, float("-inf"))
+
+    def _finish(self, step: int, allowed: torch.Tensor) -> torch.Tensor:
+        """Near max_new_tokens, prefer tokens that close a string or the answer where the grammar allows one.
+
+        An untrained or rambling model can write words until the budget ends and leave the JSON
+        open; this keeps every constrained answer complete (a transcript cut short, not a failure).
+        """
+        if self.max_new_tokens is None or step < self.max_new_tokens - FINISH_MARGIN:
+            return allowed
+        if self.grammar.closing.device != allowed.device:
+            self.grammar.closing = self.grammar.closing.to(allowed.device)
+        closing = allowed & self.grammar.closing
+        return torch.where(closing.any(dim=1, keepdim=True), closing, allowed)
+
+
+class ValueLogits(LogitsProcessor):
+    """Records the logits of the 11 score tokens at every step, before any masking; changes nothing.
+
+    The same numbers as `generate(output_logits=True)` at those ids, without keeping every step's
+    full-vocabulary logits (256 steps x 8 rows x 200,064 floats is 1.6 GB).
+    """
+
+    def __init__(self, score_ids: list[int]):
+        self.score_ids, self.steps = list(score_ids), []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(scores[:, self.score_ids].float().cpu())
+        return scores
+
+    def row(self, row: int) -> torch.Tensor:
+        """[steps, 11] value logits of one row."""
+        return torch.stack([s[row] for s in self.steps]) if self.steps else torch.zeros(0, len(self.score_ids))
+
+
+def expected_scores(pieces: list[str], token_ids: list[int], value_logits: torch.Tensor,
+                    score_ids: list[int]) -> dict[str, float] | None:
+    """Each aspect's Σ v·softmax(logits of the 11 value tokens) at the position of its score.
+
+    `pieces`/`token_ids`: the generated tokens' text and ids; `value_logits`: [steps, 11] (`ValueLogits`).
+    None when an aspect's score is not a single value token right after `"aspect": ` (a free-text
+    answer in another shape).
+    """
+    text, starts = "", {}
+    for pos, piece in enumerate(pieces):
+        starts[len(text)] = pos
+        text += piece
+    values = torch.tensor(list(SCORES), dtype=torch.float64)
+    out = {}
+    for aspect in ASPECTS:
+        match = re.search(rf'"{aspect}":\s*', text)
+        pos = starts.get(match.end()) if match else None
+        if pos is None or pos >= len(value_logits) or token_ids[pos] not in score_ids:
+            return None
+        probs = torch.softmax(value_logits[pos].double(), dim=0)
+        out[aspect] = round(float((probs * values).sum()), 4)
+    return out

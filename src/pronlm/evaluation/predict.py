@@ -8,6 +8,7 @@ the audio encoder takes (`max_audio_seconds`), and a configured limit above that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
-from transformers import Phi4MultimodalFeatureExtractor
+from transformers import LogitsProcessorList, Phi4MultimodalFeatureExtractor
 
 from pronlm.config import INFERENCE_DEFAULTS, Config, command_config
 from pronlm.data.audio import SAMPLE_RATE, load_audio
@@ -28,6 +29,12 @@ from pronlm.data.prepare import read_examples
 from pronlm.data.prompts import TASKS, Example, PromptSet
 from pronlm.data.records import AudioError, UtteranceError
 from pronlm.errors import PredictionInterrupted, PronlmError
+from pronlm.evaluation.grammar import (
+    AnswerGrammar,
+    ValueLogits,
+    expected_scores,
+    score_token_ids,
+)
 from pronlm.model.collate import Collator, audio_limit
 from pronlm.model.load import load_feature_extractor, load_model, resolve_base
 
@@ -41,6 +48,9 @@ class Predictor:
     max_new_tokens: int = 256
     max_audio_seconds: float | None = 30.0  # None: the audio encoder's own limit
     feature_extractor: object = None  # the base's own; None: transformers' defaults (the tiny model's)
+    constrained: bool = True  # answers follow the task's grammar (pronlm.evaluation.grammar); False: free text (the paper)
+    accent_policy: str = "unk"  # what the MDD grammar allows: the phone symbols of the run's targets
+    word_boundaries: bool = False
 
     def __post_init__(self):
         self.max_audio_seconds = audio_limit(self.max_audio_seconds, self.model.config)
@@ -50,35 +60,56 @@ class Predictor:
         self.stop_ids = list(self.collator.end_ids)
         # A generated audio/image placeholder id would be sent through the audio encoder again.
         self.suppress = [self.model.config.audio_config.audio_token_id, self.model.config.vision_config.image_token_id]
+        # vocab_size: the embedding's rows, which can outnumber the tokenizer's tokens (SPEC §2b)
+        self.grammar = AnswerGrammar(self.tokenizer, self.model.config.vocab_size, self.stop_ids, self.accent_policy,
+                                     self.word_boundaries) if self.constrained else None
+        self.score_ids = self.grammar.score_ids if self.grammar else score_token_ids(self.tokenizer)
 
     @classmethod
     def load(cls, base: str | None = None, adapter: str | None = None, device: str | None = None,
              max_new_tokens: int = 256, apa_template: str | None = None, mdd_template: str | None = None,
-             max_audio_seconds: float | None = 30.0, cfg: Config | None = None) -> "Predictor":
+             max_audio_seconds: float | None = 30.0, cfg: Config | None = None,
+             constrained: bool | None = None) -> "Predictor":
         """The model ready to answer: an adapter needs nothing else (its checkpoint says base and prompts).
 
         Without an adapter, `base` (default: the tiny model) is the untrained baseline. A flag that
         disagrees with the checkpoint's own config is an error naming both values. `cfg`: a config
-        already resolved (`pronlm.cli`), in place of `base` and the templates.
+        already resolved (`pronlm.cli`), in place of `base` and the templates. `constrained`: None
+        takes the config's.
         """
         cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
         model, tokenizer = load_model(cfg, adapter, device=device)
         prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
         return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds,
-                   load_feature_extractor(resolve_base(cfg, adapter), cfg.revision))
+                   load_feature_extractor(resolve_base(cfg, adapter), cfg.revision),
+                   cfg.constrained if constrained is None else constrained, cfg.accent_policy, cfg.word_boundaries)
 
-    @torch.inference_mode()
     def generate(self, examples: list[Example], audio: list[np.ndarray]) -> list[str]:
         """Greedy answers (text after the prompt, special tokens kept) for one left-padded batch."""
+        return [text for text, _ in self.generate_scored(examples, audio)]
+
+    @torch.inference_mode()
+    def generate_scored(self, examples: list[Example], audio: list[np.ndarray]) -> list[tuple[str, dict | None]]:
+        """(answer, expected scores) per example: the scores for APA answers whose scores could be found
+        (`pronlm.evaluation.grammar.expected_scores`), else None. Constrained to each task's grammar when `constrained`."""
         batch = {k: v.to(self.model.device) for k, v in self.collator(examples, audio).items()}
+        values = ValueLogits(self.score_ids)
+        processors = [values]
+        if self.grammar is not None:
+            processors.append(self.grammar.processor([ex.task for ex in examples], self.max_new_tokens))
         out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
                                   eos_token_id=self.stop_ids, pad_token_id=self.collator.pad_id,
-                                  suppress_tokens=self.suppress)
-        texts = []
-        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+                                  suppress_tokens=self.suppress, logits_processor=LogitsProcessorList(processors))
+        answers = []
+        for n, (ex, row) in enumerate(zip(examples, out[:, batch["input_ids"].shape[1]:].tolist())):
             stop = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row) - 1)
-            texts.append(self.tokenizer.decode(row[:stop + 1], skip_special_tokens=False))
-        return texts
+            ids = row[:stop + 1]
+            expected = None
+            if ex.task == "apa":
+                pieces = [self.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
+                expected = expected_scores(pieces, ids, values.row(n), self.score_ids)
+            answers.append((self.tokenizer.decode(ids, skip_special_tokens=False), expected))
+        return answers
 
     def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
         """One record per (item, task), in order; items are (id, 16 kHz float32 mono samples).
@@ -93,14 +124,19 @@ class Predictor:
         records = []
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            raws = self.generate(chunk, audio[start:start + batch_size])
-            records += [answer_record(ex, raw) for ex, raw in zip(chunk, raws)]
+            for ex, (raw, expected) in zip(chunk, self.generate_scored(chunk, audio[start:start + batch_size])):
+                records.append(answer_record(ex, raw, expected))
         return records
 
 
-def answer_record(example: Example, raw: str) -> dict:
-    """The one prediction schema: id, task, the raw answer and what `parse_answer` makes of it."""
-    return {"id": example.id, "task": example.task, "raw": raw, **parse_answer(example.task, raw)}
+def answer_record(example: Example, raw: str, expected: dict | None = None) -> dict:
+    """The one prediction schema: id, task, the raw answer and what `parse_answer` makes of it; an APA
+    record also has `scores_expected` (`pronlm.evaluation.grammar.expected_scores`, null when unknown:
+    a failed answer, a backend that gives no logits), beside the greedy integers of `scores`."""
+    record = {"id": example.id, "task": example.task, "raw": raw, **parse_answer(example.task, raw)}
+    if example.task == "apa":
+        record["scores_expected"] = expected if record["ok"] else None
+    return record
 
 
 def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet,
@@ -119,12 +155,15 @@ def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet
 
 def load_predictor(base: str | None = None, adapter: str | None = None, max_new_tokens: int = 256,
                    max_audio_seconds: float | None = 30.0, apa_template: str | None = None,
-                   mdd_template: str | None = None, cfg: Config | None = None):
+                   mdd_template: str | None = None, cfg: Config | None = None, constrained: bool | None = None):
     """The predictor `cfg.backend` names: `Predictor` (the model in this process) or a vLLM server's client.
 
     Both answer `predict`, `predict_examples` and `max_audio_seconds` alike, with the same records.
+    `constrained`: None takes the config's.
     """
     cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
+    if constrained is not None:
+        cfg = dataclasses.replace(cfg, constrained=constrained)
     if cfg.backend == "vllm":
         from pronlm.evaluation.vllm_client import VllmPredictor
 
@@ -177,11 +216,11 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
             batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
             apa_template: str | None = None, mdd_template: str | None = None,
             max_audio_seconds: float | None = 30.0, speakers=None, data: str | None = None,
-            cfg: Config | None = None) -> dict:
+            cfg: Config | None = None, constrained: bool | None = None) -> dict:
     """Predict a corpus split into `out` (JSON lines), skipping what the file already holds.
 
     `data`: a folder's examples.jsonl instead of the corpus (`predict_folder`). `cfg`: the resolved
-    config (`pronlm.cli`), in place of `base` and the templates.
+    config (`pronlm.cli`), in place of `base` and the templates. `constrained`: None takes the config's.
 
     `speakers`: only their utterances (a development split carved from train, `pronlm.evaluation.table`).
     """
@@ -193,14 +232,14 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     done = done_keys(out_path)
     if data is not None:
         return predict_folder(data, out_path, done, base, adapter, tasks, batch_size, limit, max_new_tokens,
-                              max_audio_seconds, cfg)
+                              max_audio_seconds, cfg, constrained)
     utterances = [u for u in read_corpus(corpus, split) if speakers is None or u.speaker in speakers][:limit]
     todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
+                               apa_template=apa_template, mdd_template=mdd_template, cfg=cfg, constrained=constrained)
 
     def answer(utts, audio):  # only the (utterance, task) pairs the file lacks: a resumed run asks nothing twice
         examples, clips = task_examples([(u.id, a) for u, a in zip(utts, audio)], tasks, predictor.prompts,
@@ -254,7 +293,8 @@ def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_au
 
 def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: str | None, adapter: str | None,
                    tasks=TASKS, batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float | None = 30.0, cfg: Config | None = None) -> dict:
+                   max_audio_seconds: float | None = 30.0, cfg: Config | None = None,
+                   constrained: bool | None = None) -> dict:
     """Predict each line of `data`/examples.jsonl (its id, task, audio and prompt) not yet in `out_path`.
 
     Longest clips first, as for a corpus; targets may be null. Bad lines and clips are reported and skipped.
@@ -269,7 +309,7 @@ def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: 
     if not todo:
         return {"written": 0, "skipped_audio": 0}
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg)
+                               cfg=cfg, constrained=constrained)
     written, failed, rate = append_predictions(
         out_path, [ex for ex, _ in todo], batch_size, "line",
         lambda ex: load_audio(ex.audio, ex.id, predictor.max_audio_seconds),

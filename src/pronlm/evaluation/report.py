@@ -20,7 +20,12 @@ from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import SCORE_RANGE, normalise_phones, parse_answer
 from pronlm.data.prompts import TASKS
 from pronlm.data.records import ASPECTS, Utterance, UtteranceError
-from pronlm.data.targets import DELETED, WORD_SEPARATOR, AccentPolicy, aligned_word_phones
+from pronlm.data.targets import (
+    DELETED,
+    WORD_SEPARATOR,
+    AccentPolicy,
+    aligned_word_phones,
+)
 from pronlm.data.text import spoken_form
 from pronlm.errors import PronlmError
 from pronlm.evaluation import metrics
@@ -140,10 +145,14 @@ def _valid_scores(scores) -> bool:
 # ---------------------------------------------------------------- metrics
 
 
-def apa_section(utts: list[Utterance], preds: dict) -> tuple[dict, dict[str, tuple[list, list]]]:
-    """Per aspect PCC (p-value, CI), Spearman, MSE over the parsed answers; and the pairs for the plot."""
+def apa_section(utts: list[Utterance], preds: dict, key: str = "scores") -> tuple[dict, dict[str, tuple[list, list]]]:
+    """Per aspect PCC (p-value, CI), Spearman, MSE over the parsed answers; and the pairs for the plot.
+
+    `key`: "scores" (the greedy integers: the paper's protocol) or "scores_expected" (the
+    probability-weighted scores, `pronlm.evaluation.grammar.expected_scores`: ours), over the answers that have them.
+    """
     answers = [(u, preds[u.id, "apa"]) for u in utts if (u.id, "apa") in preds]
-    good = [(u, a["scores"]) for u, a in answers if a["ok"]]
+    good = [(u, a[key]) for u, a in answers if a["ok"] and _valid_scores(a.get(key))]
     pairs = {x: ([s[x] for _, s in good], [getattr(u.scores, x) for u, _ in good]) for x in ASPECTS}
     section = {}
     for aspect, (pred, human) in pairs.items():
@@ -204,10 +213,12 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
         raise ReportError(f"no prediction in {predictions} has the id of a labelled {split} utterance of {corpus} "
                           "(wrong --split or --corpus?)")
     apa, pairs = apa_section(utts, preds)
+    has_expected = any(_valid_scores(a.get("scores_expected")) for (_, t), a in preds.items() if t == "apa")
     rows = [mdd_row(u, preds[u.id, "mdd"], policy) for u in utts if (u.id, "mdd") in preds]
     report = {
         "n_utterances": len(utts), "split": split, "accent_policy": policy.value,
-        "apa": apa, "mdd": mdd_section(utts, preds, rows),
+        "apa": apa, "apa_expected": apa_section(utts, preds, "scores_expected")[0] if has_expected else None,
+        "mdd": mdd_section(utts, preds, rows),
         "parse": {f"{t}_{k}": v for t in TASKS for k, v in _parse_counts(utts, preds, t).items()}
         | {"unknown_ids": sum(i not in known for i, _ in preds), "corpus_errors": len(corpus_errors),
            "out_of_range": sum((a.get("error") or "").startswith("score outside") for a in preds.values()),
@@ -259,12 +270,14 @@ def markdown(report: dict, predictions: str) -> str:
         "| system | epoch | acc PCC | flu PCC | pro PCC | total PCC | WER | PER | F1 | P | R |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *[f"| paper {s} | {e} | " + " | ".join(_num(v) for v in vals) + " |" for s, e, *vals in PAPER_TABLE3],
-        "| **this run** | | " + " | ".join(f"**{_num(v)}**" for v in ours) + " |", "",
+        "| **this run** | | " + " | ".join(f"**{_num(v)}**" for v in ours) + " |",
+        *_expected_row(report, 5), "", *_which_scores(report),
         "## Other systems on SpeechOcean762", "",
         "| system | acc PCC | flu PCC | pro PCC | total PCC | PER | MDD F1 (standard protocol) |",
         "|---|---|---|---|---|---|---|",
         *["| " + name + " | " + " | ".join(_num(v) for v in vals) + " |" for name, *vals in OTHER_SYSTEMS],
-        "| **this run** | " + " | ".join(f"**{_num(v)}**" for v in ours[:4] + [mdd["per"], mdd["f1"]]) + " |", "",
+        "| **this run** | " + " | ".join(f"**{_num(v)}**" for v in ours[:4] + [mdd["per"], mdd["f1"]]) + " |",
+        *_expected_row(report, 2), "",
         "## What compares", "",
         "PCC (Pearson r per aspect), WER and PER are defined as in the paper and compare directly when this run "
         "covers the 2,500 test utterances. Our precision, recall and F1 follow the standard MDD protocol "
@@ -279,7 +292,11 @@ def markdown(report: dict, predictions: str) -> str:
         "## Details", "",
         "| aspect | PCC | 95% CI | p-value | Spearman | MSE | n |", "|---|---|---|---|---|---|---|",
         *[f"| {a} | {_num(v['pcc'])} | {_ci(v['ci95'])} | {_num(v['p_value'], 4)} | {_num(v['spearman'])} "
-          f"| {_num(v['mse'], 2)} | {v['n']} |" for a, v in apa.items()], "",
+          f"| {_num(v['mse'], 2)} | {v['n']} |" for a, v in apa.items()],
+        *[f"| {a} (expected) | {_num(v['pcc'])} | {_ci(v['ci95'])} | {_num(v['p_value'], 4)} | "
+          f"{_num(v['spearman'])} | {_num(v['mse'], 2)} | {v['n']} |"
+          for a, v in (report["apa_expected"] or {}).items()],
+        "",
         f"MDD: PER {_num(mdd['per'])} (95% CI {_ci(mdd['per_ci95'])}), F1 {_num(mdd['f1'])} "
         f"(95% CI {_ci(mdd['f1_ci95'])}), FAR {_num(mdd['far'])}, FRR {_num(mdd['frr'])}, DER {_num(mdd['der'])}; "
         "counts " + ", ".join(f"{k} {v}" for k, v in mdd["counts"].items()) + ". "
@@ -293,6 +310,23 @@ def markdown(report: dict, predictions: str) -> str:
         *[f"![{Path(p).stem}]({p})" for p in PLOTS], "",
     ]
     return "\n".join(lines)
+
+
+def _expected_row(report: dict, blanks: int) -> list[str]:
+    """The row of PCCs on the expected scores, when the predictions have them; `blanks` columns after."""
+    expected = report.get("apa_expected")
+    if not expected:
+        return []
+    return ["| **this run, expected scores** | " + ("| " if blanks == 5 else "")
+            + " | ".join(f"**{_num(expected[a]['pcc'])}**" for a in ASPECTS) + " |" + " – |" * blanks]
+
+
+def _which_scores(report: dict) -> list[str]:
+    if not report.get("apa_expected"):
+        return ["APA PCCs are on the greedy integer scores (the paper's protocol).", ""]
+    return ["Two sets of APA PCCs: **this run** on the greedy integer scores (`scores`, the paper's protocol); "
+            "**this run, expected scores** on the probability-weighted scores (`scores_expected`: for each aspect "
+            "Σ v·p(v) over the 11 value tokens at the score's position; ours, not the paper's).", ""]
 
 
 def _coverage(report: dict) -> str:

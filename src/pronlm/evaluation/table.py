@@ -21,10 +21,10 @@ import torch
 from transformers import TrainerCallback
 
 from pronlm.config import Config, load_config
+from pronlm.data.records import ASPECTS
 from pronlm.data.split import DEV_SPEAKERS, read_dev_speakers
 from pronlm.errors import PronlmError
 from pronlm.evaluation.predict import predict
-from pronlm.data.records import ASPECTS
 from pronlm.evaluation.report import PAPER_TABLE3, PAPER_TEST_SIZE, evaluate
 from pronlm.model.train import DEV_HISTORY, train
 

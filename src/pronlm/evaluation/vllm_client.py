@@ -25,7 +25,16 @@ import soundfile as sf
 
 from pronlm.config import Config
 from pronlm.data.audio import SAMPLE_RATE
-from pronlm.data.prompts import ASSISTANT, AUDIO_PLACEHOLDER, END, EOT, TASKS, USER, Example, PromptSet
+from pronlm.data.prompts import (
+    ASSISTANT,
+    AUDIO_PLACEHOLDER,
+    END,
+    EOT,
+    TASKS,
+    USER,
+    Example,
+    PromptSet,
+)
 from pronlm.errors import BackendError, PronlmError
 from pronlm.evaluation.grammar import answer_schema
 from pronlm.evaluation.predict import answer_record, task_examples

@@ -21,10 +21,21 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import EXPORT_FILE, TEMPLATE_COPIES, Config, ConfigError, checkpoint_config
+from pronlm.config import (
+    EXPORT_FILE,
+    TEMPLATE_COPIES,
+    Config,
+    ConfigError,
+    checkpoint_config,
+)
 from pronlm.data.prompts import CONTROL_TOKENS
 from pronlm.errors import PronlmError
-from pronlm.model.load import check_adapter_folder, load_feature_extractor, load_model, resolve_base
+from pronlm.model.load import (
+    check_adapter_folder,
+    load_feature_extractor,
+    load_model,
+    resolve_base,
+)
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,17 @@ from pronlm.data.split import dev_speakers, save_dev_speakers
 from pronlm.data.targets import AccentPolicy
 from pronlm.errors import PronlmError
 from pronlm.model.collate import IGNORE_INDEX, Collator, audio_limit, n_audio_tokens
-from pronlm.model.load import (TINY_BASE_DIR, check_trainable, format_table, load_feature_extractor, load_model, parameter_table, prepare_for_training, resolve_base, resolve_dtype)
+from pronlm.model.load import (
+    TINY_BASE_DIR,
+    check_trainable,
+    format_table,
+    load_feature_extractor,
+    load_model,
+    parameter_table,
+    prepare_for_training,
+    resolve_base,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 

@@ -154,13 +154,16 @@ function el(tag, className, text) {
   return node;
 }
 
-function renderScores(scores) {
+// The expected score (probability-weighted, one decimal) where the model gave one, else its integer.
+function renderScores(scores, expected) {
   const box = $("scores");
   box.replaceChildren();
   for (const name of ["accuracy", "fluency", "prosodic", "total"]) {
-    const value = scores ? scores[name] : null;
+    const value = expected ? expected[name] : scores ? scores[name] : null;
     const card = el("div", "score");
-    card.append(el("div", "name", name), el("div", "value", value === null ? "—" : `${value}`));
+    const shown = value === null ? "—" : expected ? value.toFixed(1) : `${value}`;
+    card.append(el("div", "name", name), el("div", "value", shown));
+    if (expected && scores) card.title = `expected ${value.toFixed(2)}; the model's integer answer: ${scores[name]}`;
     const bar = el("div", "bar");
     const fill = el("div");
     fill.style.width = `${value === null ? 0 : value * 10}%`;
@@ -225,7 +228,7 @@ function renderProblems(result) {
 
 function render(result) {
   renderProblems(result);
-  renderScores(result.scores);
+  renderScores(result.scores, result.scores_expected);
   renderWords(result.words);
   $("heard-words").textContent = result.word_transcript || "—";
   $("heard-phones").textContent = result.phoneme_transcript || "—";
