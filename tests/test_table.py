@@ -418,7 +418,7 @@ def test_under_torchrun_process_0_decides_and_both_processes_stop(corpus_dir, tm
     import sys
 
     launch = tmp_path / "launch.py"  # the scripted dev scores of `scripted_dev`, in each process
-    launch.write_text("import sys\nfrom pronlm import table\nreal = table.table_row\n"
+    launch.write_text("import sys\nfrom pronlm.evaluation import table\nreal = table.table_row\n"
                       f"table.table_row = lambda t, r: {{**real(t, r), 'total_pcc': {DEV_SCRIPT!r}[t.epoch]}}\n"
                       "from pronlm.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     out = tmp_path / "ddp"  # limit=8: 16 examples, 2 processes x 2 a step, 4 steps an epoch as above
