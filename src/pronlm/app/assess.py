@@ -29,11 +29,12 @@ from pronlm.app.alignment import (
     OMISSION,
     SUBSTITUTED,
 )
-from pronlm.app.feedback import answer_fields, feedback
+from pronlm.app.feedback import feedback
 from pronlm.app.lexicon import AssessError, Lexicon, expected_words
 from pronlm.data.audio import SAMPLE_RATE
 from pronlm.data.prompts import TASKS
 from pronlm.data.records import ASPECTS
+from pronlm.data.schema import answer_fields
 
 
 def assess_batch(predictor, items: list[tuple[np.ndarray, str]], lexicon: Lexicon | None = None,

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from pronlm.app.alignment import NOT_JUDGED, WordResult, word_feedback
 from pronlm.app.lexicon import Lexicon, expected_words, normalise_words
+from pronlm.data.schema import answer_fields
 
 
 def feedback(text: str, apa: dict | None, mdd: dict | None, lexicon: Lexicon | None = None) -> dict:
@@ -24,18 +25,3 @@ def feedback(text: str, apa: dict | None, mdd: dict | None, lexicon: Lexicon | N
             "word_transcript": answers["word_transcript"],
             "phoneme_transcript": answers["phoneme_transcript"], "words": [asdict(r) for r in results],
             "errors": answers["errors"], "unknown_words": list(dict.fromkeys(w for w, p in words if p is None))}
-
-
-def answer_fields(apa: dict | None, mdd: dict | None) -> dict:
-    """Scores, heard words and phones, and what failed, from one APA and one MDD prediction record."""
-    apa = apa or {"ok": False, "error": "no APA prediction was returned"}
-    mdd = mdd or {"ok": False, "error": "no MDD prediction was returned"}
-    return {
-        "scores": apa.get("scores") if apa.get("ok") else None,
-        # the probability-weighted scores (pronlm.evaluation.grammar.expected_scores), when the model gave them
-        "scores_expected": apa.get("scores_expected") if apa.get("ok") else None,
-        "word_transcript": (mdd.get("word_transcript") or "") if mdd.get("ok") else "",
-        "phoneme_transcript": " ".join((mdd.get("phoneme_transcript") or "").split()) if mdd.get("ok") else "",
-        "errors": [{"task": task, "error": rec.get("error") or "unknown error"}
-                   for task, rec in (("apa", apa), ("mdd", mdd)) if not rec.get("ok")],
-    }

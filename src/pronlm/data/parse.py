@@ -17,9 +17,9 @@ import re
 
 from pronlm.data.prompts import TASKS
 from pronlm.data.records import ASPECTS
+from pronlm.data.schema import ANSWER_KEYS, SCORE_RANGE, failure
 from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR, strip_stress
 
-SCORE_RANGE = (0, 10)
 MAX_CANDIDATES = 20  # objects tried per answer; bounds the work on adversarial text
 
 _ASSISTANT = "<|assistant|>"
@@ -41,7 +41,6 @@ _CANONICAL_KEY = {alias: name for name, aliases in _ALIASES.items() for alias in
 _KEY_PATTERN = "|".join(a.replace("_", r"[\s_-]+") for a in sorted(_CANONICAL_KEY, key=len, reverse=True))
 _PAIR = re.compile(r"""(?<![A-Za-z])["']?(""" + _KEY_PATTERN + r""")["']?\s*[:=]\s*"""
                    r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[-+]?\d+(?:\.\d+)?)""", re.IGNORECASE)
-_TASK_KEYS = {"apa": ASPECTS, "mdd": ("word_transcript", "phoneme_transcript")}
 
 
 def parse_answer(task: str, raw: str) -> dict:
@@ -52,15 +51,6 @@ def parse_answer(task: str, raw: str) -> dict:
         return failure(task, f"unexpected parser error: {exc!r}")
 
 
-def failure(task: str, error: str) -> dict:
-    """The schema of a failed answer for `task`."""
-    if task == "apa":
-        return {"ok": False, "error": error, "scores": None, "clamped": []}
-    if task == "mdd":
-        return {"ok": False, "error": error, "word_transcript": "", "phoneme_transcript": ""}
-    return {"ok": False, "error": error}
-
-
 def _parse(task: str, raw: str) -> dict:
     if task not in TASKS:
         return failure(task, f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
@@ -69,7 +59,7 @@ def _parse(task: str, raw: str) -> dict:
     text = answer_text(raw)
     if not text.strip():
         return failure(task, "empty answer")
-    fields = find_fields(text, _TASK_KEYS[task])
+    fields = find_fields(text, ANSWER_KEYS[task])
     if fields is None:
         return failure(task, "no JSON object or key: value pairs found in the answer")
     return _apa(fields) if task == "apa" else _mdd(fields)
@@ -223,7 +213,7 @@ def to_score(value) -> int | None:
 
 def _mdd(fields: dict) -> dict:
     texts = {}
-    for key in _TASK_KEYS["mdd"]:
+    for key in ANSWER_KEYS["mdd"]:
         if key not in fields:
             return failure("mdd", f"missing {key!r}")
         value = fields[key]

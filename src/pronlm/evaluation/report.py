@@ -17,9 +17,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pronlm.data.corpus import read_corpus
-from pronlm.data.parse import SCORE_RANGE, normalise_phones, parse_answer
+from pronlm.data.parse import normalise_phones, parse_answer
 from pronlm.data.prompts import TASKS
 from pronlm.data.records import ASPECTS, Utterance, UtteranceError
+from pronlm.data.schema import PredictionsError, check_record, valid_scores
 from pronlm.data.targets import (
     DELETED,
     WORD_SEPARATOR,
@@ -55,10 +56,6 @@ OTHER_SYSTEMS = [
 
 class ReportError(PronlmError):
     """Evaluation cannot run (bad accent policy, no prediction matches the corpus)."""
-
-
-class PredictionsError(ReportError):
-    """The prediction file is missing, unreadable, or has a line that is not a prediction."""
 
 
 @dataclass
@@ -113,33 +110,16 @@ def read_predictions(path: str | Path, duplicates: str = "error") -> tuple[dict[
 
 
 def prediction_record(line: str, where: str) -> dict:
-    """One JSONL line checked; a line without "ok" is parsed again from its "raw" text.
-
-    An "ok" APA answer with a score outside 0-10 (a hand-edited or foreign file) becomes a failed answer.
-    """
+    """One JSONL line checked (`pronlm.data.schema.check_record`); a line without "ok" is parsed again
+    from its "raw" text."""
     try:
         obj = json.loads(line)
     except ValueError as exc:
         raise PredictionsError(f"{where}: not JSON ({exc}); expected one prediction object per line") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or obj.get("task") not in TASKS:
-        raise PredictionsError(f"{where}: expected an object with a string \"id\" and \"task\" in {TASKS}")
+    obj = check_record(obj, where)
     if "ok" not in obj:
         return {"id": obj["id"], "task": obj["task"], **parse_answer(obj["task"], obj.get("raw"))}
-    if obj["ok"] and obj["task"] == "apa" and not _valid_scores(obj.get("scores")):
-        raise PredictionsError(f"{where}: \"ok\" APA prediction without integer scores for {', '.join(ASPECTS)}")
-    if obj["ok"] and obj["task"] == "mdd" and not all(isinstance(obj.get(k), str)
-                                                      for k in ("word_transcript", "phoneme_transcript")):
-        raise PredictionsError(f"{where}: \"ok\" MDD prediction without word_transcript and phoneme_transcript")
-    if obj["ok"] and obj["task"] == "apa":
-        outside = {a: v for a, v in obj["scores"].items() if a in ASPECTS and not SCORE_RANGE[0] <= v <= SCORE_RANGE[1]}
-        if outside:
-            return {**obj, "ok": False, "scores": None,
-                    "error": f"score outside {SCORE_RANGE[0]}-{SCORE_RANGE[1]}: {outside}"}
     return obj
-
-
-def _valid_scores(scores) -> bool:
-    return isinstance(scores, dict) and all(isinstance(scores.get(a), (int, float)) for a in ASPECTS)
 
 
 # ---------------------------------------------------------------- metrics
@@ -152,7 +132,7 @@ def apa_section(utts: list[Utterance], preds: dict, key: str = "scores") -> tupl
     probability-weighted scores, `pronlm.evaluation.grammar.expected_scores`: ours), over the answers that have them.
     """
     answers = [(u, preds[u.id, "apa"]) for u in utts if (u.id, "apa") in preds]
-    good = [(u, a[key]) for u, a in answers if a["ok"] and _valid_scores(a.get(key))]
+    good = [(u, a[key]) for u, a in answers if a["ok"] and valid_scores(a.get(key))]
     pairs = {x: ([s[x] for _, s in good], [getattr(u.scores, x) for u, _ in good]) for x in ASPECTS}
     section = {}
     for aspect, (pred, human) in pairs.items():
@@ -213,7 +193,7 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
         raise ReportError(f"no prediction in {predictions} has the id of a labelled {split} utterance of {corpus} "
                           "(wrong --split or --corpus?)")
     apa, pairs = apa_section(utts, preds)
-    has_expected = any(_valid_scores(a.get("scores_expected")) for (_, t), a in preds.items() if t == "apa")
+    has_expected = any(valid_scores(a.get("scores_expected")) for (_, t), a in preds.items() if t == "apa")
     rows = [mdd_row(u, preds[u.id, "mdd"], policy) for u in utts if (u.id, "mdd") in preds]
     report = {
         "n_utterances": len(utts), "split": split, "accent_policy": policy.value,

@@ -1,0 +1,41 @@
+"""One record schema for every stage after generation: parse makes it, evaluate checks it, assess reads it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pronlm.data.parse import parse_answer
+from pronlm.data.schema import ANSWER_KEYS, PredictionsError, answer_fields, check_record, failure
+
+APA = '{"accuracy": 8, "fluency": 9, "prosodic": 7, "total": 8}'
+MDD = '{"word_transcript": "WE CALL IT", "phoneme_transcript": "W IY K AO L IH T"}'
+
+
+@pytest.mark.parametrize("task, raw", [("apa", APA), ("mdd", MDD)])
+def test_a_failed_answer_has_exactly_the_keys_of_a_parsed_one(task, raw):
+    parsed = parse_answer(task, raw)
+    assert parsed["ok"] and set(failure(task, "x")) == set(parsed)
+    assert set(ANSWER_KEYS[task]) <= set(parsed) | set(parsed.get("scores") or {})
+
+
+def test_check_record_refuses_what_is_not_a_record_and_fails_out_of_range_scores():
+    with pytest.raises(PredictionsError, match="f:1: expected an object"):
+        check_record({"id": 7, "task": "apa"}, "f:1")
+    with pytest.raises(PredictionsError, match="f:2: \"ok\" MDD prediction without"):
+        check_record({"id": "a", "task": "mdd", "ok": True, "word_transcript": "A"}, "f:2")
+    bad = check_record({"id": "a", "task": "apa", "ok": True, "error": None, "clamped": [], "scores_expected": None,
+                        "scores": {"accuracy": 11, "fluency": 9, "prosodic": 7, "total": 8}}, "f:3")
+    assert (bad["ok"], bad["scores"], bad["error"]) == (False, None, "score outside 0-10: {'accuracy': 11}")
+
+
+def test_answer_fields_of_one_recording():
+    apa = {**parse_answer("apa", APA), "scores_expected": {"accuracy": 7.6, "fluency": 8.9, "prosodic": 7.0,
+                                                             "total": 8.1}}
+    got = answer_fields(apa, parse_answer("mdd", MDD))
+    assert got == {"scores": {"accuracy": 8, "fluency": 9, "prosodic": 7, "total": 8},
+                   "scores_expected": apa["scores_expected"], "word_transcript": "WE CALL IT",
+                   "phoneme_transcript": "W IY K AO L IH T", "errors": []}
+    none = answer_fields(None, parse_answer("mdd", "nonsense"))
+    assert (none["scores"], none["word_transcript"]) == (None, "")
+    assert none["errors"] == [{"task": "apa", "error": "no APA prediction was returned"},
+                              {"task": "mdd", "error": "no JSON object or key: value pairs found in the answer"}]
