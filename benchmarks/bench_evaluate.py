@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pronlm.data.corpus import read_corpus
 from pronlm.data.targets import canonical_phones, heard_phones
-from pronlm.evaluation.report import evaluate
+from pronlm.evaluation.evaluate import evaluate
 
 PHONES = "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split()
 

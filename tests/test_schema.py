@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from pronlm.data.parse import parse_answer
-from pronlm.data.schema import ANSWER_KEYS, PredictionsError, answer_fields, check_record, failure
+from pronlm.data.schema import (
+    ANSWER_KEYS,
+    PredictionsError,
+    answer_fields,
+    check_record,
+    failure,
+)
 
 APA = '{"accuracy": 8, "fluency": 9, "prosodic": 7, "total": 8}'
 MDD = '{"word_transcript": "WE CALL IT", "phoneme_transcript": "W IY K AO L IH T"}'

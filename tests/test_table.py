@@ -17,8 +17,9 @@ from pronlm.data.parse import parse_answer
 from pronlm.data.split import dev_speakers, pick_dev_speakers, save_dev_speakers
 from pronlm.data.targets import heard_phones
 from pronlm.evaluation import table as table_module
+from pronlm.evaluation.evaluate import evaluate
+from pronlm.evaluation.paper import PAPER_TABLE3
 from pronlm.evaluation.predict import predict
-from pronlm.evaluation.report import PAPER_TABLE3, evaluate
 from pronlm.evaluation.table import (
     COLUMNS,
     build_table,

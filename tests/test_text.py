@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from pronlm.data.records import Utterance
 from pronlm.data.text import TextError, fold_accents, sentence_words, spoken_form, words
+from pronlm.evaluation.evaluate import mdd_section
 from pronlm.evaluation.metrics import wer
-from pronlm.evaluation.report import mdd_section
 
 
 @pytest.mark.parametrize("text, expected", [

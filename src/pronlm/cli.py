@@ -100,7 +100,7 @@ def _what_to_predict(cfg: Config, given: set[str]) -> Config:
 
 
 def _evaluate(a):
-    from pronlm.evaluation.report import evaluate
+    from pronlm.evaluation.evaluate import evaluate
 
     saved = predictions_config(a.predictions)  # what `pronlm predict` wrote beside them: corpus, split, policy
     cfg, _ = _config(a, recipe=a.recipe or (str(saved) if saved.is_file() else None))

@@ -111,8 +111,8 @@ def demo(out: str | Path = "demo-out", corpus: str | None = None, steps: int = 3
 
 def run_pipeline(corpus: str, out: Path, steps: int) -> tuple[dict, float | None, dict]:
     """Train, check it listens, predict and evaluate the test split, assess one recording."""
+    from pronlm.evaluation.evaluate import evaluate
     from pronlm.evaluation.predict import Predictor, predict
-    from pronlm.evaluation.report import evaluate
 
     run_dir = out / "run"
     print(f"[2/5] training the tiny model for {steps} steps in {run_dir}", flush=True)

@@ -7,7 +7,7 @@ except the MDD alignment and counting, which no library provides.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import jiwer
@@ -349,3 +349,15 @@ def _f1_rows(counts: np.ndarray) -> np.ndarray:
 def f1_ci(counts: Sequence[MddCounts], **kw) -> tuple[float, float]:
     """CI of corpus MDD F1 from per-utterance counts."""
     return bootstrap_ci(_f1_rows, [(c.ta, c.fr, c.fa, c.cd, c.de) for c in counts], **kw)
+
+
+@dataclass
+class MddRow:
+    """One utterance's MDD outcome: what PER, WER, the counts and the plots need."""
+
+    id: str
+    human_accuracy: int
+    errors: int
+    heard: int
+    counts: MddCounts
+    confusions: list[tuple[str, str, str]] = field(default_factory=list)  # (canonical, heard, label)

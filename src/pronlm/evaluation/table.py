@@ -24,13 +24,14 @@ from pronlm.config import Config, load_config
 from pronlm.data.records import ASPECTS
 from pronlm.data.split import DEV_SPEAKERS, read_dev_speakers
 from pronlm.errors import PronlmError
+from pronlm.evaluation.evaluate import evaluate
+from pronlm.evaluation.paper import PAPER_TABLE3, PAPER_TEST_SIZE
 from pronlm.evaluation.predict import predict
-from pronlm.evaluation.report import PAPER_TABLE3, PAPER_TEST_SIZE, evaluate
 from pronlm.model.train import DEV_HISTORY, train
 
 log = logging.getLogger(__name__)
 
-# Paper Table 3's columns, in its order (report.PAPER_TABLE3 holds its rows in the same order)
+# Paper Table 3's columns, in its order (paper.PAPER_TABLE3 holds its rows in the same order)
 COLUMNS = ("acc_pcc", "flu_pcc", "pro_pcc", "total_pcc", "wer", "per", "f1", "precision", "recall")
 HEADERS = ("acc PCC", "flu PCC", "pro PCC", "total PCC", "WER", "PER", "F1", "P", "R")
 DEV = "dev"  # the development split's file names: checkpoint-N/dev.jsonl, checkpoint-N/report-dev/

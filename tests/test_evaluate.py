@@ -17,7 +17,7 @@ from pronlm.data.parse import parse_answer
 from pronlm.data.schema import PredictionsError
 from pronlm.data.targets import canonical_phones, heard_phones
 from pronlm.errors import PronlmError
-from pronlm.evaluation.report import ReportError, evaluate, read_predictions
+from pronlm.evaluation.evaluate import ReportError, evaluate, read_predictions
 
 # heard phones per test utterance (no deletions in this split, so canonical counts are the same)
 HEARD = {"000030145": 15, "000030153": 9, "000030154": 12, "000030175": 4, "003060235": 19,
