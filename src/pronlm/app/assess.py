@@ -94,9 +94,6 @@ def _weighted(scored: list[tuple[dict, float]]) -> dict:
     return {a: round(sum(s[a] * d for s, d in scored) / sum(d for _, d in scored), 1) for a in ASPECTS}
 
 
-# ---------------------------------------------------------------- command line
-
-
 _COLOURS = {NONE: "32", MISPRONUNCIATION: "31", OMISSION: "35", INSERTION: "33", NOT_JUDGED: "90"}
 
 

@@ -36,9 +36,6 @@ DEMO_OVERRIDES = {"per_device_train_batch_size": 16, "warmup_ratio": 0.05, "save
 MAX_NEW_TOKENS = 128  # the longest demo answer is about 60 tokens; an untrained model would ramble
 
 
-# ---------------------------------------------------------------- the pipeline
-
-
 def train_tiny(corpus: str, run_dir: Path, steps: int) -> float | None:
     """The tiny-cpu recipe on `corpus`; returns the last logged training loss."""
     from pronlm.config import load_config

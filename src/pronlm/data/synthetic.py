@@ -65,8 +65,6 @@ class Reading:
     wpm: int
 
 
-
-
 def cmu_phones(word: str) -> list[str]:
     """CMUdict's first pronunciation, stress digits kept as SpeechOcean762 keeps them."""
     return list(cmudict_entries()[word.lower()][0])
@@ -135,8 +133,6 @@ def plan_readings(seed: int = 0) -> list[Reading]:
             readings.append(Reading(f"9{s:04d}{n:04d}", f"{s:04d}", split, text, said, voice, pitch,
                                     round(wpm * rng.choice(RATE_FACTORS))))
     return readings
-
-
 
 
 def find_espeak() -> str:

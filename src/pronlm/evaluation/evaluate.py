@@ -40,10 +40,6 @@ class ReportError(PronlmError):
     """Evaluation cannot run (bad accent policy, no prediction matches the corpus)."""
 
 
-
-# ---------------------------------------------------------------- reading
-
-
 DUPLICATE_POLICIES = ("error", "first", "last")
 COMPARED = ("ok", "scores", "word_transcript", "phoneme_transcript")  # what two answers agree on
 
@@ -91,9 +87,6 @@ def prediction_record(line: str, where: str) -> dict:
     if "ok" not in obj:
         return {"id": obj["id"], "task": obj["task"], **parse_answer(obj["task"], obj.get("raw"))}
     return obj
-
-
-# ---------------------------------------------------------------- metrics
 
 
 def apa_section(utts: list[Utterance], preds: dict, key: str = "scores") -> tuple[dict, dict[str, tuple[list, list]]]:

@@ -42,9 +42,6 @@ WORD_TRANSFORM = jiwer.Compose([
 ])
 
 
-# ---------------------------------------------------------------- APA
-
-
 def _varies(pred: Sequence[float], human: Sequence[float]) -> bool:
     return len(pred) >= 2 and np.ptp(pred) > 0 and np.ptp(human) > 0
 
@@ -80,9 +77,6 @@ def mse(pred: Sequence[float], human: Sequence[float]) -> float:
     return float(np.mean((np.asarray(pred, float) - np.asarray(human, float)) ** 2))
 
 
-# ---------------------------------------------------------------- WER, PER
-
-
 def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Corpus WER: word edits over reference words, case and punctuation ignored."""
     return float(jiwer.wer(list(refs), list(hyps), reference_transform=WORD_TRANSFORM,
@@ -100,9 +94,6 @@ def per(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]]) -> float:
         raise ValueError(f"per: {len(refs)} references but {len(hyps)} hypotheses")
     total = sum(len(r) for r in refs)
     return sum(phone_errors(r, h) for r, h in zip(refs, hyps)) / total if total else NAN
-
-
-# ---------------------------------------------------------------- MDD
 
 
 def _ratio(num: int, den: int) -> float:
@@ -296,9 +287,6 @@ def mdd_labels(canonical: Sequence[str], human: Sequence[str | None], predicted:
 def mdd_counts(canonical: Sequence[str], human: Sequence[str | None], predicted: Sequence[str]) -> MddCounts:
     """TA/FR/FA/CD/DE counts of one utterance; sum utterances with `+` or `sum(..., MddCounts())`."""
     return MddCounts.from_labels(mdd_labels(canonical, human, predicted))
-
-
-# ---------------------------------------------------------------- bootstrap
 
 
 def bootstrap_ci(statistic: Callable[..., np.ndarray], *columns: Sequence, resamples: int = 1000,

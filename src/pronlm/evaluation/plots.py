@@ -17,7 +17,6 @@ from pronlm.evaluation.metrics import MddRow
 PLOTS = ("apa_scatter.png", "per_vs_accuracy.png", "confusions.png")
 
 
-
 def _jitter(values, rng) -> np.ndarray:
     """Integer scores overlap; a little noise shows how many points sit on each."""
     return np.asarray(values, float) + rng.uniform(-0.15, 0.15, len(values))

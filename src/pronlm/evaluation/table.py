@@ -42,9 +42,6 @@ class TableError(PronlmError):
     """The run cannot give a table (no config.yaml, no checkpoint, nothing to evaluate)."""
 
 
-# ---------------------------------------------------------------- what is evaluated
-
-
 @dataclass(frozen=True)
 class Target:
     """A model to evaluate: a checkpoint (its folder is the adapter) or the base alone (adapter None)."""
@@ -97,9 +94,6 @@ def table_row(target: Target, report: dict) -> dict:
             "n_apa": report["apa"]["total"]["n"], "n_mdd": report["mdd"]["n"], **metrics_row(report)}
 
 
-# ---------------------------------------------------------------- choosing the epoch
-
-
 def _best(rows: list[dict]) -> dict | None:
     """The row of highest total PCC (the earliest on a tie); None when no row has one."""
     scored = [r for r in rows if r["total_pcc"] is not None]
@@ -113,9 +107,6 @@ def choose_epoch(dev_rows: list[dict], test_rows: list[dict]) -> dict:
     honest = next((r for r in trained if chosen and r["checkpoint"] == chosen["checkpoint"]), None)
     return {"selected": chosen and {k: chosen[k] for k in ("checkpoint", "epoch", "step", "total_pcc")},
             "honest": honest, "best_on_test": _best(trained)}
-
-
-# ---------------------------------------------------------------- early stopping on the development split
 
 
 def should_stop(dev_rows: list[dict], patience: int) -> bool:
@@ -146,9 +137,6 @@ def dev_history(cfg: Config, run: str | Path, step: int, last_step: int) -> dict
         log.info("early stop at %s: the development total PCC has not improved since %s (patience %d)",
                  rows[-1]["checkpoint"], best["checkpoint"], cfg.early_stop_patience)
     return history
-
-
-# ---------------------------------------------------------------- the table
 
 
 def build_table(run: str | Path, cfg: Config | None = None) -> dict:
@@ -201,9 +189,6 @@ def table_command(run: str, split: str | None = None, untrained: bool = False) -
     table = build_table(run, cfg)
     print((Path(run) / "table.md").read_text(), end="")
     return table
-
-
-# ---------------------------------------------------------------- table.md
 
 
 def _num(value) -> str:

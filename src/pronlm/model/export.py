@@ -145,9 +145,6 @@ def export_dtype(cfg: Config, dtype: str) -> torch.dtype:
     return torch.float32 if cfg.is_tiny else torch.bfloat16
 
 
-
-
-
 def merged_model(adapter: str, cfg: Config):
     """(plain model, tokenizer, {token: id}) with the LoRA and the control-token rows merged in, on CPU in fp32.
 
@@ -195,9 +192,6 @@ def check_saved_keys(folder: Path) -> list[str]:
     return keys
 
 
-
-
-
 def save_transformers(model, tokenizer, cfg: Config, out: Path) -> None:
     """config, generation config, safetensors, tokenizer with the control tokens, the audio feature extractor."""
     model.save_pretrained(out)
@@ -221,9 +215,6 @@ def copy_base_files(base: str, revision: str | None, out: Path, names: tuple[str
             continue
         if not (out / name).exists():
             shutil.copyfile(path, out / name)
-
-
-
 
 
 def original_key(key: str, lora_modules: set[str] | None = None) -> str:
@@ -329,9 +320,6 @@ def save_original_tokenizer(trained, source: Path, out: Path) -> None:
         raise ExportError(f"the original tokenizer gives the control tokens ids {ids}, the trained one {want}: "
                           "the model would read other rows")
     tokenizer.save_pretrained(out)
-
-
-
 
 
 def model_card(cfg: Config, adapter: str, layout: str, summary: dict) -> str:

@@ -428,9 +428,6 @@ def quantize_lm_4bit(model):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-# ------------------------------------------------------------------ what is trained
-
-
 def parameter_group(name: str) -> str:
     if "lora_" in name:
         return "lora"
