@@ -21,7 +21,7 @@ from pronlm.evaluation.predict import Predictor
 from pronlm.model.export import ExportError, export
 from pronlm.model.load import TINY_BASE_DIR
 from pronlm.model.train import train
-from tests.test_model import make_speech_adapter
+from tests.test_load import make_speech_adapter
 
 STRATEGIES = ("new-lora", "speech-lora", "unfreeze")
 MAX_NEW_TOKENS = 40

@@ -20,7 +20,7 @@ from pronlm.evaluation.predict import Predictor
 from pronlm.model.load import TINY_BASE_DIR, load_model, prepare_for_training
 from pronlm.model.train import make_trainer, train
 from tests.conftest import kill_when
-from tests.test_model import make_speech_adapter
+from tests.test_load import make_speech_adapter
 
 LEARN = dict(limit=4, num_train_epochs=40, learning_rate=1e-2, lora_r=32, lora_alpha=64,
              save_strategy="no", logging_steps=2, per_device_train_batch_size=4)
