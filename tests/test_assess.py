@@ -61,9 +61,6 @@ def summary(result: dict) -> list[tuple[str, str, str]]:
     return [(w["word"], w["error_type"], " ".join(w["heard_phones"])) for w in result["words"]]
 
 
-# ---------------------------------------------------------------- expected phones
-
-
 def test_canonical_phones_of_a_known_sentence():
     words = expected_words("We call it bear.")
     assert [w for w, _ in words] == ["WE", "CALL", "IT", "BEAR"]
@@ -142,9 +139,6 @@ def test_speechocean_lexicon_reads(corpus_dir):
     lexicon = Lexicon.load(corpus_dir / "resource" / "lexicon.txt")
     assert lexicon.phones("A") == ("AH",)  # "A AH0" comes before "A EY0"
     assert lexicon.phones("ABILITY") == ("AH", "B", "IH", "L", "AH", "T", "IY")
-
-
-# ---------------------------------------------------------------- alignment
 
 
 def test_align_phones_by_edit_distance():
@@ -237,9 +231,6 @@ def test_alignment_is_deterministic():
     heard = "W K AA L AH T B EH".split()
     first = word_feedback(words, heard, ["WE", "CALL"])
     assert all(word_feedback(words, heard, ["WE", "CALL"]) == first for _ in range(5))
-
-
-# ---------------------------------------------------------------- schema, failures, CLI output
 
 
 class RecordingPredictor:
@@ -335,9 +326,6 @@ def test_assess_command_reports_a_truncated_wav(corpus_dir, tmp_path, capsys):
     cut_wav(wav)
     assert main(["assess", "--audio", str(wav), "--text", "We call it bear"]) == 2  # before: assessed half a clip
     assert "is truncated: its header promises 2.58 s of samples" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- long recordings
 
 
 def write_reading(train_utterances, path, n: int = 15) -> tuple[str, list[int]]:

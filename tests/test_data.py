@@ -50,9 +50,6 @@ def entry(**changes) -> dict:
     return e
 
 
-# ---------------------------------------------------------------- the real subset
-
-
 def test_real_subset_sizes_and_speakers(corpus_dir, train_utterances):
     test = list(read_corpus(str(corpus_dir), "test"))
     assert len(train_utterances) == 36
@@ -88,9 +85,6 @@ def test_real_words_and_mispronunciations(train_utterances):
     assert (theme.text, theme.mispronunciations) == ("THEME", (Mispronunciation(1, "IY", "AH"),))
     assert by_id["000050040"].words[3].canonical_phones == ("Z", "IH", "AH1", "OW0")
     assert sum(len(w.mispronunciations) for u in train_utterances for w in u.words) == 4
-
-
-# ---------------------------------------------------------------- load_audio
 
 
 def test_load_audio_resamples_to_16k(tmp_path):
@@ -172,9 +166,6 @@ def test_too_long_wav(tmp_path):
     assert load_audio(tmp_path / "long.wav", "u5", max_seconds=3.0).shape == (48000,)
 
 
-# ---------------------------------------------------------------- broken labels and corpora
-
-
 def test_scores_entry_missing_field(tmp_path):
     bad = entry()
     del bad["fluency"]
@@ -213,9 +204,6 @@ def test_small_corpus_reads_back(tmp_path):
     assert (u.id, u.speaker, u.text) == ("u1", "0042", "CAT")
     assert u.scores.accuracy == 8  # rounded to an integer target
     assert u.words[0].canonical_phones == ("K", "AE0", "T")
-
-
-# ---------------------------------------------------------------- cutting a long recording at pauses
 
 
 def test_a_reading_is_cut_between_its_sentences(train_utterances):

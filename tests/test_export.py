@@ -197,8 +197,6 @@ def test_cli_errors_name_the_problem(runs, tmp_path, capsys):
     assert "has no config.yaml (nor its parent)" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- vllm layout
-
 # transformers' own conversion, original -> native: STATE_DICT_MAPPING and map_old_key_to_new of
 # src/transformers/models/phi4_multimodal/convert_phi4_multimodal_weights_to_hf.py (huggingface/transformers;
 # the script is not shipped in the wheel, so its rules are copied here as data).
@@ -390,9 +388,6 @@ def test_an_unreachable_original_is_a_clear_error(runs, tmp_path):
                                           r"\(revision main\).*give --original DIR"):
         export(str(runs["new-lora"]), str(tmp_path / "o"), layout="vllm", original="pronlm-tests/no-such-model")
     assert not (tmp_path / "o").exists()  # nothing half-written
-
-
-# ---------------------------------------------------------------- upload
 
 
 def test_push_to_hub_uploads_exactly_the_folder(runs, tmp_path, monkeypatch):

@@ -41,8 +41,6 @@ from pronlm.evaluation.metrics import (
 
 PHONES = sorted(ARPABET)
 
-# ---------------------------------------------------------------- APA
-
 
 def test_pcc_by_hand():
     # pred 1 2 3, human 1 3 2: deviations (-1,0,1) and (-1,1,0); r = 1 / sqrt(2*2) = 0.5.
@@ -72,9 +70,6 @@ def test_pcc_rejects_unequal_lengths():
         pcc([1, 2], [1, 2, 3])
 
 
-# ---------------------------------------------------------------- WER, PER
-
-
 def test_wer_normalises_case_and_punctuation():
     # "the cat sat" vs "the cat sit": 1 substitution; "hello world" vs "hello": 1 deletion; 2 / 5 words
     assert wer(["The cat sat.", "hello world"], ["the CAT sit", "Hello"]) == pytest.approx(0.4)
@@ -91,8 +86,6 @@ def test_per_is_corpus_level():
     assert phone_errors(["<unk>", "AH"], ["<unk>", "AA"]) == 1
     assert per([["DH", "AH"]], [[]]) == 1.0
 
-
-# ---------------------------------------------------------------- MDD
 
 ROAD = ["R", "OW", "D"]  # canonical; the speaker said L for R (003060259 in the real subset)
 ROAD_HEARD = ["L", "OW", "D"]
@@ -323,9 +316,6 @@ def test_perturbed_predictions_get_their_true_counts(utterances):
 def test_mdd_rejects_misaligned_human_phones():
     with pytest.raises(ValueError, match="3 canonical phones but 2 human"):
         mdd_counts(ROAD, ["L", "OW"], ROAD)
-
-
-# ---------------------------------------------------------------- bootstrap
 
 
 def test_bootstrap_of_a_constant_ratio_is_a_point():

@@ -140,8 +140,6 @@ def test_normalise_phones():
     assert normalise_phones("dh ah0\n\nS IH1 <Unk> l*") == "DH AH S IH <unk> L*"
 
 
-# ---------------------------------------------------------------- fuzz
-
 APA_KEYS = {"ok", "error", "scores", "clamped"}
 MDD_KEYS = {"ok", "error", "word_transcript", "phoneme_transcript"}
 

@@ -101,9 +101,6 @@ def test_resume_after_sigkill_adds_exactly_the_missing_lines(corpus_dir, tmp_pat
     assert rerun.returncode == 0 and len(cut.read_text().splitlines()) == 20
 
 
-# ---------------------------------------------------------------- audio limits
-
-
 def noise(n_samples: int) -> np.ndarray:
     return (0.1 * np.random.default_rng(0).standard_normal(n_samples)).astype(np.float32)
 

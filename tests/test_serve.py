@@ -178,9 +178,6 @@ class CannedPredictor:
         return out
 
 
-# ---------------------------------------------------------------- the real service, tiny model
-
-
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
     with pronlm_server(tmp_path_factory.mktemp("serve") / "server.log") as url:
@@ -250,9 +247,6 @@ def test_empty_text_is_422(tiny_server):
     response = post(tiny_server, wav_bytes(tone(1.0)), text="  ")
     assert response.status_code == 422
     assert "'text' is empty" in response.json()["detail"]
-
-
-# ---------------------------------------------------------------- fast cases, test double
 
 
 def test_concurrent_requests_are_all_answered_and_batched():
@@ -333,9 +327,6 @@ def test_failed_answers_still_give_the_schema():
         result = post(url, wav_bytes(tone(1.0))).json()
     check_schema(result)
     assert result["scores"] is None and {e["task"] for e in result["errors"]} == {"apa", "mdd"}
-
-
-# ---------------------------------------------------------------- one bad clip in a batch
 
 
 class HeldPredictor:
@@ -431,8 +422,6 @@ def test_an_unforeseen_error_is_a_one_line_json_500():
     assert detail.startswith("internal error (OSError: cmudict went away)") and "\n" not in detail
 
 
-# ---------------------------------------------------------------- key, rate limit, CORS
-
 KEY = "s3cret-key"
 ORIGIN = "http://app.example"
 
@@ -527,8 +516,6 @@ def test_serve_command_passes_key_rate_limit_and_cors(monkeypatch):
     assert codes == [401, 200, 429] and last.headers["access-control-allow-origin"] == ORIGIN
 
 
-# ---------------------------------------------------------------- uploads stay in memory
-
 _WATCH = threading.Event()
 _WRITES: list[str] = []
 _HOOKED: list[bool] = []
@@ -564,8 +551,6 @@ def test_uploads_are_never_written_to_disk():
     assert response.status_code == 200, response.text
     assert _WRITES == []
 
-
-# ---------------------------------------------------------------- soak
 
 SOAK_REQUESTS, SOAK_CONCURRENCY, SOAK_BUDGET_S = 200, 20, 150
 

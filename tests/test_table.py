@@ -144,9 +144,6 @@ def test_early_stopping_waits_patience_epochs_after_the_best():
     assert not should_stop(rows(None, None, None), 1)  # no best yet: nothing to wait on
 
 
-# ---------------------------------------------------------------- a run with predictions written here
-
-
 def _apa(utt, reverse: bool) -> str:
     s = utt.scores.as_dict()
     scores = {a: (10 - v if reverse else v) for a, v in s.items() if a in ("accuracy", "fluency", "prosodic", "total")}
@@ -275,9 +272,6 @@ def test_table_command_errors_name_the_fix(tmp_path, written_run, capsys):
         shutil.rmtree(folder)
     assert main(["table", "--run", str(written_run)]) == 2
     assert "save_strategy=epoch" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- end to end, the tiny model
 
 
 def _train(corpus_dir, out, *extra) -> int:

@@ -94,7 +94,6 @@ def test_training_saves_a_tiny_base_normalised_on_its_training_clips(corpus_dir,
     assert not torch.all(layer.global_mean == REFERENCE_LOG_MEL[0])
 
 
-
 def test_tiny_is_a_model_folder_built_once_and_loaded_by_path(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 

@@ -208,9 +208,6 @@ def test_an_error_answer_s_reason(body, detail):
     assert error_detail(httpx.Response(404, content=body)) == detail
 
 
-# ---------------------------------------------------------------- pronlm predict backend=vllm
-
-
 def predict_args(corpus_dir, out, url, *extra):
     return ["predict", "--corpus", str(corpus_dir), "--split", "test", "--out", str(out), "backend=vllm",
             f"vllm_url={url}", *extra]
@@ -314,9 +311,6 @@ def test_an_unreachable_server_is_a_clear_message(corpus_dir, tmp_path, capsys):
 def test_a_bad_backend_is_a_config_error(tmp_path, capsys):
     assert main(["predict", "--out", str(tmp_path / "p.jsonl"), "backend=vlm"]) == 2
     assert "backend must be one of transformers, vllm, not 'vlm'" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- pronlm serve backend=vllm
 
 
 def test_serve_answers_through_the_vllm_server(corpus_dir, monkeypatch):
