@@ -83,7 +83,7 @@ print(json.dumps({"class": type(model).__name__, "raw": [r["raw"] for r in predi
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_export_answers_as_the_adapter_does_without_peft(strategy, runs, exports, clips, corpus_dir):
-    ckpt, (summary, out) = runs[strategy], exports[strategy]
+    ckpt, (_, out) = runs[strategy], exports[strategy]
     adapter = [r["raw"] for r in Predictor.load(adapter=str(ckpt), max_new_tokens=MAX_NEW_TOKENS).predict(clips)]
     done = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(out), str(corpus_dir)], capture_output=True,
                           text=True, timeout=300)
