@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from pronlm.config import Config, load_config
+from pronlm.config import Config, checkpoint_config
 from pronlm.data.records import ASPECTS
 from pronlm.data.split import DEV_SPEAKERS, read_dev_speakers
 from pronlm.errors import PronlmError
@@ -175,9 +175,10 @@ def build_table(run: str | Path, cfg: Config | None = None) -> dict:
 
 
 def run_config(run: Path) -> Config:
+    """The run's own config (`checkpoint_config`: its templates read from the run's prompt copies)."""
     if not (run / "config.yaml").is_file():
         raise TableError(f"{run} has no config.yaml: give the output_dir of a `pronlm train` run")
-    return load_config(str(run / "config.yaml"))
+    return checkpoint_config(run)
 
 
 def table_command(run: str, split: str | None = None, untrained: bool = False) -> dict:
