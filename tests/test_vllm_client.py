@@ -42,8 +42,10 @@ class StandIn:
     `reply`: a raw body (bytes) instead of a completion.
     """
 
-    def __init__(self, models=(MODEL,), fail_after: int | None = None, delay: float = 0.0, reply: bytes | None = None):
+    def __init__(self, models=(MODEL,), fail_after: int | None = None, delay: float = 0.0, reply: bytes | None = None,
+                 logprobs: list[dict] | None = None):
         self.models, self.fail_after, self.delay, self.reply = list(models), fail_after, delay, reply
+        self.logprobs = logprobs  # the APA answer's `logprobs.content`, when the request asks for logprobs
         self.requests: list[tuple[str, str, dict, dict | None]] = []  # method, path, headers, JSON body
         self.chats = 0
         self.lock = threading.Lock()
@@ -70,6 +72,7 @@ class StandIn:
         return 200, json.dumps({
             "id": f"chatcmpl-{self.chats}", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": {"content": self.logprobs} if body.get("logprobs") and self.logprobs else None,
                          "finish_reason": "stop", "stop_reason": "<|end|>"}],
             "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}}).encode()
 
@@ -146,7 +149,8 @@ def test_the_request_is_the_training_prompt_the_clip_greedy_decoding_and_the_gra
                 {"type": "input_audio", "input_audio": {"format": "wav"}}]}],
             "temperature": 0.0, "max_tokens": 64, "stop": ["<|end|>", "<|endoftext|>"],
             "include_stop_str_in_output": True, "skip_special_tokens": False, "spaces_between_special_tokens": False,
-            "structured_outputs": {"json": answer_schema(task)}}
+            "structured_outputs": {"json": answer_schema(task)},
+            **({"logprobs": True, "top_logprobs": 20} if task == "apa" else {})}  # APA: `scores_expected`
         # the chat template's `<|user|>{content}<|end|><|assistant|>` is exactly the prompt trained on
         text = body["messages"][0]["content"][0]["text"]
         assert f"<|user|>{text}<|end|><|assistant|>" == PromptSet.from_templates().for_task(task)
@@ -337,3 +341,39 @@ def test_serve_answers_through_the_vllm_server(corpus_dir, monkeypatch):
     assert failed.json()["detail"] == (f"the vLLM server at {url} answered /chat/completions with HTTP 500: "
                                        "EngineCore encountered an issue (see the server's log)")
     assert stand_in.chats == 4
+
+
+def apa_logprobs(alternatives: dict[str, dict[str, float]]) -> list[dict]:
+    """`logprobs.content` of APA_ANSWER tokenized as o200k would (`": 8` is `":`, ` `, `8`); at each score,
+    the chosen token and the value tokens given in `alternatives[aspect]` ({text: logprob})."""
+    import re
+
+    pieces = [p for p in re.split(r'(\d+|": |, "|\{"|\}|<\|end\|>)', APA_ANSWER) if p]
+    content, aspect = [], None
+    for piece in pieces:
+        item = {"token": piece, "logprob": -0.01, "bytes": list(piece.encode()), "top_logprobs": []}
+        if piece.isdigit():
+            alts = alternatives[aspect]
+            item["logprob"] = alts[piece]
+            item["top_logprobs"] = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts.items()]
+            item["top_logprobs"].append({"token": "x", "logprob": -9.0, "bytes": [120]})  # not a value: ignored
+        aspect = next((a for a in ("accuracy", "fluency", "prosodic", "total") if piece.endswith(a)), aspect)
+        content.append(item)
+    assert "".join(c["token"] for c in content) == APA_ANSWER
+    return content
+
+
+def test_expected_scores_come_from_the_servers_logprobs(clip):
+    import math
+
+    ln = math.log
+    alternatives = {"accuracy": {"7": ln(0.5), "8": ln(0.25), "6": ln(0.25)},  # 7.0
+                    "fluency": {"8": ln(0.6), "9": ln(0.2), "10": ln(0.1)},  # 8.0 x 0.6 + 1.8 + 1.0 over 0.9
+                    "prosodic": {"6": 0.0},  # only the chosen value in the top list: the greedy value
+                    "total": {"7": ln(0.3), "10": ln(0.3), "0": ln(0.4)}}  # 2.1 + 3.0 + 0
+    stand_in = StandIn(logprobs=apa_logprobs(alternatives))
+    with running(stand_in) as url:
+        (record,) = VllmPredictor(url, PromptSet.from_templates()).predict([("u", clip)], tasks=("apa",))
+    assert record["scores"] == {"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}
+    assert record["scores_expected"] == pytest.approx({"accuracy": 7.0, "fluency": (4.8 + 1.8 + 1.0) / 0.9,
+                                                       "prosodic": 6.0, "total": 5.1}, abs=1e-4)

@@ -219,3 +219,39 @@ def expected_scores(pieces: list[str], token_ids: list[int], value_logits: torch
         probs = torch.softmax(value_logits[pos].double(), dim=0)
         out[aspect] = round(float((probs * values).sum()), 4)
     return out
+
+
+TOP_LOGPROBS = 20  # vLLM's default `max_logprobs`: the alternatives a server returns per position
+
+
+def expected_from_logprobs(content: list[dict]) -> dict[str, float] | None:
+    """`expected_scores` from an OpenAI-format `logprobs.content` (vLLM: raw logprobs, before the grammar).
+
+    At each position the value tokens among the chosen token and its `top_logprobs` stand in for the
+    11 value logits (a value outside the top `TOP_LOGPROBS` counts as probability 0, which moves the
+    mean by less than that tail's mass). Tokens are read by their text ("0".."10"), so no tokenizer
+    is needed; None when a score is not one value token.
+    """
+    index = {str(v): v for v in SCORES}
+    pieces, ids = [], []
+    value_logits = torch.full((len(content), len(SCORES)), float("-inf"))
+    for pos, item in enumerate(content):
+        piece = _token_text(item)
+        pieces.append(piece)
+        ids.append(index.get(piece, -1))
+        for alt in [item, *(item.get("top_logprobs") or [])]:
+            value = index.get(_token_text(alt))
+            if value is not None and isinstance(alt.get("logprob"), (int, float)):
+                value_logits[pos, value] = max(value_logits[pos, value].item(), float(alt["logprob"]))
+    return expected_scores(pieces, ids, value_logits, list(SCORES))
+
+
+def _token_text(item: dict) -> str:
+    """A logprob entry's text: its UTF-8 `bytes` when given (whole characters), else its `token`."""
+    raw = item.get("bytes")
+    if isinstance(raw, list):
+        try:
+            return bytes(raw).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return str(item.get("token", ""))

@@ -36,7 +36,7 @@ from pronlm.data.prompts import (
     PromptSet,
 )
 from pronlm.errors import BackendError, PronlmError
-from pronlm.evaluation.grammar import answer_schema
+from pronlm.evaluation.grammar import TOP_LOGPROBS, answer_schema, expected_from_logprobs
 from pronlm.evaluation.predict import answer_record, task_examples
 from pronlm.model.collate import audio_limit
 
@@ -129,18 +129,23 @@ class VllmPredictor:
         }
         if self.constrained:
             body["structured_outputs"] = {"json": self.schemas[example.task]}
+        if example.task == "apa":  # the value tokens' logprobs at each score: `scores_expected`
+            body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
         return body
 
-    def ask(self, example: Example, samples: np.ndarray) -> str:
-        """The raw answer to one example."""
+    def ask(self, example: Example, samples: np.ndarray) -> tuple[str, dict | None]:
+        """The raw answer to one example, and its expected scores (APA, when the server sent logprobs)."""
         body = self._call("POST", "/chat/completions", self.request(example, samples))
         try:
-            content = body["choices"][0]["message"]["content"]
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError) as exc:
             raise self._malformed("/chat/completions", f"no choices[0].message.content ({exc!r})") from None
         if not isinstance(content, str):
             raise self._malformed("/chat/completions", f"content is {type(content).__name__}, not text")
-        return content
+        logprobs = (choice.get("logprobs") or {}).get("content") if isinstance(choice, dict) else None
+        expected = expected_from_logprobs(logprobs) if example.task == "apa" and isinstance(logprobs, list) else None
+        return content, expected
 
     def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
         """One record per (item, task), in order; `AudioError` for a clip over the limit before any request."""
@@ -161,7 +166,7 @@ class VllmPredictor:
             futures = [pool.submit(self.ask, ex, a) for ex, a in zip(examples, audio)]
             for ex, future in zip(examples, futures):
                 try:
-                    records.append(answer_record(ex, future.result()))
+                    records.append(answer_record(ex, *future.result()))
                 except CancelledError:
                     continue
                 except VllmError as exc:
