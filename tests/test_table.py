@@ -14,6 +14,7 @@ from pronlm.cli import main
 from pronlm.config import ConfigError, load_config
 from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import parse_answer
+from pronlm.data.records import ASPECTS
 from pronlm.data.split import dev_speakers, pick_dev_speakers, save_dev_speakers
 from pronlm.data.targets import heard_phones
 from pronlm.evaluation import table as table_module
@@ -301,6 +302,7 @@ def test_each_epoch_row_equals_predict_and_evaluate_by_hand(tiny_run, corpus_dir
                 **templates)
         report = evaluate(str(tmp_path / f"{name}.jsonl"), str(corpus_dir), "test", str(tmp_path / name))
         assert {c: row[c] for c in COLUMNS} == metrics_row(report), name
+        assert row["expected_pcc"] == {a: report["apa_expected"][a]["pcc"] for a in ASPECTS}, name
         assert row["n_apa"] == report["apa"]["total"]["n"] and row["n_mdd"] == report["mdd"]["n"] == 10
         ours = (tiny_run / name / "test.jsonl").read_text().splitlines()
         assert ours == (tmp_path / f"{name}.jsonl").read_text().splitlines()  # the same model answered
@@ -319,6 +321,10 @@ def test_table_md_holds_the_papers_rows_and_ours(tiny_run):
         cells = " | ".join("–" if row[c] is None else f"{row[c]:.3f}" for c in COLUMNS)
         assert f"| {label} | {cells} |" in md
     assert "10 utterances of the test split, not the paper's 2,500" in md
+    assert "## Expected scores (ours, not the paper's protocol)" in md
+    for row in table["rows"]:  # constrained decoding: every answer has expected scores, each row its PCCs
+        cells = " | ".join("–" if row["expected_pcc"][a] is None else f"{row['expected_pcc'][a]:.3f}" for a in ASPECTS)
+        assert f"| {row['checkpoint']} | {row['epoch']:g} | {cells} |" in md
 
 
 @pytest.mark.slow

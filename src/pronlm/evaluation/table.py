@@ -90,8 +90,11 @@ def metrics_row(report: dict) -> dict[str, float | None]:
 
 
 def table_row(target: Target, report: dict) -> dict:
+    """A checkpoint's row: Table 3's columns, and the PCCs of its expected scores when it has them."""
+    expected = report.get("apa_expected")
     return {"checkpoint": target.name, "epoch": target.epoch, "step": target.step,
-            "n_apa": report["apa"]["total"]["n"], "n_mdd": report["mdd"]["n"], **metrics_row(report)}
+            "n_apa": report["apa"]["total"]["n"], "n_mdd": report["mdd"]["n"], **metrics_row(report),
+            "expected_pcc": {a: expected[a]["pcc"] for a in ASPECTS} if expected else None}
 
 
 def _best(rows: list[dict]) -> dict | None:
@@ -221,11 +224,25 @@ def markdown(table: dict) -> str:
                     f"| {_epoch(r)} | {_cells(r)} |" for r in table["rows"]], ""]
     if dev:
         lines += _dev_section(dev, header)
+    lines += _expected_section(table["rows"])
     lines += ["## What compares", "",
               "PCC (Pearson r per aspect), WER and PER are defined as in the paper. Our F1, P and R follow the "
               "standard MDD protocol (Li et al. 2016); the paper does not say how it counted its own, so those "
               "three columns do not compare (see any `report.md`)." + _coverage(table), ""]
     return "\n".join(lines)
+
+
+def _expected_section(rows: list[dict]) -> list[str]:
+    """The PCCs of the expected scores (Σ v·p(v), ours), beside the greedy integers' of the table above."""
+    rows = [r for r in rows if r.get("expected_pcc")]
+    if not rows:
+        return []
+    return ["## Expected scores (ours, not the paper's protocol)", "",
+            "PCC of each aspect's probability-weighted score over the 11 values (`scores_expected`), "
+            "for the same answers as the rows above, whose PCCs use the greedy integers:", "",
+            "| checkpoint | epoch | acc PCC | flu PCC | pro PCC | total PCC |", "|---|---|---|---|---|---|",
+            *[f"| {r['checkpoint']} | {_epoch(r)} | " + " | ".join(_num(r["expected_pcc"][a]) for a in ASPECTS) + " |"
+              for r in rows], ""]
 
 
 def _dev_section(dev: dict, header: list[str]) -> list[str]:
