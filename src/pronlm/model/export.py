@@ -35,6 +35,7 @@ from pronlm.model.load import (
     load_feature_extractor,
     load_model,
     resolve_base,
+    resolve_dtype,
 )
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,8 @@ def claim_out(out: str) -> Path:
 
 def export_dtype(cfg: Config, dtype: str) -> torch.dtype:
     """bf16 for a hub base (its shipped dtype: half the size of fp32), fp32 for the tiny model, else as asked."""
-    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype != "auto":
-        return names[dtype]
+        return resolve_dtype(dtype)
     return torch.float32 if cfg.is_tiny else torch.bfloat16
 
 

@@ -267,15 +267,16 @@ def speech_lora_config(cfg: Config, model, token_ids: list[int] | None = None, f
     return lcfg
 
 
-def with_speech_lora(cfg: Config, model, token_ids: list[int] | None = None):
+def with_speech_lora(cfg: Config, model, token_ids: list[int] | None = None, folder: str | None = None):
     """The base wrapped in its shipped speech LoRA, every weight loaded and checked (`load_lora_weights`).
 
     The one way the speech LoRA is read: continued in training (speech-lora, unfreeze) or merged
-    (`merge_speech_lora`: new-lora and the untrained baseline).
+    (`merge_speech_lora`: new-lora and the untrained baseline). `folder`: `speech_adapter_dir`'s
+    answer when the caller has it already.
     """
     from peft import get_peft_model
 
-    folder = speech_adapter_dir(cfg)
+    folder = folder or speech_adapter_dir(cfg)
     if folder is None:
         raise ConfigError(f"the base {cfg.base} has no built-in speech LoRA ({cfg.speech_adapter}/ is not in it): "
                           "set speech_adapter=FOLDER (a peft LoRA folder) or strategy=new-lora")
@@ -287,10 +288,11 @@ def merge_speech_lora(cfg: ModelConfig, model, base: str | None = None):
 
     A local base folder without one (the tiny model, an export that has it merged) is left as it is.
     """
-    if speech_adapter_dir(cfg, base) is None:
+    folder = speech_adapter_dir(cfg, base)
+    if folder is None:
         log.info("the base %s has no speech LoRA folder: nothing to merge", base or cfg.base)
         return model
-    return with_speech_lora(cfg, model).merge_and_unload()
+    return with_speech_lora(cfg, model, folder=folder).merge_and_unload()
 
 
 def prepare_for_training(cfg: Config, model, tokenizer):
