@@ -145,13 +145,11 @@ def _scores(scores: dict | None, expected: dict | None = None) -> str:
 
 def assess_command(audio: str, text: str, base: str | None = None, adapter: str | None = None,
                    fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None,
-                   constrained: bool | None = None) -> int:
+                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None) -> int:
     """`pronlm assess`: print the assessment of one audio file as JSON or as a table.
 
     A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
-    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates. `constrained`:
-    structured decoding (None: the config's, on by default).
+    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates.
     """
     from pronlm.data.audio import load_audio
 
@@ -165,7 +163,7 @@ def assess_command(audio: str, text: str, base: str | None = None, adapter: str 
     from pronlm.evaluation.predict import load_predictor
 
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg, constrained=constrained)
+                               cfg=cfg)
     if split_long:
         result = assess_long(predictor, samples, text, lex)
     else:

@@ -413,11 +413,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, base: str | None = None, ad
           lexicon: str | None = None, max_new_tokens: int = 256, max_upload_bytes: int = Limits.max_upload_bytes,
           max_audio_seconds: float = Limits.max_audio_seconds, max_queue: int = Limits.max_queue,
           max_batch: int = Limits.max_batch, api_key: str | None = None, rate_limit: int = 0,
-          cors_origins: tuple[str, ...] = (), cfg=None, constrained: bool | None = None) -> int:
+          cors_origins: tuple[str, ...] = (), cfg=None) -> int:
     """`pronlm serve`: load the model once, then answer HTTP requests until interrupted.
 
     `api_key` None: the `PRONLM_API_KEY` environment variable, if set and not empty. `cfg`: the
-    resolved config (`pronlm.cli`), in place of `base`. `constrained`: structured decoding (None: the config's).
+    resolved config (`pronlm.cli`), in place of `base`.
     """
     import uvicorn
 
@@ -428,7 +428,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, base: str | None = None, ad
     lex.phones("A")  # load CMUdict now rather than in the first request
     start = time.perf_counter()
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg, constrained=constrained)
+                               cfg=cfg)
     log.info("model %s%s loaded in %.1f s; serving on http://%s:%d", base or "(the adapter's base)",
              f" + {adapter}" if adapter else "", time.perf_counter() - start, host, port)
     _log_access(host, api_key, rate_limit, cors_origins)

@@ -8,7 +8,6 @@ the audio encoder takes (`max_audio_seconds`), and a configured limit above that
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ from pronlm.model.collate import Collator, audio_limit
 from pronlm.model.load import load_feature_extractor, load_model, resolve_base
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Predictor:
@@ -155,15 +155,12 @@ def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet
 
 def load_predictor(base: str | None = None, adapter: str | None = None, max_new_tokens: int = 256,
                    max_audio_seconds: float | None = 30.0, apa_template: str | None = None,
-                   mdd_template: str | None = None, cfg: Config | None = None, constrained: bool | None = None):
+                   mdd_template: str | None = None, cfg: Config | None = None):
     """The predictor `cfg.backend` names: `Predictor` (the model in this process) or a vLLM server's client.
 
     Both answer `predict`, `predict_examples` and `max_audio_seconds` alike, with the same records.
-    `constrained`: None takes the config's.
     """
     cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
-    if constrained is not None:
-        cfg = dataclasses.replace(cfg, constrained=constrained)
     if cfg.backend == "vllm":
         from pronlm.evaluation.vllm_client import VllmPredictor
 
@@ -216,11 +213,11 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
             batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
             apa_template: str | None = None, mdd_template: str | None = None,
             max_audio_seconds: float | None = 30.0, speakers=None, data: str | None = None,
-            cfg: Config | None = None, constrained: bool | None = None) -> dict:
+            cfg: Config | None = None) -> dict:
     """Predict a corpus split into `out` (JSON lines), skipping what the file already holds.
 
     `data`: a folder's examples.jsonl instead of the corpus (`predict_folder`). `cfg`: the resolved
-    config (`pronlm.cli`), in place of `base` and the templates. `constrained`: None takes the config's.
+    config (`pronlm.cli`), in place of `base` and the templates.
 
     `speakers`: only their utterances (a development split carved from train, `pronlm.evaluation.table`).
     """
@@ -232,14 +229,14 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     done = done_keys(out_path)
     if data is not None:
         return predict_folder(data, out_path, done, base, adapter, tasks, batch_size, limit, max_new_tokens,
-                              max_audio_seconds, cfg, constrained)
+                              max_audio_seconds, cfg)
     utterances = [u for u in read_corpus(corpus, split) if speakers is None or u.speaker in speakers][:limit]
     todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               apa_template=apa_template, mdd_template=mdd_template, cfg=cfg, constrained=constrained)
+                               apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
 
     def answer(utts, audio):  # only the (utterance, task) pairs the file lacks: a resumed run asks nothing twice
         examples, clips = task_examples([(u.id, a) for u, a in zip(utts, audio)], tasks, predictor.prompts,
@@ -293,8 +290,7 @@ def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_au
 
 def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: str | None, adapter: str | None,
                    tasks=TASKS, batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float | None = 30.0, cfg: Config | None = None,
-                   constrained: bool | None = None) -> dict:
+                   max_audio_seconds: float | None = 30.0, cfg: Config | None = None) -> dict:
     """Predict each line of `data`/examples.jsonl (its id, task, audio and prompt) not yet in `out_path`.
 
     Longest clips first, as for a corpus; targets may be null. Bad lines and clips are reported and skipped.
@@ -309,7 +305,7 @@ def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: 
     if not todo:
         return {"written": 0, "skipped_audio": 0}
     predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg, constrained=constrained)
+                               cfg=cfg)
     written, failed, rate = append_predictions(
         out_path, [ex for ex, _ in todo], batch_size, "line",
         lambda ex: load_audio(ex.audio, ex.id, predictor.max_audio_seconds),
