@@ -156,5 +156,6 @@ def main():
           f"{(cons['seconds'] / cons['steps']) / (free['seconds'] / free['steps']):.2f} ({len(items)} clips, both "
           f"tasks, max_new_tokens {a.max_new_tokens}; the two ways alternate batch by batch)")
 
+
 if __name__ == "__main__":
     main()

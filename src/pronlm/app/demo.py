@@ -26,6 +26,7 @@ from pronlm.errors import PronlmError
 class DemoError(PronlmError):
     """The demo cannot run as asked (no espeak-ng and no corpus)."""
 
+
 # On top of tiny-cpu, tuned on this corpus. Batch 16 for 300 steps (50 epochs, ~45 s on one core)
 # is what it takes to transcribe the training voices from their audio: held-in WER 0.00 at the
 # recipe's seed 42, 0.00-0.16 (mean 0.04) over seeds 0-6; batch 8 needs 600 steps for the same

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -14,7 +13,6 @@ from scipy.signal import resample_poly
 
 from pronlm.data.records import AudioError
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 SILENCE_PEAK = 1e-4  # peak amplitude (full scale 1.0) under which a clip counts as silent

@@ -4,7 +4,6 @@ records, so everything downstream deals with paths only."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +16,6 @@ from pronlm.data.records import (
 )
 from pronlm.errors import read_json
 
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 HF_PREFIX = "hf:"

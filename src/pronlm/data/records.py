@@ -3,17 +3,15 @@ name one utterance. Built from a scores.json entry by `utterance_from_scores` (b
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from pronlm.errors import PronlmError
 
-log = logging.getLogger(__name__)
+ASPECTS = ("accuracy", "fluency", "prosodic", "total")  # the four sentence scores: APA keys, in this order
+
 
 class CorpusError(PronlmError):
     """The corpus as a whole cannot be read (missing folder, unknown split)."""
-
-ASPECTS = ("accuracy", "fluency", "prosodic", "total")  # the four sentence scores: APA keys, in this order
 
 
 class UtteranceError(PronlmError):
