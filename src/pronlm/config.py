@@ -196,10 +196,13 @@ def flatten(values: dict, source: str) -> dict:
     return flat
 
 
+TEMPLATES = resources.files("pronlm") / "templates"  # the packaged prompt templates, `{task}_{name}.txt`
+
+
 def load_template(task: str, name_or_path: str = "default") -> str:
     """The text of a template field (`apa_template`, `mdd_template`): packaged by name (`default`,
     `short`, in `pronlm/templates/`) or any text file by path."""
-    packaged_tasks = sorted({p.name.split("_")[0] for p in (resources.files("pronlm") / "templates").iterdir()})
+    packaged_tasks = sorted({p.name.split("_")[0] for p in TEMPLATES.iterdir()})
     if task not in packaged_tasks:
         raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(packaged_tasks)}")
     path = Path(name_or_path)
@@ -207,9 +210,9 @@ def load_template(task: str, name_or_path: str = "default") -> str:
         if not path.is_file():
             raise ConfigError(f"{task} prompt template file {path} not found")
         return path.read_text().strip()
-    packaged = resources.files("pronlm") / "templates" / f"{task}_{name_or_path}.txt"
+    packaged = TEMPLATES / f"{task}_{name_or_path}.txt"
     if not packaged.is_file():
-        names = sorted(p.name for p in (resources.files("pronlm") / "templates").iterdir())
+        names = sorted(p.name for p in TEMPLATES.iterdir())
         raise ConfigError(f"no {task} prompt template {name_or_path!r}: give a .txt path or one of {names}")
     return packaged.read_text().strip()
 
@@ -231,8 +234,7 @@ def checkpoint_config(adapter: str | Path) -> Config | None:
     for folder in (Path(adapter), Path(adapter).parent):
         if (folder / "config.yaml").is_file():
             values = flatten(read_yaml(folder / "config.yaml") or {}, str(folder / "config.yaml"))
-            known = {f.name for f in fields(Config)}
-            values = {k: v for k, v in values.items() if k in known}
+            values = {k: v for k, v in values.items() if k in FIELDS}
             for key, copy in TEMPLATE_COPIES.items():
                 if (folder / copy).is_file():
                     values[key] = str(folder / copy)

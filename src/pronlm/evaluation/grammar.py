@@ -22,12 +22,12 @@ from llguidance import LLMatcher
 from transformers import LogitsProcessor
 
 from pronlm.data.prompts import TASKS
-from pronlm.data.records import ApaScores
+from pronlm.data.records import ASPECTS
+from pronlm.data.schema import SCORE_RANGE
 from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR
 from pronlm.errors import PronlmError
 
-ASPECTS = ApaScores.ASPECTS
-SCORES = range(11)  # 0..10
+SCORES = range(SCORE_RANGE[0], SCORE_RANGE[1] + 1)  # 0..10, the 11 values a score token can be
 # The separators of `json.dumps` defaults, as in every training target; no other whitespace.
 GUIDANCE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 # A word of a reference text (SpeechOcean762: upper-case letters and apostrophes; text.py keeps
@@ -59,7 +59,7 @@ def phone_pattern(accent_policy: str = "unk", word_boundaries: bool = False) -> 
 def answer_schema(task: str, accent_policy: str = "unk", word_boundaries: bool = False) -> dict:
     """The JSON schema of a task's answer, keys in the training targets' order and spacing."""
     if task == "apa":
-        props = {a: {"type": "integer", "minimum": 0, "maximum": 10} for a in ASPECTS}
+        props = {a: {"type": "integer", "minimum": SCORE_RANGE[0], "maximum": SCORE_RANGE[1]} for a in ASPECTS}
     elif task == "mdd":
         props = {"word_transcript": {"type": "string", "pattern": f"^{_spaced(WORD)}$"},
                  "phoneme_transcript": {"type": "string", "pattern": phone_pattern(accent_policy, word_boundaries)}}

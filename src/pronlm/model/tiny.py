@@ -12,7 +12,6 @@ import math
 import shutil
 import tempfile
 from collections.abc import Iterable
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from transformers.models.phi4_multimodal.modeling_phi4_multimodal import (
     Phi4MultimodalAudioMeanVarianceNormLayer,
 )
 
-from pronlm.config import cache_dir
+from pronlm.config import TEMPLATES, cache_dir
 from pronlm.data.targets import ARPABET, cmudict_entries, strip_stress
 from pronlm.errors import PronlmError
 from pronlm.model.collate import Collator
@@ -48,7 +47,7 @@ MIN_LOG_MEL_STD = 1.0  # a near-constant bin is not amplified into noise
 
 def _training_text(n_words: int = 4000) -> list[str]:
     """Text the tiny tokenizer learns merges from: our templates, JSON answers, CMU words/phones."""
-    lines = [p.read_text() for p in (resources.files("pronlm") / "templates").iterdir() if p.name.endswith(".txt")]
+    lines = [p.read_text() for p in TEMPLATES.iterdir() if p.name.endswith(".txt")]
     lines.append(" ".join(sorted(ARPABET)) + " <unk> | 0 1 2 3 4 5 6 7 8 9 10")
     lines.append('{"accuracy": 8, "fluency": 8, "prosodic": 9, "total": 8}')
     entries = sorted(cmudict_entries().items())
