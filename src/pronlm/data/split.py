@@ -40,8 +40,10 @@ def save_dev_speakers(cfg: Config, run: str | Path) -> None:
 
     A run that already holds checkpoints (resumed) must keep the development split it started with.
     """
+    from transformers.trainer_utils import get_last_checkpoint  # what `train --resume` resumes from
+
     path, speakers = Path(run) / DEV_SPEAKERS, dev_speakers(cfg)
-    if any(Path(run).glob("checkpoint-*")):
+    if Path(run).is_dir() and get_last_checkpoint(str(run)) is not None:
         before = json.loads(path.read_text())["speakers"] if path.is_file() else []
         if before != speakers:
             raise ConfigError(f"{run} was trained so far with development speakers {before or 'none'}, this "
