@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import re
+from collections import Counter
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Phi4MultimodalForCausalLM, PreTrainedModel
 
 from pronlm.config import Config, load_config
-from pronlm.model import phi4_config
+from pronlm.model import load, phi4_config
 from pronlm.model.load import (
     LM_LORA_TARGETS,
     ModelError,
@@ -26,8 +27,10 @@ from pronlm.model.load import (
     check_lm_only,
     load_model,
     parameter_table,
+    prepare_for_training,
     quantisable_linears,
     speech_lora_config,
+    training_dtypes,
 )
 
 LAYERS = phi4_config.LM_LAYERS
@@ -98,6 +101,52 @@ def test_4bit_quantises_the_language_model_layers_and_nothing_else(real_model):
         check_lm_only(bare)
 
 
+@pytest.fixture(scope="module")
+def real_size_tokenizer():
+    """A tokenizer as long as the real one (its last token near id 200,028)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(200_029)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")))
+
+
+def _nf4_like(model):
+    """What bitsandbytes leaves in place of each quantised linear's weight: packed uint8, two values a byte."""
+    for name in quantisable_linears(model):
+        linear = model.get_submodule(name)
+        linear.weight = torch.nn.Parameter(torch.empty(linear.weight.numel() // 2, 1, dtype=torch.uint8,
+                                                       device=linear.weight.device), requires_grad=False)
+    return model
+
+
+def test_4bit_training_keeps_every_frozen_weight_that_is_not_4bit_in_bf16(real_model, real_size_tokenizer,
+                                                                          monkeypatch):
+    """new-lora 4-bit: only LoRA and the two token rows are fp32; the towers and tied embedding stay bf16."""
+    quantised = quantisable_linears(real_model)
+    lm_linears = LAYERS * 3072 * (5120 + 3072 + 2 * 8192 + 8192)  # qkv, o, gate_up, down of each layer
+    lora = LAYERS * 64 * ((3072 + 5120) + (3072 + 3072) + (3072 + 2 * 8192) + (8192 + 3072))  # A + B at r 64
+    rest = 4_743_988_032 - lm_linears  # embedding (tied lm_head), audio and vision towers, projectors, norms
+    assert round(rest / 1e9, 2) == 1.52
+    expected = {"nf4": lm_linears, "bfloat16": rest, "fp32": lora + 2 * 3072}
+
+    cfg = load_config("new-lora", {"quantize_4bit": True})
+    with torch.device("meta"):
+        model = copy.deepcopy(real_model).to(torch.bfloat16)
+        monkeypatch.setattr(load, "quantize_lm_4bit", lambda m: load.freeze_for_4bit_training(_nf4_like(m)))
+        prepared = prepare_for_training(cfg, model, copy.deepcopy(real_size_tokenizer))
+    by_dtype = Counter()
+    for p in prepared.parameters():
+        by_dtype[str(p.dtype).removeprefix("torch.")] += p.numel() * (2 if p.dtype == torch.uint8 else 1)
+    assert dict(by_dtype) == {"uint8": expected["nf4"], "bfloat16": expected["bfloat16"], "float32": expected["fp32"]}
+
+    # the rule a memory plan uses, on the unquantised model, predicts the same counts
+    with torch.device("meta"):
+        planned = get_peft_model(copy.deepcopy(real_model), LoraConfig(
+            r=64, target_modules=LM_LORA_TARGETS, trainable_token_indices={"embed_tokens": [200_029, 200_030]}))
+    assert dict(training_dtypes(planned, quantised)) == expected
+
+
 @pytest.fixture()
 def flash_available(monkeypatch):
     """`auto` resolves to flash-attention 2, and transformers accepts it without the package or a GPU."""
@@ -137,13 +186,8 @@ def test_a_loaded_base_runs_its_audio_encoder_on_sdpa_when_the_lm_gets_flash(fla
     assert plain.model.embed_tokens_extend.audio_embed.encoder.config._attn_implementation == "flash_attention_2"
 
 
-def test_control_tokens_fit_the_real_embedding_without_a_resize(real_model):
-    """A tokenizer as long as the real one (its last token near id 200,028) gets ids inside the 200,064 rows."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(200_029)}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")))
-    ids = add_control_tokens(tokenizer, real_model)
+def test_control_tokens_fit_the_real_embedding_without_a_resize(real_model, real_size_tokenizer):
+    """A tokenizer as long as the real one gets ids inside the 200,064 rows."""
+    ids = add_control_tokens(copy.deepcopy(real_size_tokenizer), real_model)
     assert sorted(ids.values()) == [200_029, 200_030]
     assert real_model.get_input_embeddings().weight.shape[0] == phi4_config.VOCAB_ROWS  # no resize
