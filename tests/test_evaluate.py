@@ -231,3 +231,28 @@ def test_predictions_without_expected_scores_report_one_set(evaluated):
     assert report["apa_expected"] is None
     md = (tmp / "out" / "report.md").read_text()
     assert "expected scores" not in md and "greedy integer scores (the paper's protocol)" in md
+
+
+def test_calibration_is_the_share_of_human_scores_inside_the_intervals(corpus_dir, tmp_path):
+    """Intervals set around each human score: [h, h] on even utterances, [h+1, h+3] (missing it) on odd."""
+    utts = list(read_corpus(str(corpus_dir), "test"))
+    lines = []
+    for n, u in enumerate(utts):
+        raw = json.dumps({a: getattr(u.scores, a) for a in ("accuracy", "fluency", "prosodic", "total")})
+        record = {"id": u.id, "task": "apa", "raw": raw, **parse_answer("apa", raw)}
+        record["scores_interval"] = {a: [v, v] if n % 2 == 0 else [v + 1, v + 3] for a, v in record["scores"].items()}
+        lines.append(json.dumps(record))
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    report = evaluate(str(tmp_path / "p.jsonl"), str(corpus_dir), "test", str(tmp_path / "out"))
+    even, odd = (len(utts) + 1) // 2, len(utts) // 2
+    for aspect in ("accuracy", "fluency", "prosodic", "total"):
+        assert report["calibration"][aspect] == {"coverage": pytest.approx(even / len(utts)),
+                                                 "mean_width": pytest.approx(2 * odd / len(utts)), "n": len(utts)}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"| accuracy | {even / len(utts):.3f} | {2 * odd / len(utts):.2f} | {len(utts)} |" in md
+
+
+def test_predictions_without_intervals_report_no_calibration(evaluated):
+    _, report, tmp = evaluated
+    assert report["calibration"] is None
+    assert "carry no score intervals" in (tmp / "out" / "report.md").read_text()

@@ -209,11 +209,14 @@ def test_expected_scores_of_a_model_whose_score_distribution_is_set(tiny_model, 
     handle.remove()
     assert spread["ok"] and spread["scores"] == dict.fromkeys(ASPECTS, 8)  # greedy: the likelier value
     assert spread["scores_expected"] == pytest.approx(dict.fromkeys(ASPECTS, 7.75), abs=1e-3)
+    assert spread["scores_sd"] == pytest.approx(dict.fromkeys(ASPECTS, math.sqrt(0.25 * 0.75)), abs=1e-3)
+    assert spread["scores_interval"] == dict.fromkeys(ASPECTS, [7, 8])  # 10th-90th percentiles
     handle = _set_value_logits(tiny_model, tiny_tokenizer, {3: 0.0})
     (peaked,) = predictor.predict([("a", clip)], tasks=("apa",))
     handle.remove()
     assert peaked["scores"] == dict.fromkeys(ASPECTS, 3)
     assert peaked["scores_expected"] == pytest.approx(dict.fromkeys(ASPECTS, 3.0), abs=1e-3)
+    assert peaked["scores_interval"] == dict.fromkeys(ASPECTS, [3, 3])
 
 
 def test_recorded_value_logits_are_the_raw_logits_of_generate(tiny_model, tiny_tokenizer, train_utterances):

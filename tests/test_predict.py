@@ -39,7 +39,7 @@ def test_records_follow_the_schema_for_both_tasks(corpus_dir, tmp_path):
                                                      for t in ("apa", "mdd")]
     for r in lines:
         common = {"id", "task", "raw", "ok", "error"}
-        extra = {"scores", "clamped", "scores_expected"} if r["task"] == "apa" else {"word_transcript", "phoneme_transcript"}
+        extra = {"scores", "clamped", "scores_expected", "scores_sd", "scores_interval"} if r["task"] == "apa" else {"word_transcript", "phoneme_transcript"}
         assert set(r) == common | extra
         assert isinstance(r["raw"], str) and r["ok"] is (r["error"] is None)
 

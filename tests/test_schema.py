@@ -36,10 +36,13 @@ def test_check_record_refuses_what_is_not_a_record_and_fails_out_of_range_scores
 
 def test_answer_fields_of_one_recording():
     apa = {**parse_answer("apa", APA), "scores_expected": {"accuracy": 7.6, "fluency": 8.9, "prosodic": 7.0,
-                                                             "total": 8.1}}
+                                                             "total": 8.1},
+           "scores_sd": {"accuracy": 0.5, "fluency": 0.3, "prosodic": 0.0, "total": 0.4},
+           "scores_interval": {"accuracy": [7, 8], "fluency": [8, 9], "prosodic": [7, 7], "total": [8, 9]}}
     got = answer_fields(apa, parse_answer("mdd", MDD))
     assert got == {"scores": {"accuracy": 8, "fluency": 9, "prosodic": 7, "total": 8},
-                   "scores_expected": apa["scores_expected"], "word_transcript": "WE CALL IT",
+                   "scores_expected": apa["scores_expected"], "scores_sd": apa["scores_sd"],
+                   "scores_interval": apa["scores_interval"], "word_transcript": "WE CALL IT",
                    "phoneme_transcript": "W IY K AO L IH T", "errors": []}
     none = answer_fields(None, parse_answer("mdd", "nonsense"))
     assert (none["scores"], none["word_transcript"]) == (None, "")

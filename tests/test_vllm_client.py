@@ -30,7 +30,8 @@ APA_ANSWER = '{"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}<|end|>'
 MDD_ANSWER = '{"word_transcript": "WE CALL IT BEAR", "phoneme_transcript": "W IY K AO L IH T B EH R"}<|end|>'
 APA_RECORD = {"task": "apa", "raw": APA_ANSWER, "ok": True, "error": None,
               "scores": {"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}, "clamped": [],
-              "scores_expected": None}  # the server gives no logits: the same schema, no expected scores
+              # the server gives no logits: the same schema, no expected scores
+              "scores_expected": None, "scores_sd": None, "scores_interval": None}
 MDD_RECORD = {"task": "mdd", "raw": MDD_ANSWER, "ok": True, "error": None,
               "word_transcript": "WE CALL IT BEAR", "phoneme_transcript": "W IY K AO L IH T B EH R"}
 
@@ -377,3 +378,5 @@ def test_expected_scores_come_from_the_servers_logprobs(clip):
     assert record["scores"] == {"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}
     assert record["scores_expected"] == pytest.approx({"accuracy": 7.0, "fluency": (4.8 + 1.8 + 1.0) / 0.9,
                                                        "prosodic": 6.0, "total": 5.1}, abs=1e-4)
+    # total: p(0) 0.4, p(7) 0.3, p(10) 0.3 -> 10th percentile 0, 90th percentile 10
+    assert record["scores_interval"] == {"accuracy": [6, 8], "fluency": [8, 10], "prosodic": [6, 6], "total": [0, 10]}

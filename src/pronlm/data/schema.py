@@ -2,8 +2,9 @@
 
 A prediction record is `{"id", "task", "raw", "ok", "error", ...the task's fields}`: APA adds
 `scores` (the greedy integers 0-10), `clamped` (aspects brought back into 0-10) and
-`scores_expected` (probability-weighted scores, or null); MDD adds `word_transcript` and
-`phoneme_transcript`. `pronlm.data.parse` makes them from the model's text, `predict` writes them
+`scores_expected` (probability-weighted scores, or null) with `scores_sd` and `scores_interval`
+(each score's standard deviation and 80 % interval [low, high], or null); MDD adds `word_transcript`
+and `phoneme_transcript`. `pronlm.data.parse` makes them from the model's text, `predict` writes them
 one JSON line each, `evaluate` reads them back through `check_record`, and `assess` and `serve`
 read the two answers of one recording through `answer_fields`.
 """
@@ -50,7 +51,7 @@ def check_record(obj, where: str) -> dict:
         raise PredictionsError(f"{where}: \"ok\" APA prediction without integer scores for {', '.join(ASPECTS)}")
     outside = {a: v for a, v in scores.items() if a in ASPECTS and not SCORE_RANGE[0] <= v <= SCORE_RANGE[1]}
     if outside:
-        return {**obj, "ok": False, "scores": None, "scores_expected": None,
+        return {**obj, "ok": False, "scores": None, "scores_expected": None, "scores_sd": None, "scores_interval": None,
                 "error": f"score outside {SCORE_RANGE[0]}-{SCORE_RANGE[1]}: {outside}"}
     return obj
 
@@ -68,6 +69,8 @@ def answer_fields(apa: dict | None, mdd: dict | None) -> dict:
     return {
         "scores": apa["scores"] if apa["ok"] else None,
         "scores_expected": apa.get("scores_expected") if apa["ok"] else None,
+        "scores_sd": apa.get("scores_sd") if apa["ok"] else None,
+        "scores_interval": apa.get("scores_interval") if apa["ok"] else None,
         "word_transcript": mdd["word_transcript"] if mdd["ok"] else "",
         "phoneme_transcript": " ".join(mdd["phoneme_transcript"].split()) if mdd["ok"] else "",
         "errors": [{"task": task, "error": rec["error"] or "unknown error"}

@@ -34,6 +34,7 @@ from pronlm.evaluation.plots import (
     plot_confusions,
     plot_per_vs_accuracy,
 )
+from pronlm.evaluation.uncertainty import calibration
 
 
 class ReportError(PronlmError):
@@ -106,6 +107,16 @@ def apa_section(utts: list[Utterance], preds: dict, key: str = "scores") -> tupl
     return section, pairs
 
 
+def calibration_section(utts: list[Utterance], preds: dict) -> dict | None:
+    """Per aspect, how often the human score lies inside the model's 80 % interval (`scores_interval`),
+    and the intervals' mean width (`pronlm.evaluation.uncertainty.calibration`); None without intervals."""
+    answers = [(u, preds[u.id, "apa"]) for u in utts if (u.id, "apa") in preds]
+    good = [(u, a["scores_interval"]) for u, a in answers if a["ok"] and isinstance(a.get("scores_interval"), dict)]
+    if not good:
+        return None
+    return {x: calibration([(getattr(u.scores, x), tuple(i[x])) for u, i in good if x in i]) for x in ASPECTS}
+
+
 def mdd_row(utt: Utterance, answer: dict, policy: AccentPolicy) -> MddRow:
     """Score one MDD answer (a failed one as an empty transcript) on stress-free phones."""
     aligned = [pair for w in utt.words for pair in aligned_word_phones(w, policy, utt.id)]
@@ -162,6 +173,7 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
     report = {
         "n_utterances": len(utts), "split": split, "accent_policy": policy.value,
         "apa": apa, "apa_expected": apa_section(utts, preds, "scores_expected")[0] if has_expected else None,
+        "calibration": calibration_section(utts, preds),
         "mdd": mdd_section(utts, preds, rows),
         "parse": {f"{t}_{k}": v for t in TASKS for k, v in _parse_counts(utts, preds, t).items()}
         | {"unknown_ids": sum(i not in known for i, _ in preds), "corpus_errors": len(corpus_errors),

@@ -26,6 +26,7 @@ from pronlm.data.records import ASPECTS
 from pronlm.data.schema import SCORE_RANGE
 from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR
 from pronlm.errors import PronlmError
+from pronlm.evaluation.uncertainty import spread
 
 SCORES = range(SCORE_RANGE[0], SCORE_RANGE[1] + 1)  # 0..10, the 11 values a score token can be
 # The separators of `json.dumps` defaults, as in every training target; no other whitespace.
@@ -197,9 +198,9 @@ class ValueLogits(LogitsProcessor):
         return torch.stack([s[row] for s in self.steps]) if self.steps else torch.zeros(0, len(self.score_ids))
 
 
-def expected_scores(pieces: list[str], token_ids: list[int], value_logits: torch.Tensor,
-                    score_ids: list[int]) -> dict[str, float] | None:
-    """Each aspect's Σ v·softmax(logits of the 11 value tokens) at the position of its score.
+def score_distributions(pieces: list[str], token_ids: list[int], value_logits: torch.Tensor,
+                        score_ids: list[int]) -> dict[str, list[float]] | None:
+    """Each aspect's softmax over the logits of the 11 value tokens at the position of its score.
 
     `pieces`/`token_ids`: the generated tokens' text and ids; `value_logits`: [steps, 11] (`ValueLogits`).
     None when an aspect's score is not a single value token right after `"aspect": ` (a free-text
@@ -209,23 +210,47 @@ def expected_scores(pieces: list[str], token_ids: list[int], value_logits: torch
     for pos, piece in enumerate(pieces):
         starts[len(text)] = pos
         text += piece
-    values = torch.tensor(list(SCORES), dtype=torch.float64)
     out = {}
     for aspect in ASPECTS:
         match = re.search(rf'"{aspect}":\s*', text)
         pos = starts.get(match.end()) if match else None
         if pos is None or pos >= len(value_logits) or token_ids[pos] not in score_ids:
             return None
-        probs = torch.softmax(value_logits[pos].double(), dim=0)
-        out[aspect] = round(float((probs * values).sum()), 4)
+        out[aspect] = torch.softmax(value_logits[pos].double(), dim=0).tolist()
     return out
+
+
+def expected_scores(pieces: list[str], token_ids: list[int], value_logits: torch.Tensor,
+                    score_ids: list[int]) -> dict[str, float] | None:
+    """Each aspect's Σ v·softmax(logits of the 11 value tokens) at the position of its score
+    (`score_distributions`; None when a score has no such position)."""
+    dists = score_distributions(pieces, token_ids, value_logits, score_ids)
+    return score_fields(dists)["scores_expected"] if dists else None
+
+
+def score_fields(dists: dict[str, list[float]] | None) -> dict:
+    """The record's fields from the score distributions: `scores_expected` (mean), `scores_sd` and
+    `scores_interval` ([low, high], the 10th-90th percentiles: `pronlm.evaluation.uncertainty.spread`);
+    each null when `dists` is None."""
+    if not dists:
+        return {"scores_expected": None, "scores_sd": None, "scores_interval": None}
+    spreads = {a: spread(p, SCORES) for a, p in dists.items()}
+    return {"scores_expected": {a: s.mean for a, s in spreads.items()},
+            "scores_sd": {a: s.sd for a, s in spreads.items()},
+            "scores_interval": {a: [s.low, s.high] for a, s in spreads.items()}}
 
 
 TOP_LOGPROBS = 20  # vLLM's default `max_logprobs`: the alternatives a server returns per position
 
 
 def expected_from_logprobs(content: list[dict]) -> dict[str, float] | None:
-    """`expected_scores` from an OpenAI-format `logprobs.content` (vLLM: raw logprobs, before the grammar).
+    """The expected scores of `distributions_from_logprobs`."""
+    dists = distributions_from_logprobs(content)
+    return score_fields(dists)["scores_expected"] if dists else None
+
+
+def distributions_from_logprobs(content: list[dict]) -> dict[str, list[float]] | None:
+    """`score_distributions` from an OpenAI-format `logprobs.content` (vLLM: raw logprobs, before the grammar).
 
     At each position the value tokens among the chosen token and its `top_logprobs` stand in for the
     11 value logits (a value outside the top `TOP_LOGPROBS` counts as probability 0, which moves the
@@ -243,7 +268,7 @@ def expected_from_logprobs(content: list[dict]) -> dict[str, float] | None:
             value = index.get(_token_text(alt))
             if value is not None and isinstance(alt.get("logprob"), (int, float)):
                 value_logits[pos, value] = max(value_logits[pos, value].item(), float(alt["logprob"]))
-    return expected_scores(pieces, ids, value_logits, list(SCORES))
+    return score_distributions(pieces, ids, value_logits, list(SCORES))
 
 
 def _token_text(item: dict) -> str:

@@ -52,7 +52,7 @@ def markdown(report: dict, predictions: str) -> str:
         *[f"| {a} (expected) | {_num(v['pcc'])} | {_ci(v['ci95'])} | {_num(v['p_value'], 4)} | "
           f"{_num(v['spearman'])} | {_num(v['mse'], 2)} | {v['n']} |"
           for a, v in (report["apa_expected"] or {}).items()],
-        "",
+        "", *_calibration(report),
         f"MDD: PER {_num(mdd['per'])} (95% CI {_ci(mdd['per_ci95'])}), F1 {_num(mdd['f1'])} "
         f"(95% CI {_ci(mdd['f1_ci95'])}), FAR {_num(mdd['far'])}, FRR {_num(mdd['frr'])}, DER {_num(mdd['der'])}; "
         "counts " + ", ".join(f"{k} {v}" for k, v in mdd["counts"].items()) + ". "
@@ -83,6 +83,18 @@ def _which_scores(report: dict) -> list[str]:
     return ["Two sets of APA PCCs: **this run** on the greedy integer scores (`scores`, the paper's protocol); "
             "**this run, expected scores** on the probability-weighted scores (`scores_expected`: for each aspect "
             "Σ v·p(v) over the 11 value tokens at the score's position; ours, not the paper's).", ""]
+
+
+def _calibration(report: dict) -> list[str]:
+    """How often the human score lies in the model's 80 % interval, per aspect (ideal 0.80)."""
+    cal = report.get("calibration")
+    if not cal:
+        return ["Calibration: the predictions carry no score intervals (`scores_interval`).", ""]
+    return ["Calibration of the 80 % intervals (`scores_interval`: the 10th-90th percentiles of each score's "
+            "distribution over 0-10): the share of human scores inside them (ideal 0.80; lower: over-confident) "
+            "and their mean width in score points.", "",
+            "| aspect | coverage | mean width | n |", "|---|---|---|---|",
+            *[f"| {a} | {_num(v['coverage'])} | {_num(v['mean_width'], 2)} | {v['n']} |" for a, v in cal.items()], ""]
 
 
 def _coverage(report: dict) -> str:

@@ -31,7 +31,8 @@ from pronlm.errors import PredictionInterrupted, PronlmError
 from pronlm.evaluation.grammar import (
     AnswerGrammar,
     ValueLogits,
-    expected_scores,
+    score_distributions,
+    score_fields,
     score_token_ids,
 )
 from pronlm.model.collate import Collator, audio_limit
@@ -90,8 +91,8 @@ class Predictor:
 
     @torch.inference_mode()
     def generate_scored(self, examples: list[Example], audio: list[np.ndarray]) -> list[tuple[str, dict | None]]:
-        """(answer, expected scores) per example: the scores for APA answers whose scores could be found
-        (`pronlm.evaluation.grammar.expected_scores`), else None. Constrained to each task's grammar when `constrained`."""
+        """(answer, score distributions) per example: for APA answers whose scores could be found, each
+        aspect's probabilities of 0..10 (`pronlm.evaluation.grammar.score_distributions`), else None. Constrained to each task's grammar when `constrained`."""
         batch = {k: v.to(self.model.device) for k, v in self.collator(examples, audio).items()}
         values = ValueLogits(self.score_ids)
         processors = [values]
@@ -107,7 +108,7 @@ class Predictor:
             expected = None
             if ex.task == "apa":
                 pieces = [self.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
-                expected = expected_scores(pieces, ids, values.row(n), self.score_ids)
+                expected = score_distributions(pieces, ids, values.row(n), self.score_ids)
             answers.append((self.tokenizer.decode(ids, skip_special_tokens=False), expected))
         return answers
 
@@ -129,13 +130,14 @@ class Predictor:
         return records
 
 
-def answer_record(example: Example, raw: str, expected: dict | None = None) -> dict:
+def answer_record(example: Example, raw: str, dists: dict | None = None) -> dict:
     """The one prediction schema: id, task, the raw answer and what `parse_answer` makes of it; an APA
-    record also has `scores_expected` (`pronlm.evaluation.grammar.expected_scores`, null when unknown:
-    a failed answer, a backend that gives no logits), beside the greedy integers of `scores`."""
+    record also has, from the score distributions `dists`, `scores_expected`, `scores_sd` and
+    `scores_interval` (`pronlm.evaluation.grammar.score_fields`; null when unknown: a failed answer, a
+    backend that gives no logits), beside the greedy integers of `scores`."""
     record = {"id": example.id, "task": example.task, "raw": raw, **parse_answer(example.task, raw)}
     if example.task == "apa":
-        record["scores_expected"] = expected if record["ok"] else None
+        record |= score_fields(dists if record["ok"] else None)
     return record
 
 

@@ -36,7 +36,7 @@ from pronlm.data.prompts import (
     PromptSet,
 )
 from pronlm.errors import BackendError, PronlmError
-from pronlm.evaluation.grammar import TOP_LOGPROBS, answer_schema, expected_from_logprobs
+from pronlm.evaluation.grammar import TOP_LOGPROBS, answer_schema, distributions_from_logprobs
 from pronlm.evaluation.predict import answer_record, task_examples
 from pronlm.model.collate import audio_limit
 
@@ -134,7 +134,7 @@ class VllmPredictor:
         return body
 
     def ask(self, example: Example, samples: np.ndarray) -> tuple[str, dict | None]:
-        """The raw answer to one example, and its expected scores (APA, when the server sent logprobs)."""
+        """The raw answer to one example, and its score distributions (APA, when the server sent logprobs)."""
         body = self._call("POST", "/chat/completions", self.request(example, samples))
         try:
             choice = body["choices"][0]
@@ -144,7 +144,7 @@ class VllmPredictor:
         if not isinstance(content, str):
             raise self._malformed("/chat/completions", f"content is {type(content).__name__}, not text")
         logprobs = (choice.get("logprobs") or {}).get("content") if isinstance(choice, dict) else None
-        expected = expected_from_logprobs(logprobs) if example.task == "apa" and isinstance(logprobs, list) else None
+        expected = distributions_from_logprobs(logprobs) if example.task == "apa" and isinstance(logprobs, list) else None
         return content, expected
 
     def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
