@@ -18,7 +18,7 @@ AUDIO_ONLY = DATA / "speechocean762-audio"
 def corpus_dir() -> Path:
     """The real labelled subset (46 utterances) in the corpus layout."""
     if not (CORPUS / "resource" / "scores.json").is_file():
-        pytest.skip(f"real SpeechOcean762 subset not found at {CORPUS} (set PRONLM_TEST_DATA)")
+        pytest.skip(f"real SpeechOcean762 subset not found at {CORPUS}")
     return CORPUS
 
 
@@ -82,3 +82,24 @@ def espeak() -> str:
     if exe is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run does it)")
     return exe
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say loudly how many tests did not run and why: a skipped test proves nothing (`-rs` lists each one)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    ran = sum(len(terminalreporter.stats.get(k, [])) for k in ("passed", "failed", "error", "xfailed", "xpassed"))
+    terminalreporter.section(f"{len(skipped)} TEST{'S' * (len(skipped) > 1)} DID NOT RUN", sep="!", red=True, bold=True)
+    terminalreporter.write_line(f"{len(skipped)} of {len(skipped) + ran} tests were skipped, so they prove nothing:",
+                                red=True, bold=True)
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"  {n:4d}  {reason}", red=True)
+    if any(str(DATA) in reason for reason in reasons):
+        terminalreporter.write_line(f"  build the test data: python scripts/make_test_subset.py --corpus "
+                                    f"SPEECHOCEAN762_FOLDER --out {DATA} (README, 'Test data')", bold=True)

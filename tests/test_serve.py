@@ -7,7 +7,6 @@ import io
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -552,7 +551,7 @@ def test_uploads_are_never_written_to_disk():
     assert _WRITES == []
 
 
-SOAK_REQUESTS, SOAK_CONCURRENCY, SOAK_BUDGET_S = 200, 20, 150
+SOAK_REQUESTS, SOAK_CONCURRENCY = 200, 20  # bounded by counts; its latency is benchmarks/bench_serve.py's
 
 
 def soak_plan() -> list[tuple[str, int, dict]]:
@@ -572,14 +571,13 @@ def soak_plan() -> list[tuple[str, int, dict]]:
     return [kind for pair in zip(valid, invalid) for kind in pair]
 
 
-def timed(url: str, kind: tuple[str, int, dict]) -> tuple[str, int, float, httpx.Response | httpx.TransportError]:
+def answered(url: str, kind: tuple[str, int, dict]) -> tuple[str, int, httpx.Response | httpx.TransportError]:
+    """(kind, expected status, the response or the transport error); no clock: pytest-timeout guards hangs."""
     name, expected, args = kind
-    start = time.perf_counter()
     try:
-        response = post(url, timeout=60, **args)
+        return name, expected, post(url, timeout=None, **args)
     except httpx.TransportError as exc:
-        return name, expected, time.perf_counter() - start, exc
-    return name, expected, time.perf_counter() - start, response
+        return name, expected, exc
 
 
 def rss_mb(pid: int) -> float:
@@ -589,14 +587,15 @@ def rss_mb(pid: int) -> float:
 
 def run_round(url: str, plan: list, n: int) -> list[tuple]:
     with ThreadPoolExecutor(SOAK_CONCURRENCY) as pool:
-        return list(pool.map(lambda i: timed(url, plan[i % len(plan)]), range(n), timeout=SOAK_BUDGET_S))
+        return list(pool.map(lambda i: answered(url, plan[i % len(plan)]), range(n)))
 
 
 @pytest.mark.slow
 def test_soak_mixed_requests_keep_the_service_healthy(tmp_path):
     """200 requests, half invalid, 20 at a time, to `pronlm serve` with a key from $PRONLM_API_KEY and a
     (generous) rate limit: each gets its answer or its specific refusal; afterwards /health answers and
-    the server's memory is within 20 % of what it was after a warm-up."""
+    the server's memory is within 20 % of what it was after a warm-up. Bounded by counts, not a clock:
+    its latency and throughput are `benchmarks/bench_serve.py --requests 200 --max-new-tokens 4`'s."""
     if not Path("/proc/self/status").is_file():
         pytest.skip("reads the server's memory from /proc (Linux)")
     plan = soak_plan()
@@ -604,35 +603,28 @@ def test_soak_mixed_requests_keep_the_service_healthy(tmp_path):
     with pronlm_process(tmp_path / "server.log", *options, env={"PRONLM_API_KEY": KEY}) as (url, proc):
         run_round(url, plan, len(plan))  # warm-up: first-call allocations of every path
         before = rss_mb(proc.pid)
-        start = time.perf_counter()
         results = run_round(url, plan, SOAK_REQUESTS)
-        elapsed = time.perf_counter() - start
         after = rss_mb(proc.pid)
-        health = httpx.get(f"{url}/health", timeout=10)
-    figures = soak_figures(results, elapsed, before, after)
+        health = httpx.get(f"{url}/health", timeout=None)
+    figures = soak_figures(results, before, after)
     print(json.dumps(figures, indent=1))
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "soak.json").write_text(json.dumps(figures, indent=1))
-    wrong = [(name, expected, getattr(r, "status_code", repr(r))) for name, expected, _, r in results
+    assert len(results) == SOAK_REQUESTS
+    wrong = [(name, expected, getattr(r, "status_code", repr(r))) for name, expected, r in results
              if getattr(r, "status_code", None) != expected]
     assert wrong == [], wrong
-    for name, _, _, r in results:
+    assert figures["by_status"] == {"200": 100, "401": 24, "413": 26, "415": 25, "422": 25}  # 12.5 rounds of soak_plan
+    for name, _, r in results:
         if name == "valid":
             check_schema(r.json())
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert after <= 1.2 * before, figures
-    assert elapsed < SOAK_BUDGET_S
 
 
-def soak_figures(results: list[tuple], elapsed: float, before: float, after: float) -> dict:
-    latencies = sorted(t for _, _, t, _ in results)
-    statuses = [str(getattr(r, "status_code", type(r).__name__)) for _, _, _, r in results]
-    valid = sorted(t for name, _, t, _ in results if name == "valid")
-    return {"requests": len(results), "concurrency": SOAK_CONCURRENCY, "seconds": round(elapsed, 1),
+def soak_figures(results: list[tuple], before: float, after: float) -> dict:
+    statuses = [str(getattr(r, "status_code", type(r).__name__)) for _, _, r in results]
+    return {"requests": len(results), "concurrency": SOAK_CONCURRENCY,
             "by_status": {s: statuses.count(s) for s in sorted(set(statuses))},
-            "latency_p50_s": round(statistics.median(latencies), 3),
-            "latency_p95_s": round(latencies[round(0.95 * len(latencies)) - 1], 3),
-            "valid_latency_p50_s": round(statistics.median(valid), 3),
-            "valid_latency_p95_s": round(valid[round(0.95 * len(valid)) - 1], 3),
             "rss_mb_after_warmup": round(before, 1), "rss_mb_after": round(after, 1),
             "rss_change_pct": round(100 * (after - before) / before, 1)}

@@ -300,3 +300,20 @@ def test_a_clip_limit_above_the_encoders_is_refused_before_training(corpus_dir, 
     with pytest.raises(AudioLimitError, match="60.*40|40.*60"):
         train(cfg)
     assert not (tmp_path / "log.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_the_packaged_tiny_recipe_trains_from_any_folder(espeak, tmp_path):
+    """A fresh clone has no ../shared: `pronlm train --recipe tiny-cpu` reads the espeak-ng corpus, built
+    once in the cache, from whichever folder it is run in."""
+    env = {**os.environ, "PRONLM_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "pronlm.cli", "train", "--recipe", "tiny-cpu", "output_dir=run", "max_steps=2",
+           "save_strategy=no", "per_device_train_batch_size=2"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "train_result.json").read_text())["global_step"] == 2
+    assert load_config(str(tmp_path / "run" / "config.yaml")).corpus == "synthetic"
+    corpus = tmp_path / "cache" / "synthetic-corpus"
+    assert len((corpus / "train" / "text").read_text().splitlines()) == 48  # 6 training voices x 8 sentences
+    assert [p.name for p in corpus.parent.iterdir()].count("synthetic-corpus") == 1
+    assert not list(corpus.parent.glob("*.tmp"))  # built aside, renamed into place

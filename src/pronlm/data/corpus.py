@@ -1,9 +1,12 @@
-"""SpeechOcean762 readers: the corpus directory (Kaldi layout, `resource/scores.json`) or the Hugging
-Face copy `hf:mispeech/speechocean762` (its audio written to WAV files), both giving `Utterance`
-records, so everything downstream deals with paths only."""
+"""SpeechOcean762 readers: the corpus directory (Kaldi layout, `resource/scores.json`), the Hugging
+Face copy `hf:mispeech/speechocean762` (its audio written to WAV files) or `synthetic` (the espeak-ng
+corpus in the same layout, built once in the cache), all giving `Utterance` records, so everything
+downstream deals with paths only."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -19,10 +22,11 @@ from pronlm.errors import read_json
 
 SPLITS = ("train", "test")
 HF_PREFIX = "hf:"
+SYNTHETIC = "synthetic"  # the tiny-cpu recipe's corpus: it needs no download and no folder beside the clone
 
 
 def read_corpus(source: str, split: str, errors: list[UtteranceError] | None = None) -> Iterator[Utterance]:
-    """Yield the utterances of `split` from a corpus directory or `hf:<dataset id>`.
+    """Yield the utterances of `split` from a corpus directory, `hf:<dataset id>` or `synthetic`.
 
     Utterances with broken labels are appended to `errors` (and skipped) when a list is
     given; otherwise the first one raises.
@@ -33,8 +37,25 @@ def read_corpus(source: str, split: str, errors: list[UtteranceError] | None = N
         from pronlm.data.hf import read_hf  # optional dependency: `datasets`
 
         yield from read_hf(source[len(HF_PREFIX):], split, errors)
+    elif source == SYNTHETIC:
+        yield from read_kaldi_dir(synthetic_corpus(), split, errors)
     else:
         yield from read_kaldi_dir(Path(source), split, errors)
+
+
+def synthetic_corpus() -> Path:
+    """The espeak-ng corpus (`pronlm.data.synthetic`), synthesised into the cache on first use."""
+    from pronlm.config import cache_dir
+    from pronlm.data.synthetic import build_corpus
+
+    root = cache_dir() / "synthetic-corpus"
+    if not root.is_dir():  # built aside and renamed: a killed build or a second process leaves no half corpus
+        tmp = build_corpus(root.with_name(f"{root.name}.{os.getpid()}.tmp"))
+        try:
+            tmp.rename(root)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp)
+    return root
 
 
 def read_kaldi_dir(root: Path, split: str, errors: list[UtteranceError] | None = None) -> Iterator[Utterance]:
