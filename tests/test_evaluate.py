@@ -256,3 +256,40 @@ def test_predictions_without_intervals_report_no_calibration(evaluated):
     _, report, tmp = evaluated
     assert report["calibration"] is None
     assert "carry no score intervals" in (tmp / "out" / "report.md").read_text()
+
+
+def test_phone_scores_are_scored_against_the_phone_accuracies_as_gopt_does(corpus_dir, tmp_path):
+    """MSE and PCC over every canonical phone of the test utterances, against scipy on the same pairs."""
+    from scipy.stats import pearsonr
+
+    from pronlm.data.targets import strip_stress
+
+    utts = list(read_corpus(str(corpus_dir), "test"))
+    lines, pred, human = [], [], []
+    for n, u in enumerate(utts):
+        raw = json.dumps({"word_transcript": u.text, "phoneme_transcript": ""})
+        record = {"id": u.id, "task": "mdd", "raw": raw, **parse_answer("mdd", raw)}
+        phones = [strip_stress(p) for w in u.words for p in w.canonical_phones]
+        accuracies = [a for w in u.words for a in w.phone_accuracies]
+        scores = [round(2 - ((3 * n + k) % 7) / 3.5, 4) for k in range(len(phones))]  # any spread of 0-2 values
+        if n == 1:
+            phones = phones[1:]  # does not match the canonical phones: left out
+        else:
+            pred += scores
+            human += accuracies
+        record["phone_scores"] = [{"phone": p, "score": s} for p, s in zip(phones, scores)]
+        lines.append(json.dumps(record))
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    report = evaluate(str(tmp_path / "p.jsonl"), str(corpus_dir), "test", str(tmp_path / "out"))
+    phone = report["phone"]
+    assert phone["n"] == len(pred) and phone["skipped_utterances"] == 1
+    assert phone["mse"] == pytest.approx(float(np.mean((np.array(pred) - np.array(human)) ** 2)))
+    assert phone["pcc"] == pytest.approx(pearsonr(pred, human)[0])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"| **this run** | **{phone['mse']:.3f}** | **{phone['pcc']:.3f}** |" in md and "| GOPT" in md
+
+
+def test_predictions_without_phone_scores_say_so(evaluated):
+    _, report, tmp = evaluated
+    assert report["phone"] is None
+    assert "Phone scores: none in the predictions" in (tmp / "out" / "report.md").read_text()

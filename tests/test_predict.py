@@ -12,8 +12,10 @@ import pytest
 
 from pronlm.config import load_template
 from pronlm.data.audio import load_audio
+from pronlm.data.corpus import read_corpus
 from pronlm.data.prompts import TASKS, Example
 from pronlm.data.records import AudioError
+from pronlm.data.targets import strip_stress
 from pronlm.evaluation.predict import Predictor, done_keys, predict
 from pronlm.model.collate import AudioLimitError, max_audio_seconds
 from pronlm.model.phi4_config import real_config
@@ -39,9 +41,15 @@ def test_records_follow_the_schema_for_both_tasks(corpus_dir, tmp_path):
                                                      for t in ("apa", "mdd")]
     for r in lines:
         common = {"id", "task", "raw", "ok", "error"}
-        extra = {"scores", "clamped", "scores_expected", "scores_sd", "scores_interval"} if r["task"] == "apa" else {"word_transcript", "phoneme_transcript"}
+        extra = ({"scores", "clamped", "scores_expected", "scores_sd", "scores_interval"} if r["task"] == "apa"
+                 else {"word_transcript", "phoneme_transcript", "phone_scores"})
         assert set(r) == common | extra
         assert isinstance(r["raw"], str) and r["ok"] is (r["error"] is None)
+    utts = {u.id: u for u in read_corpus(str(corpus_dir), "test")}
+    for r in lines[1::2]:  # one score per canonical phone of the annotation, in order
+        canonical = [strip_stress(p) for w in utts[r["id"]].words for p in w.canonical_phones]
+        assert [s["phone"] for s in r["phone_scores"]] == canonical
+        assert all(0 <= s["score"] <= 2 and 0 <= s["p"] <= 1 for s in r["phone_scores"])
 
 
 def test_batched_generation_equals_one_at_a_time(corpus_dir, train_utterances):

@@ -4,7 +4,9 @@ A prediction record is `{"id", "task", "raw", "ok", "error", ...the task's field
 `scores` (the greedy integers 0-10), `clamped` (aspects brought back into 0-10) and
 `scores_expected` (probability-weighted scores, or null) with `scores_sd` and `scores_interval`
 (each score's standard deviation and 80 % interval [low, high], or null); MDD adds `word_transcript`
-and `phoneme_transcript`. `pronlm.data.parse` makes them from the model's text, `predict` writes them
+and `phoneme_transcript`, and `phone_scores` where the canonical phones were known (one
+`{"phone", "score", "p", "likely"}` per canonical phone, score on SpeechOcean762's 0-2 phone-accuracy
+scale: `pronlm.evaluation.phone_scores`). `pronlm.data.parse` makes them from the model's text, `predict` writes them
 one JSON line each, `evaluate` reads them back through `check_record`, and `assess` and `serve`
 read the two answers of one recording through `answer_fields`.
 """
@@ -16,6 +18,7 @@ from pronlm.data.records import ASPECTS
 from pronlm.errors import PronlmError
 
 ANSWER_KEYS = {"apa": ASPECTS, "mdd": ("word_transcript", "phoneme_transcript")}  # what each answer holds
+PHONE_SCORES = "phone_scores"  # an MDD record's per-canonical-phone scores (0-2), where computed
 SCORE_RANGE = (0, 10)
 
 

@@ -16,12 +16,13 @@ from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import normalise_phones, parse_answer
 from pronlm.data.prompts import TASKS
 from pronlm.data.records import ASPECTS, Utterance, UtteranceError
-from pronlm.data.schema import PredictionsError, check_record, valid_scores
+from pronlm.data.schema import PHONE_SCORES, PredictionsError, check_record, valid_scores
 from pronlm.data.targets import (
     DELETED,
     WORD_SEPARATOR,
     AccentPolicy,
     aligned_word_phones,
+    strip_stress,
 )
 from pronlm.data.text import spoken_form
 from pronlm.errors import PronlmError
@@ -117,6 +118,31 @@ def calibration_section(utts: list[Utterance], preds: dict) -> dict | None:
     return {x: calibration([(getattr(u.scores, x), tuple(i[x])) for u, i in good if x in i]) for x in ASPECTS}
 
 
+def phone_section(utts: list[Utterance], preds: dict) -> dict | None:
+    """GOPT's phone protocol: MSE and PCC of the phone scores (0-2, `phone_scores` of the MDD records)
+    against the annotation's phones-accuracy, over every canonical phone; None when no record has them.
+
+    An utterance whose scores do not match its canonical phones one for one is left out (`skipped`).
+    """
+    pred, human, skipped = [], [], 0
+    for u in utts:
+        scores = (preds.get((u.id, "mdd")) or {}).get(PHONE_SCORES)
+        if scores is None:
+            continue
+        accuracies = [a for w in u.words for a in w.phone_accuracies]
+        canonical = [strip_stress(p) for w in u.words for p in w.canonical_phones]
+        if [s.get("phone") for s in scores] != canonical or len(accuracies) != len(canonical):
+            skipped += 1
+            continue
+        pred += [s["score"] for s in scores]
+        human += accuracies
+    if not pred and not skipped:
+        return None
+    r, p = metrics.pcc(pred, human)
+    return {"mse": metrics.mse(pred, human), "pcc": r, "p_value": p, "ci95": metrics.pcc_ci(pred, human),
+            "n": len(pred), "skipped_utterances": skipped}
+
+
 def mdd_row(utt: Utterance, answer: dict, policy: AccentPolicy) -> MddRow:
     """Score one MDD answer (a failed one as an empty transcript) on stress-free phones."""
     aligned = [pair for w in utt.words for pair in aligned_word_phones(w, policy, utt.id)]
@@ -173,7 +199,7 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
     report = {
         "n_utterances": len(utts), "split": split, "accent_policy": policy.value,
         "apa": apa, "apa_expected": apa_section(utts, preds, "scores_expected")[0] if has_expected else None,
-        "calibration": calibration_section(utts, preds),
+        "calibration": calibration_section(utts, preds), "phone": phone_section(utts, preds),
         "mdd": mdd_section(utts, preds, rows),
         "parse": {f"{t}_{k}": v for t in TASKS for k, v in _parse_counts(utts, preds, t).items()}
         | {"unknown_ids": sum(i not in known for i, _ in preds), "corpus_errors": len(corpus_errors),

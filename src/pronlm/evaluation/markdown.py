@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pronlm.data.records import ASPECTS
-from pronlm.evaluation.paper import OTHER_SYSTEMS, PAPER_TABLE3, PAPER_TEST_SIZE
+from pronlm.evaluation.paper import GOPT_PHONE, OTHER_SYSTEMS, PAPER_TABLE3, PAPER_TEST_SIZE
 from pronlm.evaluation.plots import PLOTS
 
 
@@ -52,7 +52,7 @@ def markdown(report: dict, predictions: str) -> str:
         *[f"| {a} (expected) | {_num(v['pcc'])} | {_ci(v['ci95'])} | {_num(v['p_value'], 4)} | "
           f"{_num(v['spearman'])} | {_num(v['mse'], 2)} | {v['n']} |"
           for a, v in (report["apa_expected"] or {}).items()],
-        "", *_calibration(report),
+        "", *_calibration(report), *_phones(report),
         f"MDD: PER {_num(mdd['per'])} (95% CI {_ci(mdd['per_ci95'])}), F1 {_num(mdd['f1'])} "
         f"(95% CI {_ci(mdd['f1_ci95'])}), FAR {_num(mdd['far'])}, FRR {_num(mdd['frr'])}, DER {_num(mdd['der'])}; "
         "counts " + ", ".join(f"{k} {v}" for k, v in mdd["counts"].items()) + ". "
@@ -83,6 +83,23 @@ def _which_scores(report: dict) -> list[str]:
     return ["Two sets of APA PCCs: **this run** on the greedy integer scores (`scores`, the paper's protocol); "
             "**this run, expected scores** on the probability-weighted scores (`scores_expected`: for each aspect "
             "Σ v·p(v) over the 11 value tokens at the score's position; ours, not the paper's).", ""]
+
+
+def _phones(report: dict) -> list[str]:
+    """GOPT's phone granularity: our phone scores against the annotation's phone accuracy (0-2)."""
+    phone = report.get("phone")
+    if not phone:
+        return ["Phone scores: none in the predictions (`phone_scores` of the MDD records), so no phone-level "
+                "MSE/PCC.", ""]
+    skipped = (f" {phone['skipped_utterances']} utterances whose scores did not match their canonical phones "
+               "were left out." if phone["skipped_utterances"] else "")
+    return ["Phone scores (`phone_scores`: 2·p(canonical) + p(<unk>) from the teacher-forced MDD answer, no "
+            "training of their own) against the annotation's phone accuracy, over every canonical phone "
+            "(GOPT's protocol)." + skipped, "",
+            "| system | phone MSE | phone PCC | 95% CI | n |", "|---|---|---|---|---|",
+            f"| GOPT (Gong et al. 2022) | {_num(GOPT_PHONE[0])} | {_num(GOPT_PHONE[1])} | | |",
+            f"| **this run** | **{_num(phone['mse'])}** | **{_num(phone['pcc'])}** | {_ci(phone['ci95'])} | "
+            f"{phone['n']} |", ""]
 
 
 def _calibration(report: dict) -> list[str]:

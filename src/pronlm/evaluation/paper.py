@@ -22,3 +22,5 @@ OTHER_SYSTEMS = [
     ("HMamba", 0.807, 0.848, 0.843, 0.829, None, 0.639),
     ("MuFFIN", None, None, None, None, None, 0.660),
 ]
+# SPEC §1: GOPT (Gong et al. 2022) phone accuracy MSE and PCC over every SpeechOcean762 test phone
+GOPT_PHONE = (0.085, 0.612)

@@ -27,6 +27,8 @@ from pronlm.data.parse import parse_answer
 from pronlm.data.prepare import read_examples
 from pronlm.data.prompts import TASKS, Example, PromptSet
 from pronlm.data.records import AudioError, UtteranceError
+from pronlm.data.schema import PHONE_SCORES
+from pronlm.data.targets import strip_stress
 from pronlm.errors import PredictionInterrupted, PronlmError
 from pronlm.evaluation.grammar import (
     AnswerGrammar,
@@ -35,6 +37,7 @@ from pronlm.evaluation.grammar import (
     score_fields,
     score_token_ids,
 )
+from pronlm.evaluation.phone_scores import PhoneScorer, score_tree
 from pronlm.model.collate import Collator, audio_limit
 from pronlm.model.load import load_feature_extractor, load_model, resolve_base
 
@@ -65,6 +68,7 @@ class Predictor:
         self.grammar = AnswerGrammar(self.tokenizer, self.model.config.vocab_size, self.stop_ids, self.accent_policy,
                                      self.word_boundaries) if self.constrained else None
         self.score_ids = self.grammar.score_ids if self.grammar else score_token_ids(self.tokenizer)
+        self.phone_scorer = PhoneScorer(self.tokenizer, self.word_boundaries)
 
     @classmethod
     def load(cls, base: str | None = None, adapter: str | None = None, device: str | None = None,
@@ -111,6 +115,20 @@ class Predictor:
                 expected = score_distributions(pieces, ids, values.row(n), self.score_ids)
             answers.append((self.tokenizer.decode(ids, skip_special_tokens=False), expected))
         return answers
+
+    @torch.inference_mode()
+    def phone_scores(self, items: list[tuple[np.ndarray, str, list[list[str]]]]) -> list[list[dict]]:
+        """A score per canonical phone of each (clip, text, phones of each word) item, in order: the
+        MDD answer teacher-forced to the text and its canonical phones, one forward pass per item
+        (`pronlm.evaluation.phone_scores`: the formula and the cost)."""
+        out = []
+        for samples, text, words in items:
+            audio = self.collator.features([samples])
+            prompt, _ = self.collator.encode(Example("", "mdd", None, self.prompts.mdd, None),
+                                             int(audio["audio_embed_sizes"][0]))
+            tree = self.phone_scorer.tree(prompt, text, words)
+            out.append(score_tree(self.model, tree, audio) if tree.canonical else [])
+        return out
 
     def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
         """One record per (item, task), in order; items are (id, 16 kHz float32 mono samples).
@@ -244,13 +262,30 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
         examples, clips = task_examples([(u.id, a) for u, a in zip(utts, audio)], tasks, predictor.prompts,
                                         predictor.max_audio_seconds)
         pairs = [(ex, clip) for ex, clip in zip(examples, clips) if (ex.id, ex.task) not in done]
-        return predictor.predict_examples([ex for ex, _ in pairs], [clip for _, clip in pairs], batch_size)
+        records = predictor.predict_examples([ex for ex, _ in pairs], [clip for _, clip in pairs], batch_size)
+        return add_phone_scores(predictor, records, {u.id: (u, a) for u, a in zip(utts, audio)})
 
     written, failed, rate = append_predictions(
         out_path, todo, max(1, batch_size // len(tasks)), "utt",
         lambda u: load_audio(u.audio, u.id, predictor.max_audio_seconds), answer)
     log.info("wrote %d predictions to %s (%.2f utterances/s); %d utterances skipped", written, out, rate, len(failed))
     return {"written": written, "skipped_audio": len(failed), "utterances_per_second": rate}
+
+
+def add_phone_scores(predictor, records: list[dict], utterances: dict) -> list[dict]:
+    """`phone_scores` in each MDD record of a labelled utterance (`utterances`: id -> (utterance, clip)):
+    one score per canonical phone (`Predictor.phone_scores`); a backend without them leaves the records as they are."""
+    score = getattr(predictor, "phone_scores", None)
+    mdd = [r for r in records if r["task"] == "mdd" and r["id"] in utterances and utterances[r["id"]][0].labelled]
+    if score is None or not mdd:
+        return records
+    items = []
+    for r in mdd:
+        utt, clip = utterances[r["id"]]
+        items.append((clip, utt.text, [[strip_stress(p) for p in w.canonical_phones] for w in utt.words]))
+    for r, scores in zip(mdd, score(items)):
+        r[PHONE_SCORES] = scores
+    return records
 
 
 def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_audio, answer):
