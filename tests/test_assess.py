@@ -20,10 +20,10 @@ from pronlm.app.lexicon import (
 )
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
-WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones"}
+WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones", "variant", "variants"}
 ERROR_TYPES = {"None", "Mispronunciation", "Omission", "Insertion", "NotJudged"}
 STATUSES = {"correct", "substituted", "deleted", "inserted"}
-KEYS = {"text", "scores", "scores_expected", "word_transcript", "phoneme_transcript", "words", "errors",
+KEYS = {"text", "scores", "scores_expected", "scores_sd", "scores_interval", "word_transcript", "phoneme_transcript", "words", "errors",
         "unknown_words"}
 
 
@@ -454,3 +454,37 @@ def test_assess_long_averages_the_expected_scores_by_duration(train_utterances):
     shift = sum(0.25 * (k + 1) * d for k, d in enumerate(durations)) / sum(durations)
     assert result["scores_expected"] == {a: round(v - shift, 1) for a, v in SCORES.items()}
     assert [c["scores_expected"]["total"] for c in result["chunks"]] == [7.75, 7.5, 7.25]
+
+
+def test_read_said_either_way_is_right_and_names_the_variant():
+    for heard, variant in (("R IY D", 1), ("R EH D", 0)):
+        result = run("I read it", "I READ IT", f"AY {heard} IH T")
+        read = result["words"][1]
+        assert (read["error_type"], read["expected_phones"], read["variant"]) == ("None", heard.split(), variant)
+        assert read["variants"] == [["R", "EH", "D"], ["R", "IY", "D"]]
+        assert [p["status"] for p in read["phones"]] == ["correct"] * 3  # not "EH mispronounced"
+
+
+def test_the_before_a_vowel_is_judged_against_dh_iy():
+    result = run("The apple", "THE APPLE", "DH IY AE P AH L")
+    assert [(w["word"], w["error_type"], w["variant"]) for w in result["words"]] == [("THE", "None", 1),
+                                                                                      ("APPLE", "None", 0)]
+    wrong = run("The apple", "THE APPLE", "Z IY AE P AH L")["words"][0]  # closest variant, then its error
+    assert (wrong["error_type"], wrong["expected_phones"]) == ("Mispronunciation", ["DH", "IY"])
+    assert [(p["expected"], p["heard"], p["status"]) for p in wrong["phones"]] == [("DH", "Z", "substituted"),
+                                                                                   ("IY", "IY", "correct")]
+
+
+def test_a_wrong_phone_is_judged_against_the_main_pronunciation_on_a_tie():
+    read = run("I read it", "I READ IT", "AY R AY D IH T")["words"][1]  # R AY D: one away from both
+    assert (read["error_type"], read["variant"], read["expected_phones"]) == ("Mispronunciation", 0, ["R", "EH", "D"])
+
+
+def test_a_user_lexicon_lists_several_pronunciations(tmp_path):
+    path = tmp_path / "lexicon.txt"
+    path.write_text("TOMATO T AH0 M EY1 T OW2\nTOMATO T AH0 M AA1 T OW2\nTOMATO T AH0 M EY1 T OW0\n")
+    lexicon = Lexicon.load(path)
+    assert lexicon.variants("TOMATO") == [("T", "AH", "M", "EY", "T", "OW"), ("T", "AH", "M", "AA", "T", "OW")]
+    for heard, variant in (("T AH M AA T OW", 1), ("T AH M EY T OW", 0)):
+        word = run("Tomato", "TOMATO", heard, lexicon)["words"][0]
+        assert (word["error_type"], word["variant"]) == ("None", variant)

@@ -28,9 +28,11 @@ class WordResult:
     word: str
     error_type: str  # None | Mispronunciation | Omission | Insertion | NotJudged
     known: bool  # False: neither CMUdict nor the lexicon knows the word, so it is not judged
-    expected_phones: list[str] = field(default_factory=list)
+    expected_phones: list[str] = field(default_factory=list)  # the pronunciation it was judged against
     heard_phones: list[str] = field(default_factory=list)
     phones: list[PhoneResult] = field(default_factory=list)
+    variant: int | None = None  # which of `variants` is `expected_phones` (0: the main one); None: unknown word
+    variants: list[list[str]] = field(default_factory=list)  # the word's pronunciations (lexicon order)
 
 
 UNKNOWN = None  # an unknown word among the expected phones: a wildcard for any run of heard phones
@@ -113,18 +115,16 @@ def word_feedback(words: list[tuple[str, tuple[str, ...] | None]], heard: list[s
 
     Inserted words (recognised, not in the text) join the alignment with their dictionary phones,
     so that their phones are told apart from their neighbours'; unknown words are wildcards. A
-    phone heard in addition belongs to the word before it (at the start, to the first word).
+    phone heard in addition belongs to the word before it (at the start, to the first word). A
+    word with several pronunciations is judged against the one closest to the phones heard for it
+    (`choose_variants`), so R IY D for READ is right, not EH mispronounced.
     """
     lexicon = lexicon or Lexicon()
     said, inserted = match_words([w for w, _ in words], recognised)
-    entries, expected, owner = [], [], []
-    for result in _spoken_order(words, inserted, lexicon):
-        tokens = result.expected_phones or list(lexicon.phones(result.word) or [UNKNOWN])
-        expected += tokens
-        owner += [len(entries)] * len(tokens)
-        entries.append(result)
-    for t, op in align_phones(expected, heard):
-        entries[owner[max(t, 0)]].phones.append(op)
+    entries = _spoken_order(words, inserted, lexicon)
+    _align(entries, heard, lexicon)
+    if choose_variants(entries):
+        _align(entries, heard, lexicon)
     text_words = iter(range(len(words)))
     for result in entries:
         if result.error_type == INSERTION:  # nothing was expected: every phone heard is an insertion
@@ -135,13 +135,42 @@ def word_feedback(words: list[tuple[str, tuple[str, ...] | None]], heard: list[s
     return entries
 
 
+def _align(entries: list[WordResult], heard: list[str], lexicon: Lexicon) -> None:
+    """Each entry's `phones`: the alignment of all heard phones with the entries' expected phones in a row."""
+    expected, owner = [], []
+    for n, result in enumerate(entries):
+        result.phones = []
+        tokens = result.expected_phones or list(lexicon.phones(result.word) or [UNKNOWN])
+        expected += tokens
+        owner += [n] * len(tokens)
+    for t, op in align_phones(expected, heard):
+        entries[owner[max(t, 0)]].phones.append(op)
+
+
+def choose_variants(entries: list[WordResult]) -> bool:
+    """Give each text word with several pronunciations the one nearest (edit distance) to the phones
+    aligned to it, ties to the lexicon's order; True when any word changed (realign then)."""
+    changed = False
+    for result in entries:
+        if result.error_type == INSERTION or len(result.variants) < 2:
+            continue
+        segment = [p.heard for p in result.phones if p.heard is not None]
+        best = min(range(len(result.variants)), key=lambda k: (Levenshtein.distance(result.variants[k], segment), k))
+        if best != result.variant:
+            result.variant, result.expected_phones, changed = best, list(result.variants[best]), True
+    return changed
+
+
 def _spoken_order(words, inserted: list[tuple[int, str]], lexicon: Lexicon) -> list[WordResult]:
     """Empty results for the text's words, with the recognised words that are not in the text between them."""
     out = []
     for i in range(len(words) + 1):
         out += [WordResult(w, INSERTION, lexicon.phones(w) is not None) for pos, w in inserted if pos == i]
         if i < len(words):
-            out.append(WordResult(words[i][0], NONE, words[i][1] is not None, list(words[i][1] or ())))
+            word, phones = words[i]
+            variants = [list(v) for v in dict.fromkeys([tuple(phones), *lexicon.variants(word)])] if phones else []
+            out.append(WordResult(word, NONE, phones is not None, list(phones or ()),
+                                  variant=0 if phones else None, variants=variants))
     return out
 
 

@@ -17,11 +17,13 @@ def feedback(text: str, apa: dict | None, mdd: dict | None, lexicon: Lexicon | N
     answers = answer_fields(apa, mdd)
     if any(e["task"] == "mdd" for e in answers["errors"]):
         # what was heard is unknown: no word is judged, and none is called omitted
-        results = [WordResult(w, NOT_JUDGED, p is not None, list(p or ())) for w, p in words]
+        results = [WordResult(w, NOT_JUDGED, p is not None, list(p or ()), variant=0 if p else None,
+                              variants=[list(v) for v in lexicon.variants(w)] if p else []) for w, p in words]
     else:
         heard = [p for p in answers["phoneme_transcript"].split() if p != "|"]
         results = word_feedback(words, heard, normalise_words(answers["word_transcript"]), lexicon)
     return {"text": text, "scores": answers["scores"], "scores_expected": answers["scores_expected"],
+            "scores_sd": answers["scores_sd"], "scores_interval": answers["scores_interval"],
             "word_transcript": answers["word_transcript"],
             "phoneme_transcript": answers["phoneme_transcript"], "words": [asdict(r) for r in results],
             "errors": answers["errors"], "unknown_words": list(dict.fromkeys(w for w, p in words if p is None))}
