@@ -20,10 +20,11 @@ from pronlm.app.lexicon import (
 )
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
-WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones", "variant", "variants"}
+WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones", "variant", "variants",
+             "scores", "scores_expected", "phone_scores"}
 ERROR_TYPES = {"None", "Mispronunciation", "Omission", "Insertion", "NotJudged"}
 STATUSES = {"correct", "substituted", "deleted", "inserted"}
-KEYS = {"text", "scores", "scores_expected", "scores_sd", "scores_interval", "word_transcript", "phoneme_transcript", "words", "errors",
+KEYS = {"text", "reference", "scores", "scores_expected", "scores_sd", "scores_interval", "word_transcript", "phoneme_transcript", "words", "errors",
         "unknown_words"}
 
 
@@ -34,7 +35,8 @@ def check_schema(result: dict) -> None:
     assert result["scores_expected"] is None or set(result["scores_expected"]) == set(SCORES)
     assert result["scores"] is not None or result["scores_expected"] is None
     assert isinstance(result["word_transcript"], str) and isinstance(result["phoneme_transcript"], str)
-    assert result["words"], "every sentence has at least one word"
+    assert result["reference"] in ("text", "model")
+    assert result["words"] or result["reference"] == "model", "every sentence has at least one word"
     for w in result["words"]:
         assert set(w) == WORD_KEYS and w["error_type"] in ERROR_TYPES
         assert [p["heard"] for p in w["phones"] if p["heard"] is not None] == w["heard_phones"]
@@ -488,3 +490,77 @@ def test_a_user_lexicon_lists_several_pronunciations(tmp_path):
     for heard, variant in (("T AH M AA T OW", 1), ("T AH M EY T OW", 0)):
         word = run("Tomato", "TOMATO", heard, lexicon)["words"][0]
         assert (word["error_type"], word["variant"]) == ("None", variant)
+
+
+def test_free_speech_is_judged_against_the_models_own_words():
+    apa, mdd = ok("WE CALL <unk> IT", "W IY K AO L IH")  # IT's T not heard
+    result = feedback(None, apa, mdd)
+    check_schema(result)
+    assert (result["text"], result["reference"]) == ("WE CALL IT", "model")
+    assert summary(result) == [("WE", "None", "W IY"), ("CALL", "None", "K AO L"),
+                               ("IT", "Mispronunciation", "IH")]
+    assert result["scores"] == SCORES  # the scores stand
+    gone = feedback(None, *ok("WE CALL", "W IY"))  # CALL recognised but none of its phones heard: not "omitted"
+    assert [(w["word"], w["error_type"]) for w in gone["words"]] == [("WE", "None"), ("CALL", "NotJudged")]
+    nothing = feedback(None, *ok("", ""))
+    check_schema(nothing)
+    assert (nothing["text"], nothing["words"]) == ("", [])
+    assert "no text given" in format_table(nothing)
+
+
+def test_word_task_scores_join_their_words_in_order():
+    apa, mdd = ok("WE CALL IT BEAR", "W IY K AO L IH T B EH R")
+    wrd = {"ok": True, "words": [{"word": "WE", "accuracy": 9, "stress": 10, "total": 9},
+                                 {"word": "CALL", "accuracy": 6, "stress": 10, "total": 7},
+                                 {"word": "BEAR", "accuracy": 3, "stress": 5, "total": 4}],  # IT left out
+           "words_expected": [{"accuracy": 8.8, "stress": 10.0, "total": 9.1}, None, None]}
+    words = feedback("We call it bear", apa, mdd, wrd=wrd)["words"]
+    assert [w["scores"] for w in words] == [{"accuracy": 9, "stress": 10, "total": 9},
+                                            {"accuracy": 6, "stress": 10, "total": 7}, None,
+                                            {"accuracy": 3, "stress": 5, "total": 4}]
+    assert words[0]["scores_expected"] == {"accuracy": 8.8, "stress": 10.0, "total": 9.1}
+    assert all(w["scores"] is None for w in feedback("We call it bear", apa, mdd, wrd={"ok": False})["words"])
+
+
+def test_the_table_shows_the_spread_the_phone_scores_and_the_variant():
+    from pronlm.app.feedback import add_phone_scores, judged_words
+
+    apa, mdd = ok("I READ IT", "AY R IY D IH T")
+    apa |= {"scores_expected": {"accuracy": 7.76, "fluency": 7.04, "prosodic": 8.96, "total": 8.0},
+            "scores_sd": {"accuracy": 0.87, "fluency": 0.2, "prosodic": 0.31, "total": 0.0},
+            "scores_interval": {"accuracy": [7, 9], "fluency": [7, 7], "prosodic": [9, 9], "total": [8, 8]}}
+    result = feedback("I read it", apa, mdd)
+    text, phones, _ = judged_words(result)
+    assert (text, phones) == ("I READ IT", [["AY"], ["R", "IY", "D"], ["IH", "T"]])  # READ's variant as heard
+    add_phone_scores(result, [{"phone": p, "score": s, "likely": p} for p, s in
+                              zip(["AY", "R", "IY", "D", "IH", "T"], [2.0, 1.9, 0.5, 1.21, 1.0, 1.6])])
+    check_schema(result)
+    assert [p["accuracy"] for p in result["words"][1]["phone_scores"]] == [95, 25, 60]
+    lines = format_table(result).splitlines()
+    assert lines[0] == ("scores:   accuracy 7.8 ± 0.9 [7-9]  fluency 7.0 ± 0.2 [7-7]  prosodic 9.0 ± 0.3 [9-9]  "
+                        "total 8.0 ± 0.0 [8-8]")
+    assert lines[4].split() == ["phones", "AY", "100"]  # under the word I
+    assert lines[6].split() == ["phones", "R", "95", "IY", "25", "D", "60", "(pronunciation", "2", "of", "2)"]
+    assert "\033[31mIY 25\033[0m" in format_table(result, colour=True)  # red below 50, green from 80
+    assert "\033[32mR 95\033[0m" in format_table(result, colour=True)
+
+
+def test_assess_command_scores_every_phone_and_assesses_free_speech(corpus_dir, capsys):
+    from pronlm.app.assess import assess_command
+    from pronlm.app.feedback import model_text
+
+    wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
+    assert assess_command(str(wav), "We call it bear", base="tiny", fmt="json", max_new_tokens=32) == 0
+    result = json.loads(capsys.readouterr().out)
+    check_schema(result)
+    for w in result["words"]:  # every known word of the text: one score per phone it was judged against
+        if w["known"] and w["error_type"] != "Insertion":
+            assert [p["phone"] for p in w["phone_scores"]] == w["expected_phones"]
+            assert all(p["accuracy"] == round(50 * p["score"]) and 0 <= p["score"] <= 2 for p in w["phone_scores"])
+    assert assess_command(str(wav), None, base="tiny", fmt="json", max_new_tokens=32) == 0
+    free = json.loads(capsys.readouterr().out)
+    check_schema(free)
+    assert free["reference"] == "model" and free["text"] == model_text(free["word_transcript"])
+    assert "Omission" not in {w["error_type"] for w in free["words"]}
+    assert assess_command(str(wav), None, base="tiny", max_new_tokens=32) == 0
+    assert "no text given: judged against the model's own transcript" in capsys.readouterr().out

@@ -242,6 +242,16 @@ def test_a_truncated_wav_is_422_not_a_shorter_clip(tiny_server):
     assert "cut.wav" in response.json()["detail"] and "truncated" in response.json()["detail"]
 
 
+def test_no_text_is_free_speech_judged_against_the_models_words(tiny_server, corpus_dir):
+    clip = (corpus_dir / CLIP[0]).read_bytes()
+    response = httpx.post(f"{tiny_server}/assess", files={"audio": ("c.wav", clip, "audio/wav")}, timeout=120)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    check_schema(result)
+    assert result["reference"] == "model" and "Omission" not in {w["error_type"] for w in result["words"]}
+    assert post(tiny_server, clip).json()["reference"] == "text"
+
+
 def test_empty_text_is_422(tiny_server):
     response = post(tiny_server, wav_bytes(tone(1.0)), text="  ")
     assert response.status_code == 422

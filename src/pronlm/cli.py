@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("assess", help="scores and per-word feedback for one recording")
     model_options(s)
     s.add_argument("--audio", required=True)
-    s.add_argument("--text", required=True, help="the sentence that was read")
+    s.add_argument("--text", default=None, help="the sentence that was read (left out: free speech, judged "
+                                                "against the model's own transcript)")
     s.add_argument("--format", default="table", choices=["json", "table"])
     s.add_argument("--lexicon", default=None, help="extra lexicon (WORD PH1 PH2 ...) for words CMUdict lacks")
     s.add_argument("--split-long", action="store_true",

@@ -33,6 +33,9 @@ class WordResult:
     phones: list[PhoneResult] = field(default_factory=list)
     variant: int | None = None  # which of `variants` is `expected_phones` (0: the main one); None: unknown word
     variants: list[list[str]] = field(default_factory=list)  # the word's pronunciations (lexicon order)
+    scores: dict | None = None  # accuracy, stress, total 0-10 from the word task, where the run has it
+    scores_expected: dict | None = None  # the same, probability-weighted
+    phone_scores: list[dict] | None = None  # per expected phone: accuracy 0-100, score 0-2, likely phone
 
 
 UNKNOWN = None  # an unknown word among the expected phones: a wildcard for any run of heard phones

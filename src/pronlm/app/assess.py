@@ -29,7 +29,7 @@ from pronlm.app.alignment import (
     OMISSION,
     SUBSTITUTED,
 )
-from pronlm.app.feedback import feedback
+from pronlm.app.feedback import REFERENCE_MODEL, add_phone_scores, feedback, judged_words
 from pronlm.app.lexicon import AssessError, Lexicon, expected_words
 from pronlm.data.audio import SAMPLE_RATE
 from pronlm.data.prompts import TASKS
@@ -37,21 +37,29 @@ from pronlm.data.records import ASPECTS
 from pronlm.data.schema import answer_fields
 
 
-def assess_batch(predictor, items: list[tuple[np.ndarray, str]], lexicon: Lexicon | None = None,
+def assess_batch(predictor, items: list[tuple[np.ndarray, str | None]], lexicon: Lexicon | None = None,
                  batch_size: int = 8) -> list[dict]:
-    """Assess several (16 kHz samples, sentence) pairs with one `predictor.predict` call."""
+    """Assess several (16 kHz samples, sentence or None for free speech) pairs with one `predictor.predict`
+    call, then score each judged word's phones (`Predictor.phone_scores`, where the backend has it)."""
     lexicon = lexicon or Lexicon()
     for _, text in items:
-        expected_words(text, lexicon)  # reject a sentence without words before spending inference
+        if text is not None:
+            expected_words(text, lexicon)  # reject a sentence without words before spending inference
     records = predictor.predict([(str(i), samples) for i, (samples, _) in enumerate(items)],
                                 tasks=TASKS, batch_size=batch_size)
     by_key = {(str(r["id"]), r["task"]): r for r in records}
-    return [feedback(text, by_key.get((str(i), "apa")), by_key.get((str(i), "mdd")), lexicon)
-            for i, (_, text) in enumerate(items)]
+    results = [feedback(text, by_key.get((str(i), "apa")), by_key.get((str(i), "mdd")), lexicon,
+                        wrd=by_key.get((str(i), "wrd"))) for i, (_, text) in enumerate(items)]
+    score = getattr(predictor, "phone_scores", None)
+    if score is not None:
+        todo = [(samples, result) for (samples, _), result in zip(items, results) if judged_words(result)[1]]
+        for (_, result), scores in zip(todo, score([(samples, *judged_words(r)[:2]) for samples, r in todo])):
+            add_phone_scores(result, scores)
+    return results
 
 
-def assess(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | None = None) -> dict:
-    """Scores and per-word feedback for one recording (16 kHz float32 mono) of `text`."""
+def assess(predictor, samples: np.ndarray, text: str | None, lexicon: Lexicon | None = None) -> dict:
+    """Scores and per-word feedback for one recording (16 kHz float32 mono) of `text` (None: free speech)."""
     return assess_batch(predictor, [(samples, text)], lexicon)[0]
 
 
@@ -110,51 +118,84 @@ def _phone_cell(p: dict, colour: bool) -> str:
 
 
 def format_table(result: dict, colour: bool = False) -> str:
-    """A readable report: scores, then one line per word (`AO>AA` substituted, `-T` deleted, `+S` inserted)."""
-    lines = ["scores:   " + _scores(result["scores"], result.get("scores_expected"))]
+    """A readable report: scores ± their spread, then one line per word (`AO>AA` substituted, `-T` deleted,
+    `+S` inserted) and, where known, a line of its phone scores (0-100, coloured by score) and word scores."""
+    lines = ["scores:   " + _scores(result["scores"], result.get("scores_expected"), result.get("scores_sd"),
+                                    result.get("scores_interval"))]
+    if result.get("reference") == REFERENCE_MODEL:
+        lines.append("no text given: judged against the model's own transcript (a word left out cannot be told)")
     for k, c in enumerate(result.get("chunks", []), 1):
         unread = any(e["task"] == "mdd" for e in c["errors"])
         scores = _scores(c["scores"], c.get("scores_expected"))
         lines.append(f"piece {k:<3}{c['start']:6.1f}-{c['end']:.1f} s  {scores}  heard: "
                      f"{c['word_transcript'] or ('(not read)' if unread else '(nothing)')}")
     lines.append(f"heard:    {result['phoneme_transcript'] or '(nothing)'}")
-    width = max(len(w["word"]) for w in result["words"]) + 2
+    width = max([len(w["word"]) for w in result["words"]] + [4]) + 2
     lines.append(f"{'word':<{width}}{'result':<18}{'expected':<24}heard")
     for w in result["words"]:
         kind = w["error_type"] if w["known"] else f"{w['error_type']} (unknown)"
         heard = " ".join(_phone_cell(p, colour) for p in w["phones"]) or "-"
         lines.append(_paint(f"{w['word']:<{width}}{kind:<18}", _COLOURS.get(w["error_type"]), colour)
                      + f"{' '.join(w['expected_phones']) or ('-' if w['known'] else '?'):<24}{heard}")
+        detail = _word_detail(w, colour)
+        if detail:
+            lines.append(" " * width + detail)
     if result["unknown_words"]:
         lines.append("not in the lexicon (not judged): " + ", ".join(result["unknown_words"]))
-    if any(w["error_type"] == NOT_JUDGED for w in result["words"]):
+    if any(e["task"] == "mdd" for e in result["errors"]):
         lines.append("no word is judged: the phones heard could not be read (below); the scores stand")
     lines += [_paint(f"{e['task'].upper()} answer not understood: {e['error']}", "33", colour)
               for e in result["errors"]]
     return "\n".join(lines)
 
 
-def _scores(scores: dict | None, expected: dict | None = None) -> str:
-    """`accuracy 7.8 (8)`: the expected score with one decimal, the model's integer beside it."""
+def phone_colour(accuracy: int) -> str:
+    """Green from 80, yellow from 50, red below: the web page's bands (`static/app.js`)."""
+    return "32" if accuracy >= 80 else "33" if accuracy >= 50 else "31"
+
+
+def _word_detail(w: dict, colour: bool) -> str:
+    """`phones DH 97 AH 41  (pronunciation 2 of 2)  word accuracy 8 stress 10 total 8`, what of it is known."""
+    parts = []
+    if w.get("phone_scores"):
+        parts.append("phones " + " ".join(_paint(f"{p['phone']} {p['accuracy']}", phone_colour(p["accuracy"]), colour)
+                                          for p in w["phone_scores"]))
+    if len(w.get("variants") or ()) > 1:
+        parts.append(f"(pronunciation {w['variant'] + 1} of {len(w['variants'])})")
+    if w.get("scores"):
+        parts.append("word " + " ".join(f"{k} {v}" for k, v in w["scores"].items()))
+    return "  ".join(parts)
+
+
+def _scores(scores: dict | None, expected: dict | None = None, sd: dict | None = None,
+            interval: dict | None = None) -> str:
+    """`accuracy 7.8 ± 0.4 [7-8]`: the expected score, its standard deviation and 80 % interval; without
+    a spread `accuracy 7.8 (8)` (the model's integer beside it), without expected scores the integers."""
     if not scores:
         return "unavailable"
     if not expected:
         return "  ".join(f"{k} {v}" for k, v in scores.items())
+    if sd and interval:
+        return "  ".join(f"{k} {expected[k]:.1f} ± {sd[k]:.1f} [{interval[k][0]}-{interval[k][1]}]" for k in scores)
     return "  ".join(f"{k} {expected[k]:.1f} ({v})" for k, v in scores.items())
 
 
-def assess_command(audio: str, text: str, base: str | None = None, adapter: str | None = None,
+def assess_command(audio: str, text: str | None, base: str | None = None, adapter: str | None = None,
                    fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
                    max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None) -> int:
     """`pronlm assess`: print the assessment of one audio file as JSON or as a table.
 
     A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
+    `text` None: free speech, judged against the model's own transcript (not with `split_long`).
     `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates.
     """
     from pronlm.data.audio import load_audio
 
     lex = Lexicon.load(lexicon)
-    expected_words(text, lex)  # a bad sentence or clip fails before the model loads
+    if text is None and split_long:
+        raise AssessError("--split-long needs --text: a long recording is judged against the text that was read")
+    if text is not None:
+        expected_words(text, lex)  # a bad sentence or clip fails before the model loads
     samples = load_audio(audio, utt_id=Path(audio).name)
     seconds = len(samples) / SAMPLE_RATE
     if seconds > max_audio_seconds and not split_long:

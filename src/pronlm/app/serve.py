@@ -66,7 +66,7 @@ class QueueFull(Exception):
 @dataclass
 class _Job:
     samples: np.ndarray
-    text: str
+    text: str | None  # None: free speech
     future: Future
 
 
@@ -97,7 +97,7 @@ class InferenceWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, samples: np.ndarray, text: str) -> Future:
+    def submit(self, samples: np.ndarray, text: str | None) -> Future:
         job = _Job(samples, text, Future())
         try:
             self.jobs.put_nowait(job)
@@ -389,8 +389,11 @@ def create_app(predictor, lexicon: Lexicon | None = None, max_upload_bytes: int 
 
     @app.post("/assess")
     async def assess_upload(audio: Annotated[UploadFile, File(description="WAV, FLAC or OGG recording")],
-                            text: Annotated[str, Form(description="the sentence that was read")] = ""):
-        _check_text(text, limits, lexicon)
+                            text: Annotated[str | None, Form(description="the sentence that was read; left out: "
+                                                             "free speech, judged against the model's own "
+                                                             "transcript")] = None):
+        if text is not None:
+            _check_text(text, limits, lexicon)
         _check_content_type(audio)
         samples = await asyncio.to_thread(decode_upload, await audio.read(), audio.filename or "upload",
                                           limits.max_audio_seconds)  # resampling off the event loop
