@@ -172,3 +172,54 @@ def test_page_shows_the_expected_scores_with_one_decimal(browser, spoken_wav):
     assert [s.inner_text() for s in page.query_selector_all("#scores .value")] == ["6.8", "8.0", "7.7", "7.0"]
     assert page.query_selector("#scores .score").get_attribute("title") == \
         "expected 6.84; the model's integer answer: 7"
+
+
+class ScoredPredictor(CannedPredictor):
+    """The canned answers with a spread for each score and a score for every phone (K poor, the rest good)."""
+
+    def predict(self, items, tasks=("apa", "mdd"), batch_size=8):
+        out = super().predict(items, tasks, batch_size)
+        for r in out:
+            if r["task"] == "apa":
+                r |= {"scores_expected": {"accuracy": 7.2, "fluency": 8.0, "prosodic": 7.9, "total": 7.1},
+                      "scores_sd": {"accuracy": 0.93, "fluency": 0.1, "prosodic": 0.5, "total": 0.6},
+                      "scores_interval": {"accuracy": [6, 8], "fluency": [8, 8], "prosodic": [7, 8], "total": [6, 8]}}
+        return out
+
+    def phone_scores(self, items):
+        return [[{"phone": p, "score": 0.3 if p == "K" else 1.9, "p": 0.9, "likely": "G" if p == "K" else p}
+                 for phones in words for p in phones] for _, _, words in items]
+
+
+def test_page_shows_the_spread_and_a_colour_for_every_phone(browser, spoken_wav):
+    from pronlm.app.serve import create_app
+
+    with inprocess_server(create_app(ScoredPredictor())) as url:
+        page = assess_in_page(browser, url, spoken_wav, "webpage-phone-scores.png")
+    assert [s.inner_text() for s in page.query_selector_all("#scores .value")] == ["7.2", "8.0", "7.9", "7.1"]
+    assert page.inner_text("#scores .spread") == "± 0.9 · 80 %: 6–8"
+    call = [r for r in page.query_selector_all("#details tbody tr") if r.inner_text().startswith("CALL")][0]
+    spans = call.query_selector_all(".phone.scored")
+    assert [s.inner_text() for s in spans] == ["K15", "AO95", "L95"]  # the score as a subscript
+    # hsl(1.2 x 15 = 18, 70%, 88%): C = 0.24 x 0.7 = 0.168, X = 0.3 C, m = 0.796 -> (0.964, 0.846, 0.796) x 255
+    assert spans[0].get_attribute("style") == "background: rgb(246, 216, 203);"
+    assert spans[1].get_attribute("style") == "background: rgb(207, 246, 203);"  # hsl(114, ...): green
+    assert spans[0].get_attribute("title") == "K: 15/100, sounds most like G"
+    assert "sound scores" in page.inner_text("#details thead")
+    page.close()
+
+
+def test_page_without_a_sentence_assesses_free_speech(browser, spoken_wav):
+    from pronlm.app.serve import create_app
+
+    predictor = CannedPredictor()
+    with inprocess_server(create_app(predictor)) as url:
+        page, errors = open_page(browser, url)
+        page.set_input_files("#file", str(spoken_wav))
+        page.wait_for_selector("#submit:not([disabled])", timeout=15_000)
+        page.click("#submit")
+        page.wait_for_selector("#result:not([hidden]) #sentence .word", timeout=60_000)
+        save_screenshot(page, "webpage-free-speech.png")
+    assert [w for w, _ in words_shown(page)] == ["WE", "CALL", "IT", "BEAR"]  # the model's own words
+    assert "No sentence given" in page.inner_text("#problems") and errors == []
+    page.close()

@@ -116,11 +116,10 @@ function askForKey(hadKey) {
 
 async function submit(event) {
   event.preventDefault();
-  const text = $("text").value.trim();
-  if (!text) { setStatus("Type the sentence that was read.", true); return; }
+  const text = $("text").value.trim();  // empty: free speech, judged against the words the model heard
   if (!clip) { setStatus("Record or choose a clip first.", true); return; }
   const form = new FormData();
-  form.append("text", text);
+  if (text) form.append("text", text);
   form.append("audio", clip.blob, clip.name);
   $("submit").disabled = true;
   setStatus("Assessing…");
@@ -154,8 +153,10 @@ function el(tag, className, text) {
   return node;
 }
 
-// The expected score (probability-weighted, one decimal) where the model gave one, else its integer.
-function renderScores(scores, expected) {
+// The expected score (probability-weighted, one decimal) where the model gave one, else its integer;
+// under it the spread (± standard deviation, the 80 % interval) and the interval shaded on the bar.
+function renderScores(result) {
+  const {scores, scores_expected: expected, scores_sd: sd, scores_interval: interval} = result;
   const box = $("scores");
   box.replaceChildren();
   for (const name of ["accuracy", "fluency", "prosodic", "total"]) {
@@ -165,12 +166,30 @@ function renderScores(scores, expected) {
     card.append(el("div", "name", name), el("div", "value", shown));
     if (expected && scores) card.title = `expected ${value.toFixed(2)}; the model's integer answer: ${scores[name]}`;
     const bar = el("div", "bar");
-    const fill = el("div");
+    if (sd && interval && value !== null) {
+      const [low, high] = interval[name];
+      card.append(el("div", "spread", `± ${sd[name].toFixed(1)} · 80 %: ${low}–${high}`));
+      const band = el("div", "band");
+      band.style.left = `${low * 10}%`;
+      band.style.width = `${Math.max(high - low, 0.15) * 10}%`;
+      bar.append(band);
+    }
+    const fill = el("div", "fill");
     fill.style.width = `${value === null ? 0 : value * 10}%`;
     bar.append(fill);
     card.append(bar);
     box.append(card);
   }
+}
+
+// Graded colour for a 0-100 phone score: red (0) through amber (50) to green (100).
+function scoreColour(accuracy) {
+  return `hsl(${Math.round(1.2 * accuracy)}, 70%, 88%)`;
+}
+
+function meanAccuracy(w) {
+  const scores = w.phone_scores || [];
+  return scores.length ? scores.reduce((sum, p) => sum + p.accuracy, 0) / scores.length : null;
 }
 
 function wordClass(w) {
@@ -191,22 +210,57 @@ function phoneSpans(phones, judged) {
   return cell;
 }
 
+// The expected phones, each on its score's colour with the score (0-100) beside it.
+function scoreSpans(w) {
+  const cell = el("td", "phone-scores");
+  for (const p of w.phone_scores || []) {
+    const span = el("span", "phone scored", p.phone);
+    span.style.background = scoreColour(p.accuracy);
+    span.append(el("sub", "", `${p.accuracy}`));
+    span.title = `${p.phone}: ${p.accuracy}/100` + (p.likely !== p.phone ? `, sounds most like ${p.likely}` : "");
+    cell.append(span);
+  }
+  if (!cell.children.length) cell.textContent = "—";
+  return cell;
+}
+
+function expectedCell(w) {
+  const cell = el("td", "phone", w.expected_phones.join(" ") || "—");
+  if ((w.variants || []).length > 1) {
+    cell.append(el("span", "variant", ` pronunciation ${w.variant + 1} of ${w.variants.length}`));
+  }
+  return cell;
+}
+
 function renderWords(words) {
   const sentence = $("sentence");
   const rows = $("details").querySelector("tbody");
   sentence.replaceChildren();
   rows.replaceChildren();
+  const scored = words.some(w => w.phone_scores);
+  const wordScores = words.some(w => w.scores);
+  $("details").querySelector("th.phone-scores").hidden = !scored;
+  $("details").querySelector("th.word-scores").hidden = !wordScores;
   for (const w of words) {
     const span = el("span", wordClass(w), w.error_type === "Insertion" ? `+${w.word}` : w.word);
-    span.title = `${w.error_type}: expected ${w.expected_phones.join(" ") || "—"}, heard ${w.heard_phones.join(" ") || "—"}`;
+    const mean = meanAccuracy(w);
+    if (mean !== null && w.error_type !== "Omission") span.style.background = scoreColour(mean);
+    span.title = `${w.error_type}: expected ${w.expected_phones.join(" ") || "—"}, heard ${w.heard_phones.join(" ") || "—"}` +
+                 (mean === null ? "" : `; sounds ${Math.round(mean)}/100`);
     sentence.append(span, " ");
-    if ((w.error_type === "None" && w.known) || w.error_type === "NotJudged") continue;  // problems says why
+    // with phone scores every judged word has a row; without, only the problems
+    const plain = (w.error_type === "None" && w.known && !w.phone_scores) || (w.error_type === "NotJudged" && !w.phone_scores);
+    if (plain) continue;
     const row = el("tr");
     row.append(el("td", wordClass(w), w.word),
                el("td", "", w.known ? w.error_type : `${w.error_type === "None" ? "not judged" : w.error_type}` +
                                                       " (not in the dictionary)"),
-               el("td", "phone", w.expected_phones.join(" ") || "—"),
+               expectedCell(w),
                phoneSpans(w.phones, w.known || w.error_type === "Insertion"));
+    if (scored) row.append(scoreSpans(w));
+    if (wordScores) {
+      row.append(el("td", "", w.scores ? Object.entries(w.scores).map(([k, v]) => `${k} ${v}`).join(" · ") : "—"));
+    }
     rows.append(row);
   }
   $("details").hidden = !rows.children.length;
@@ -220,6 +274,10 @@ function renderProblems(result) {
     box.append(el("p", "", `The model's answer for the ${names[e.task] || e.task} could not be read (${e.error}); ` +
                            (e.task === "apa" ? "no scores." : "word feedback is not reliable.")));
   }
+  if (result.reference === "model") {
+    box.append(el("p", "", "No sentence given: judged against the words the model heard, " +
+                           "so a word left out cannot be told."));
+  }
   if (result.unknown_words.length) {
     box.append(el("p", "", `Not in the dictionary, so not judged: ${result.unknown_words.join(", ")}.`));
   }
@@ -228,7 +286,7 @@ function renderProblems(result) {
 
 function render(result) {
   renderProblems(result);
-  renderScores(result.scores, result.scores_expected);
+  renderScores(result);
   renderWords(result.words);
   $("heard-words").textContent = result.word_transcript || "—";
   $("heard-phones").textContent = result.phoneme_transcript || "—";
