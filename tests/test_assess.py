@@ -564,3 +564,48 @@ def test_assess_command_scores_every_phone_and_assesses_free_speech(corpus_dir, 
     assert "Omission" not in {w["error_type"] for w in free["words"]}
     assert assess_command(str(wav), None, base="tiny", max_new_tokens=32) == 0
     assert "no text given: judged against the model's own transcript" in capsys.readouterr().out
+
+
+def readme_example() -> dict:
+    """The assessment the README shows field by field: READ said R IY D (its second pronunciation), IT's T
+    heard as D, a word-task answer and a score for every phone (set by hand: the format, not a model's numbers)."""
+    from pronlm.app.feedback import add_phone_scores
+
+    apa, mdd = ok("READ IT", "R IY D IH D")
+    apa |= {"scores": {"accuracy": 7, "fluency": 8, "prosodic": 8, "total": 7},
+            "scores_expected": {"accuracy": 6.8, "fluency": 8.1, "prosodic": 7.9, "total": 7.2},
+            "scores_sd": {"accuracy": 0.9, "fluency": 0.4, "prosodic": 0.5, "total": 0.6},
+            "scores_interval": {"accuracy": [6, 8], "fluency": [8, 9], "prosodic": [7, 8], "total": [6, 8]}}
+    wrd = {"ok": True, "words": [{"word": "READ", "accuracy": 9, "stress": 10, "total": 9},
+                                 {"word": "IT", "accuracy": 5, "stress": 10, "total": 6}]}
+    result = feedback("Read it", apa, mdd, wrd=wrd)
+    add_phone_scores(result, [{"phone": p, "score": s, "likely": likely} for p, s, likely in
+                              [("R", 1.96, "R"), ("IY", 1.9, "IY"), ("D", 1.98, "D"), ("IH", 1.72, "IH"),
+                               ("T", 0.24, "D")]])
+    return result
+
+
+def compact_json(result: dict) -> str:
+    """JSON with one line per field, and per field of each word (values written compactly)."""
+    def fields(obj: dict, pad: str) -> list[str]:
+        out = []
+        for key, value in obj.items():
+            if key == "words":
+                words = [pad + "  {\n" + ",\n".join(fields(w, pad + "   ")) + "\n" + pad + "  }" for w in value]
+                out.append(f'{pad} "words": [\n' + ",\n".join(words) + f"\n{pad} ]")
+            else:
+                out.append(f"{pad} {json.dumps(key)}: {json.dumps(value)}")
+        return out
+    return "{\n" + ",\n".join(fields(result, "")) + "\n}\n"
+
+
+def test_the_readme_shows_what_assess_returns():
+    """The README's JSON example is this test's assessment, field by field (`compact_json`)."""
+    from tests.conftest import REPO
+
+    result = readme_example()
+    check_schema(result)
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- assess-json-example -->\n```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(block) == result
+    assert block == compact_json(result)
