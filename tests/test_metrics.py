@@ -134,6 +134,15 @@ def test_alignment_uses_the_annotation():
         align_to_canonical(ROAD, ROAD, ["L", "OW"])
 
 
+def test_a_phone_written_where_a_deletion_was_annotated_is_a_diagnosis_error():
+    """T deleted, S heard as Z; the model wrote OY K. Reading OY as an insertion and T as "not produced"
+    costs the same as pairing OY with T, and would credit the model with diagnosing the deletion."""
+    assert mdd_labels(["N", "T", "S"], ["N", DELETED, "Z"], ["N", "OY", "K"]) == ["TA", "DE", "DE"]
+    assert align_to_canonical(["N", "T", "S"], ["N", "OY", "K"], ["N", None, "Z"]) == ["N", "OY", "K"]
+    assert mdd_labels(["N", "T", "S"], ["N", DELETED, "Z"], ["N", "Z"]) == ["TA", "CD", "CD"]  # nothing there
+    assert mdd_labels(["N", "T", "S"], ["N", DELETED, "Z"], ["N", "K"]) == ["TA", "CD", "DE"]
+
+
 def test_alignment_ties():
     # "AE T" for "K AE": K left out, AE right, T inserted (cost 2) rather than two substitutions (cost 2)
     assert mdd_labels(["K", "AE"], ["K", "AE"], ["AE", "T"]) == ["FR", "TA"]  # plain edit distance: FR, FR
@@ -144,23 +153,29 @@ def test_alignment_ties():
 
 
 def _reference_alignment(canonical, human, predicted):
-    """align_to_canonical's costs and tie rule, cell by cell: what the bit-parallel table must reproduce."""
-    drop = [int(h is not None) for h in human]
-    cost = [list(range(len(predicted) + 1))]
+    """align_to_canonical's costs and tie rule, cell by cell, each cost a pair (alignment cost, annotated
+    deletions left unproduced) compared in that order: what the faster tables must reproduce."""
+    def add(a, b):
+        return a[0] + b[0], a[1] + b[1]
+
+    one = (1, 0)
+    drop = [(0, 1) if h is None else one for h in human]
+    cost = [[(j, 0) for j in range(len(predicted) + 1)]]
     for i, (c, h) in enumerate(zip(canonical, human)):
-        row = [cost[i][0] + drop[i]]
+        row = [add(cost[i][0], drop[i])]
         for j, p in enumerate(predicted):
-            row.append(min(cost[i][j] + (p not in (c, h)), cost[i][j + 1] + drop[i], row[j] + 1))
+            row.append(min(add(cost[i][j], (0, 0) if p in (c, h) else one), add(cost[i][j + 1], drop[i]),
+                           add(row[j], one)))
         cost.append(row)
     aligned, i, j = [None] * len(canonical), len(canonical), len(predicted)
     while i and j:
         here, agrees = cost[i][j], predicted[j - 1] in (canonical[i - 1], human[i - 1])
         diag, up, left = cost[i - 1][j - 1], cost[i - 1][j], cost[i][j - 1]
-        if (agrees and here == diag) or (human[i - 1] is None and here == diag + 1):
+        if (agrees and here == diag) or (human[i - 1] is None and here == add(diag, one)):
             pair = True
-        elif here == up + drop[i - 1]:
+        elif here == add(up, drop[i - 1]):
             i, pair = i - 1, False
-        elif here == left + 1:
+        elif here == add(left, one):
             j, pair = j - 1, False
         else:
             pair = True
@@ -170,7 +185,7 @@ def _reference_alignment(canonical, human, predicted):
     return aligned
 
 
-def test_bit_parallel_alignment_equals_the_cell_by_cell_one():
+def test_fast_alignment_equals_the_cell_by_cell_one():
     rng = random.Random(0)
     for k in range(3000):
         longest = 80 if k % 10 == 0 else 10  # beyond 64 bits now and then
@@ -311,6 +326,30 @@ def test_perturbed_predictions_get_their_true_counts(utterances):
     exact = sum(g == t for g, t in zip(got, true)) / len(got)
     assert exact >= 0.9  # the rest: readings as cheap as the truth, or cheaper
     assert sum(got, MddCounts()).f1 == pytest.approx(sum(true, MddCounts()).f1, abs=0.005)
+
+
+def _in_place(canonical, human, rng):
+    """A prediction with a phone at every canonical position, nothing inserted, nothing left out: the
+    canonical, the heard or a foreign phone (one the utterance never has), a foreign one at every
+    annotated deletion. Foreign phones keep the prediction from reading as a cheaper shift."""
+    foreign = [p for p in PHONES if p not in set(canonical) | set(human)]
+    predicted = []
+    for c, h in zip(canonical, human):
+        kind = "other" if h is None else rng.choices(("canonical", "heard", "other"), (0.3, 0.55, 0.15))[0]
+        predicted.append(c if kind == "canonical" else h if kind == "heard" else rng.choice(foreign))
+    return predicted
+
+
+def test_a_deletion_is_diagnosed_only_where_nothing_was_written(utterances):
+    """SPEC §4: a phone the model wrote at an annotated deletion is DE, whatever the tie-break."""
+    rng = random.Random(2)
+    deletions, credited = 0, 0
+    for utt in utterances:
+        canonical, human = _annotated(utt)
+        labels = mdd_labels(canonical, human, _in_place(canonical, human, rng))
+        deletions += human.count(None)
+        credited += sum(label == "CD" for label, h in zip(labels, human) if h is None)
+    assert deletions > 150 and credited == 0
 
 
 def test_mdd_rejects_misaligned_human_phones():

@@ -163,10 +163,12 @@ def align_to_canonical(canonical: Sequence[str], predicted: Sequence[str],
     else 1; leaving position i unproduced costs 0 when the annotators deleted it (None or `<DEL>`),
     else 1; an inserted predicted phone costs 1. So a prediction equal to the heard phones, or to the
     canonical ones, aligns position by position. Without `human` the canonical phones count as heard.
-    Ties (equally cheap alignments): the backtrace runs from the end and at each step prefers pairing
-    a phone that agrees with the position (or, at an annotated deletion, any phone: a wrong phone
-    where nothing was heard is a diagnosis error), then leaving the canonical phone unproduced, then
-    an insertion, then a substitution; so "X Y" where Y is the canonical phone at i reads as X
+    Among equally cheap alignments, the one that leaves the fewest annotated deletions unproduced:
+    a phone the model wrote where nothing was heard pairs with that position (a diagnosis error)
+    rather than passing as an insertion beside a "correctly diagnosed" deletion. Remaining ties: the
+    backtrace runs from the end and at each step prefers pairing a phone that agrees with the
+    position (or, at an annotated deletion, any phone), then leaving the canonical phone unproduced,
+    then an insertion, then a substitution; so "X Y" where Y is the canonical phone at i reads as X
     inserted, Y correct, i + 1 skipped, not two substitutions. On perturbed utterances this tie
     rule gave the true counts more often than preferring any pairing.
     """
@@ -188,9 +190,11 @@ def _align(canonical: list[str], human: list[str | None], predicted: list[str]) 
         return canonical
     if predicted == [h for h in human if h is not None]:
         return human
-    aligned: list[str | None] = [None] * len(canonical)
     if not predicted:
-        return aligned
+        return [None] * len(canonical)
+    if None in human:
+        return _align_with_deletions(canonical, human, predicted)
+    aligned: list[str | None] = [None] * len(canonical)
     rows = _cost_rows(canonical, human, predicted)
     i, j = len(canonical), len(predicted)
     here = _cost(rows[i], j)
@@ -199,11 +203,10 @@ def _align(canonical: list[str], human: list[str | None], predicted: list[str]) 
         up = _cost(rows[i - 1], j)
         diag = up - _step(rows[i - 1], j)
         left = here - _step(rows[i], j)
-        agrees = p == c or p == h
-        if (here == diag and agrees) or (here == diag + 1 and h is None):
+        if here == diag and (p == c or p == h):
             i, j, here = i - 1, j - 1, diag
             aligned[i] = p
-        elif here == up + (h is not None):
+        elif here == up + 1:
             i, here = i - 1, up
         elif here == left + 1:
             j, here = j - 1, left
@@ -213,16 +216,45 @@ def _align(canonical: list[str], human: list[str | None], predicted: list[str]) 
     return aligned
 
 
-def _cost_rows(canonical: list[str], human: list[str | None], predicted: list[str]) -> list[tuple[int, int, int]]:
-    """Rows of the alignment's cost table D[i][j] (canonical[:i] against predicted[:j]), bit-parallel.
+def _align_with_deletions(canonical: list[str], human: list[str | None], predicted: list[str]) -> list[str | None]:
+    """`_align` where some phones were deleted: the costs above scaled by `unit`, plus 1 for each annotated
+    deletion left unproduced, so the cheapest alignment is also the one that leaves the fewest of them.
 
-    Row i is (D[i][0], vp, vn): bit j-1 of vp (vn) is set where D[i][j] - D[i][j-1] is +1 (-1).
-    A row whose deletion costs 1 is Hyyrö's step of Myers' algorithm for global edit distance
-    (Hyyrö 2001, "Explaining and extending the bit-parallel approximate string matching algorithm
-    of Myers"), its match mask holding the canonical and the heard phone. A row whose deletion is
-    free has D[i][j] = D[i-1][j] - x[j], where x[j] = 1 when D[i-1][j] - D[i-1][j-1] = +1 and
-    (predicted[j-1] matches or x[j-1] = 1): a carry chain, one addition as in Myers' D0.
-    Three times faster than a cell-by-cell loop, which the tests keep as the reference.
+    Cell by cell (the deletion-free table is bit-parallel, `_cost_rows`): SpeechOcean762 marks few deletions.
+    """
+    unit = len(canonical) + 1  # more than all the deletions' 1s together: the alignment cost comes first
+    skip = [1 if h is None else unit for h in human]
+    cost = [[j * unit for j in range(len(predicted) + 1)]]
+    for i, (c, h) in enumerate(zip(canonical, human)):
+        row = [cost[i][0] + skip[i]]
+        for j, p in enumerate(predicted):
+            row.append(min(cost[i][j] + (0 if p in (c, h) else unit), cost[i][j + 1] + skip[i], row[j] + unit))
+        cost.append(row)
+    aligned: list[str | None] = [None] * len(canonical)
+    i, j = len(canonical), len(predicted)
+    while i and j:
+        p, c, h = predicted[j - 1], canonical[i - 1], human[i - 1]
+        here, diag, up, left = cost[i][j], cost[i - 1][j - 1], cost[i - 1][j], cost[i][j - 1]
+        if (here == diag and p in (c, h)) or (here == diag + unit and h is None):
+            i, j = i - 1, j - 1
+            aligned[i] = p
+        elif here == up + skip[i - 1]:
+            i -= 1
+        elif here == left + unit:
+            j -= 1
+        else:  # here == diag + unit: a substitution
+            i, j = i - 1, j - 1
+            aligned[i] = p
+    return aligned
+
+
+def _cost_rows(canonical: list[str], human: list[str], predicted: list[str]) -> list[tuple[int, int, int]]:
+    """Rows of the alignment's cost table D[i][j] (canonical[:i] against predicted[:j]) without deletions.
+
+    Row i is (D[i][0], vp, vn): bit j-1 of vp (vn) is set where D[i][j] - D[i][j-1] is +1 (-1): Hyyrö's
+    step of Myers' algorithm for global edit distance (Hyyrö 2001, "Explaining and extending the
+    bit-parallel approximate string matching algorithm of Myers"), its match mask holding the canonical
+    and the heard phone. Three times faster than a cell-by-cell loop, which the tests keep as the reference.
     """
     mask = (1 << len(predicted)) - 1
     match: dict[str, int] = {}
@@ -231,18 +263,12 @@ def _cost_rows(canonical: list[str], human: list[str | None], predicted: list[st
     first, vp, vn = 0, mask, 0
     rows = [(first, vp, vn)]
     for c, h in zip(canonical, human):
-        if h is None:
-            start = match.get(c, 0) & vp
-            x = (((start + vp) ^ vp) | start) & vp
-            carried = x << 1 & mask
-            vp, vn = (x & carried) | (vp & ~(x | carried)) | (carried & ~(x | vn)), vn & ~carried
-        else:
-            eq = match.get(c, 0) | match.get(h, 0)
-            d0 = (((eq & vp) + vp) ^ vp) | eq | vn
-            hp = (vn | ~(d0 | vp)) << 1 | 1
-            hn = (vp & d0) << 1
-            vp, vn = (hn | ~(hp | d0)) & mask, hp & d0 & mask
-            first += 1
+        eq = match.get(c, 0) | match.get(h, 0)
+        d0 = (((eq & vp) + vp) ^ vp) | eq | vn
+        hp = (vn | ~(d0 | vp)) << 1 | 1
+        hn = (vp & d0) << 1
+        vp, vn = (hn | ~(hp | d0)) & mask, hp & d0 & mask
+        first += 1
         rows.append((first, vp, vn))
     return rows
 
