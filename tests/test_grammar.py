@@ -21,8 +21,11 @@ from pronlm.evaluation.grammar import (
     AnswerGrammar,
     GrammarError,
     ValueLogits,
+    answer_grammar,
     answer_schema,
     expected_scores,
+    masked,
+    pack,
     phone_pattern,
     score_token_ids,
 )
@@ -260,3 +263,33 @@ def test_constrained_comes_from_the_config_and_false_is_the_free_text_path():
     assert _config(parse_args(["predict", "--out", "p.jsonl"]), None, INFERENCE_DEFAULTS)[0].constrained is True
     assert Predictor.load(cfg=cfg).grammar is None
     assert Predictor.load(cfg=cfg, constrained=True).grammar is not None  # an explicit argument wins
+
+
+def test_mask_words_are_read_as_llguidance_writes_them():
+    """Bit b of int32 word w is token 32 w + b; a vocabulary that is not a multiple of 32 is cut."""
+    allowed = torch.zeros(2, 40, dtype=torch.bool)
+    allowed[0, [0, 31, 33]] = True
+    allowed[1, 39] = True
+    words = pack(allowed)
+    assert words.tolist() == [[1 - 2**31, 2], [0, 2**7]]  # bits 0 and 31 of word 0: 0x80000001 as int32
+    scores = torch.arange(80, dtype=torch.float32).view(2, 40)
+    out = masked(scores, words)
+    assert out[0, [0, 31, 33]].tolist() == [0.0, 31.0, 33.0] and out[1, 39] == 79.0
+    assert torch.isinf(out).sum() == 80 - 4 and (out[torch.isinf(out)] < 0).all()
+    assert scores[0, 5] == 5.0  # the logits passed in are left as they were (generate keeps them)
+
+
+def test_the_grammars_are_built_once_per_process_and_say_so(tiny_tokenizer, caplog):
+    """A second predictor with an equal tokenizer (a checkpoint's copy) reuses the grammars; the log says
+    when they are built (seconds over a 200k vocabulary)."""
+    import copy
+    import logging
+
+    tiny_tokenizer.add_tokens(["<|fix-cache-test|>"])  # a tokenizer no other test builds grammars for
+    with caplog.at_level(logging.INFO, logger="pronlm.evaluation.grammar"):
+        first = answer_grammar(tiny_tokenizer, VOCAB, stop_ids(tiny_tokenizer))
+        again = answer_grammar(copy.deepcopy(tiny_tokenizer), VOCAB, stop_ids(tiny_tokenizer))
+        literal = answer_grammar(tiny_tokenizer, VOCAB, stop_ids(tiny_tokenizer), "literal")
+    assert again is first and literal is not first
+    assert [r.getMessage().split(" over ")[0] for r in caplog.records if "building" in r.getMessage()] == [
+        "building the answer grammars"] * 2

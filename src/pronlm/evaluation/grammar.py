@@ -11,8 +11,11 @@ mean of each APA score). llguidance is used over xgrammar and lm-format-enforcer
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
+import time
 
 import llguidance
 import llguidance.hf
@@ -27,6 +30,8 @@ from pronlm.data.schema import SCORE_RANGE
 from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR
 from pronlm.errors import PronlmError
 from pronlm.evaluation.uncertainty import spread
+
+log = logging.getLogger(__name__)
 
 SCORES = range(SCORE_RANGE[0], SCORE_RANGE[1] + 1)  # 0..10, the 11 values a score token can be
 # The separators of `json.dumps` defaults, as in every training target; no other whitespace.
@@ -115,8 +120,11 @@ class AnswerGrammar:
                     "mdd": LLMatcher.grammar_from_json_schema(answer_schema("mdd", accent_policy, word_boundaries))}
         self.matchers = {task: self._matcher(g) for task, g in grammars.items()}
         pieces = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-        self.closing = torch.zeros(vocab_size, dtype=torch.bool)  # tokens that can end a string or the object
-        self.closing[[i for i, p in enumerate(pieces) if '"' in p or "}" in p] + self.stop_ids] = True
+        closing = torch.zeros(vocab_size, dtype=torch.bool)  # tokens that can end a string or the object
+        closing[[i for i, p in enumerate(pieces) if '"' in p or "}" in p] + self.stop_ids] = True
+        stop = torch.zeros(vocab_size, dtype=torch.bool)
+        stop[self.stop_ids] = True
+        self._words = {("closing", "cpu"): pack(closing), ("stop", "cpu"): pack(stop)}
 
     def _matcher(self, grammar: str) -> LLMatcher:
         matcher = LLMatcher(self.lltokenizer, grammar, log_level=0)
@@ -131,19 +139,56 @@ class AnswerGrammar:
     def processor(self, tasks: list[str], max_new_tokens: int | None = None) -> "GrammarProcessor":
         return GrammarProcessor(self, [self.matcher(t) for t in tasks], max_new_tokens)
 
+    def words(self, which: str, device) -> torch.Tensor:
+        """The `closing` or `stop` tokens as mask words, kept on each device they were asked for."""
+        key = (which, str(device))
+        if key not in self._words:
+            self._words[key] = self._words[(which, "cpu")].to(device)
+        return self._words[key]
+
+
+_BUILT: dict[tuple, AnswerGrammar] = {}
+
+
+def answer_grammar(tokenizer, vocab_size: int, stop_ids: list[int], accent_policy: str = "unk",
+                   word_boundaries: bool = False) -> AnswerGrammar:
+    """The `AnswerGrammar` for these settings, built once per process (about 4.5 s over Phi-4's 200k
+    tokens): every checkpoint a table evaluates, and every predictor a server loads, shares it."""
+    key = (_fingerprint(tokenizer), vocab_size, tuple(stop_ids), accent_policy, word_boundaries)
+    if key not in _BUILT:
+        log.info("building the answer grammars over %d tokens (once per process)", vocab_size)
+        t0 = time.perf_counter()
+        _BUILT[key] = AnswerGrammar(tokenizer, vocab_size, stop_ids, accent_policy, word_boundaries)
+        log.info("answer grammars built in %.1f s", time.perf_counter() - t0)
+    return _BUILT[key]
+
+
+def _fingerprint(tokenizer) -> str:
+    """What a tokenizer maps text to: its serialised vocabulary and rules (a checkpoint's copy of the
+    base's tokenizer gives the same), or the object itself when it cannot be serialised."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else f"object {id(tokenizer)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
 
 class GrammarProcessor(LogitsProcessor):
     """Masks each row's logits to the tokens its task's grammar allows next (rows left-padded).
 
     Called first on the prompts, then once per new token: each row's matcher consumes the row's
-    last token, then fills its row of the bitmask. A finished row (its stop token consumed) allows
-    only stop tokens, so `generate`'s padding of finished rows never reaches the matcher.
+    last token, then llguidance fills the batch's bitmask (rows in parallel). A finished row (its stop
+    token consumed) allows only stop tokens, so `generate`'s padding of finished rows never reaches the
+    matcher. The mask stays in llguidance's int32 words (25 KB a row at 200k tokens) up to the logits'
+    device, where `masked` applies it.
     """
 
     def __init__(self, grammar: AnswerGrammar, matchers: list[LLMatcher], max_new_tokens: int | None = None):
         self.grammar, self.matchers, self.max_new_tokens = grammar, matchers, max_new_tokens
         self.prompt_len: int | None = None
-        self.bitmask = torch.full((len(matchers), (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32)
+        # Pinned, so the copy to a GPU is asynchronous; the next call's `tolist()` waits for the stream
+        # before the buffer is refilled.
+        self.bitmask = torch.full((len(matchers), (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32,
+                                  pin_memory=torch.cuda.is_available())
+        self.rows = [(m, row) for row, m in enumerate(matchers)]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.prompt_len is None:
@@ -152,31 +197,65 @@ class GrammarProcessor(LogitsProcessor):
             for m, token in zip(self.matchers, input_ids[:, -1].tolist()):
                 if not m.is_stopped() and not m.consume_token(token):
                     raise GrammarError(f"token {token} breaks the answer grammar: {m.get_error()}")
-        width = self.bitmask.shape[1] * 4
-        for row, m in enumerate(self.matchers):  # what llguidance.torch.fill_next_token_bitmask does
-            m.unsafe_compute_mask_ptr(self.bitmask[row].data_ptr(), width)
-        # bit i of the little-endian words is token i (llguidance's layout); numpy unpacks 200k bits in ~0.1 ms
-        bits = np.unpackbits(self.bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
-        allowed = torch.from_numpy(bits[:, :scores.shape[1]]).bool().to(scores.device)
-        for row, m in enumerate(self.matchers):
-            if m.is_stopped():
-                allowed[row] = False
-                allowed[row, self.grammar.stop_ids] = True
-        allowed = self._finish(input_ids.shape[1] - self.prompt_len, allowed)
-        return scores.masked_fill(~allowed, float("-inf"))
+        # llguidance.torch.fill_next_token_bitmask_par, without importing that module (torch.compile: seconds)
+        _executor().unsafe_compute_mask_ptr(self.rows, self.bitmask.data_ptr(), self.bitmask.shape[1] * 4,
+                                            len(self.rows))
+        words = self.bitmask.to(scores.device, non_blocking=True)  # on CPU: the buffer itself
+        stopped = [row for row, m in enumerate(self.matchers) if m.is_stopped()]
+        if stopped:
+            words[stopped] = self.grammar.words("stop", scores.device)
+        words = self._finish(input_ids.shape[1] - self.prompt_len, words)
+        return masked(scores, words)
 
-    def _finish(self, step: int, allowed: torch.Tensor) -> torch.Tensor:
+    def _finish(self, step: int, words: torch.Tensor) -> torch.Tensor:
         """Near max_new_tokens, prefer tokens that close a string or the answer where the grammar allows one.
 
         An untrained or rambling model can write words until the budget ends and leave the JSON
         open; this keeps every constrained answer complete (a transcript cut short, not a failure).
         """
         if self.max_new_tokens is None or step < self.max_new_tokens - FINISH_MARGIN:
-            return allowed
-        if self.grammar.closing.device != allowed.device:
-            self.grammar.closing = self.grammar.closing.to(allowed.device)
-        closing = allowed & self.grammar.closing
-        return torch.where(closing.any(dim=1, keepdim=True), closing, allowed)
+            return words
+        closing = words & self.grammar.words("closing", words.device)
+        return torch.where((closing != 0).any(dim=1, keepdim=True), closing, words)
+
+
+# Byte b of a mask word as 8 additive biases: 0.0 for an allowed token (bit set), -inf for a forbidden one.
+_BYTE_BIAS = torch.where(((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool(), 0.0, float("-inf"))
+_BIAS_ON: dict[tuple, torch.Tensor] = {}  # the table on each (device, dtype) asked for
+
+
+def masked(scores: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """`scores` with -inf wherever the row's bit of the token is 0 (`words`: [rows, ceil(V/32)] int32).
+
+    Bit b of word w is token 32 w + b (llguidance's little-endian layout). Each mask byte looks up its 8
+    biases in a 256-row table on the logits' device, and the biases are added: two passes over the
+    logits, no bool mask, no copy of the vocabulary's width between devices. A new tensor, as
+    `generate` keeps the unprocessed logits for `output_logits`.
+    """
+    key = (str(scores.device), scores.dtype)
+    if key not in _BIAS_ON:
+        _BIAS_ON[key] = _BYTE_BIAS.to(scores.device, scores.dtype)
+    table = _BIAS_ON[key]
+    rows, vocab = scores.shape
+    bias = table.index_select(0, words.contiguous().view(torch.uint8).view(-1).int()).view(rows, -1)[:, :vocab]
+    return bias.add_(scores)  # -inf + x is -inf; 0 + x is x
+
+
+def pack(allowed: torch.Tensor) -> torch.Tensor:
+    """Bool [..., V] to llguidance's int32 words [..., ceil(V/32)], the layout `masked` reads."""
+    pad = (-allowed.shape[-1]) % 32
+    bits = np.packbits(torch.nn.functional.pad(allowed, (0, pad)).numpy(), axis=-1, bitorder="little")
+    return torch.from_numpy(np.ascontiguousarray(bits).view(np.int32).copy())
+
+
+_EXECUTOR: list = []
+
+
+def _executor() -> llguidance.LLExecutor:
+    """One llguidance thread pool per process, for filling a batch's mask rows in parallel."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(llguidance.LLExecutor())
+    return _EXECUTOR[0]
 
 
 class ValueLogits(LogitsProcessor):

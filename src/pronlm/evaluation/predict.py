@@ -31,8 +31,8 @@ from pronlm.data.schema import PHONE_SCORES
 from pronlm.data.targets import strip_stress
 from pronlm.errors import PredictionInterrupted, PronlmError
 from pronlm.evaluation.grammar import (
-    AnswerGrammar,
     ValueLogits,
+    answer_grammar,
     score_distributions,
     score_fields,
     score_token_ids,
@@ -65,8 +65,8 @@ class Predictor:
         # A generated audio/image placeholder id would be sent through the audio encoder again.
         self.suppress = [self.model.config.audio_config.audio_token_id, self.model.config.vision_config.image_token_id]
         # vocab_size: the embedding's rows, which can outnumber the tokenizer's tokens (SPEC §2b)
-        self.grammar = AnswerGrammar(self.tokenizer, self.model.config.vocab_size, self.stop_ids, self.accent_policy,
-                                     self.word_boundaries) if self.constrained else None
+        self.grammar = answer_grammar(self.tokenizer, self.model.config.vocab_size, self.stop_ids, self.accent_policy,
+                                      self.word_boundaries) if self.constrained else None
         self.score_ids = self.grammar.score_ids if self.grammar else score_token_ids(self.tokenizer)
         self.phone_scorer = PhoneScorer(self.tokenizer, self.word_boundaries)
 
