@@ -94,7 +94,8 @@ def test_phone_scores_are_a_hand_computed_softmax(tiny_model, tiny_tokenizer, tr
     tok = tiny_tokenizer.convert_tokens_to_ids
     # tiny pieces: AH, IY one token each (with or without the space); <unk> is `<` `un` `k` `>` first,
     # `Ġ` `<` `un` `k` `>` after a space
-    assert tiny_tokenizer(" " + UNK, add_special_tokens=False).input_ids == [tok(t) for t in ("Ġ", "<", "un", "k", ">")]
+    unk = [tok(t) for t in ("Ġ", "<", "un", "k", ">")]
+    assert tiny_tokenizer(" " + UNK, add_special_tokens=False).input_ids == unk
     weights = {tok("AH"): 2, tok("ĠAH"): 2, tok("IY"): 4, tok("ĠIY"): 4,
                **{tok(t): 8 for t in ("Ġ", "<", "un", "k", ">")}}
     z = sum(weights.values())  # 52: every row's softmax denominator (the rest is e^-1e4)
@@ -115,3 +116,60 @@ def test_phone_scores_are_a_hand_computed_softmax(tiny_model, tiny_tokenizer, tr
     assert scores[2]["score"] == pytest.approx(expected("IY", later_unk), abs=1e-4)
     assert scores[2]["p"] == pytest.approx(iy / (ah + iy + later_unk), abs=1e-4)
     assert [s["likely"] for s in scores] == ["IY", "IY", "IY"]
+
+
+def test_the_real_shape_takes_the_tree_in_one_pass_and_computes_only_the_rows_read():
+    """Phi-4-multimodal's real config (longrope, sliding-window mask function) on the meta device: the
+    4-D mask, the branch positions and the rows to keep go through; logits come only for those rows."""
+    from transformers import Phi4MultimodalForCausalLM
+
+    from pronlm.evaluation.phone_scores import PhoneTree
+    from pronlm.model.phi4_config import real_config
+
+    with torch.device("meta"):
+        model = Phi4MultimodalForCausalLM(real_config()).eval()
+    positions = list(range(30)) + [20] * 5 + [21] * 5  # five two-token branches at the phone starting at 20
+    parents = [-1] * 30 + [19] * 5 + list(range(30, 35))
+    tree = PhoneTree(list(range(100, 140)), positions, parents, [20], [[("X", [(19, 1), (30, 2)])]], ["X"], 30)
+    mask = torch.zeros(1, 1, 40, 40, dtype=model.dtype).masked_fill(~tree.attention(), torch.finfo(model.dtype).min)
+    out = model(input_ids=torch.tensor([tree.input_ids], device="meta"), attention_mask=mask.to("meta"),
+                position_ids=torch.tensor([tree.position_ids], device="meta"),
+                logits_to_keep=torch.tensor([19, 30, 35], device="meta"))
+    assert out.logits.shape == (1, 3, 200_064)
+
+
+def test_the_language_model_leaves_flash_attention_for_the_tree_and_returns_to_it():
+    from pronlm.evaluation.phone_scores import _mask_capable_attention
+
+    class StandIn:  # what the context manager touches of a model loaded with flash-attention 2
+        def __init__(self):
+            self.config = type("C", (), {"_attn_implementation": "flash_attention_2"})()
+            self.calls = []
+
+        def set_attn_implementation(self, value):
+            self.calls.append(value)
+            self.config._attn_implementation = value[""]
+
+    model = StandIn()
+    with _mask_capable_attention(model):
+        assert model.config._attn_implementation == "sdpa"
+    assert model.calls == [{"": "sdpa"}, {"": "flash_attention_2"}]
+    sdpa = StandIn()
+    sdpa.config._attn_implementation = "sdpa"
+    with _mask_capable_attention(sdpa):
+        pass
+    assert sdpa.calls == []
+
+
+def test_tree_attention_hand_built():
+    """Main tokens causal; a branch token sees the main sequence before its phone, its ancestors, itself."""
+    from pronlm.evaluation.phone_scores import PhoneTree
+
+    # main: 4 tokens, the phone starts at 3; branch 4 continues row 2 (the token before the phone), 5 continues 4
+    tree = PhoneTree([1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 3, 4], [-1, -1, -1, -1, 2, 4], [3], [], [], 4)
+    assert tree.attention().int().tolist() == [[1, 0, 0, 0, 0, 0],
+                                               [1, 1, 0, 0, 0, 0],
+                                               [1, 1, 1, 0, 0, 0],
+                                               [1, 1, 1, 1, 0, 0],
+                                               [1, 1, 1, 0, 1, 0],
+                                               [1, 1, 1, 0, 1, 1]]

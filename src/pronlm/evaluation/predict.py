@@ -96,7 +96,8 @@ class Predictor:
     @torch.inference_mode()
     def generate_scored(self, examples: list[Example], audio: list[np.ndarray]) -> list[tuple[str, dict | None]]:
         """(answer, score distributions) per example: for APA answers whose scores could be found, each
-        aspect's probabilities of 0..10 (`pronlm.evaluation.grammar.score_distributions`), else None. Constrained to each task's grammar when `constrained`."""
+        aspect's probabilities of 0..10 (`pronlm.evaluation.grammar.score_distributions`), else None.
+        Constrained to each task's grammar when `constrained`."""
         batch = {k: v.to(self.model.device) for k, v in self.collator(examples, audio).items()}
         values = ValueLogits(self.score_ids)
         processors = [values]

@@ -144,8 +144,8 @@ class VllmPredictor:
         if not isinstance(content, str):
             raise self._malformed("/chat/completions", f"content is {type(content).__name__}, not text")
         logprobs = (choice.get("logprobs") or {}).get("content") if isinstance(choice, dict) else None
-        expected = distributions_from_logprobs(logprobs) if example.task == "apa" and isinstance(logprobs, list) else None
-        return content, expected
+        dists = distributions_from_logprobs(logprobs) if example.task == "apa" and isinstance(logprobs, list) else None
+        return content, dists
 
     def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
         """One record per (item, task), in order; `AudioError` for a clip over the limit before any request."""
