@@ -23,6 +23,7 @@ from pronlm.config import (
     predictions_config,
 )
 from pronlm.errors import PronlmError
+from pronlm.versions import check_versions
 
 FIELD_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Config)}
 SWITCHES = {f.name for f in dataclasses.fields(Config) if f.type == "bool"}  # --word-boundaries alone: true
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        check_versions()
         args.func(args)
     except PronlmError as exc:
         notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", ()))  # added on the way up
