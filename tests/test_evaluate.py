@@ -272,17 +272,17 @@ def test_phone_scores_are_scored_against_the_phone_accuracies_as_gopt_does(corpu
         phones = [strip_stress(p) for w in u.words for p in w.canonical_phones]
         accuracies = [a for w in u.words for a in w.phone_accuracies]
         scores = [round(2 - ((3 * n + k) % 7) / 3.5, 4) for k in range(len(phones))]  # any spread of 0-2 values
-        if n == 1:
-            phones = phones[1:]  # does not match the canonical phones: left out
+        if n in (1, 2):  # 1: does not match the canonical phones, 2: a score that is no number: left out
+            phones = phones[1:] if n == 1 else phones
         else:
             pred += scores
             human += accuracies
-        record["phone_scores"] = [{"phone": p, "score": s} for p, s in zip(phones, scores)]
+        record["phone_scores"] = [{"phone": p, "score": "high" if n == 2 else s} for p, s in zip(phones, scores)]
         lines.append(json.dumps(record))
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     report = evaluate(str(tmp_path / "p.jsonl"), str(corpus_dir), "test", str(tmp_path / "out"))
     phone = report["phone"]
-    assert phone["n"] == len(pred) and phone["skipped_utterances"] == 1
+    assert phone["n"] == len(pred) and phone["skipped_utterances"] == 2
     assert phone["mse"] == pytest.approx(float(np.mean((np.array(pred) - np.array(human)) ** 2)))
     assert phone["pcc"] == pytest.approx(pearsonr(pred, human)[0])
     md = (tmp_path / "out" / "report.md").read_text()

@@ -122,7 +122,8 @@ def phone_section(utts: list[Utterance], preds: dict) -> dict | None:
     """GOPT's phone protocol: MSE and PCC of the phone scores (0-2, `phone_scores` of the MDD records)
     against the annotation's phones-accuracy, over every canonical phone; None when no record has them.
 
-    An utterance whose scores do not match its canonical phones one for one is left out (`skipped`).
+    An utterance whose scores are unreadable or do not match its canonical phones one for one is left out
+    (`skipped_utterances`).
     """
     pred, human, skipped = [], [], 0
     for u in utts:
@@ -131,7 +132,9 @@ def phone_section(utts: list[Utterance], preds: dict) -> dict | None:
             continue
         accuracies = [a for w in u.words for a in w.phone_accuracies]
         canonical = [strip_stress(p) for w in u.words for p in w.canonical_phones]
-        if [s.get("phone") for s in scores] != canonical or len(accuracies) != len(canonical):
+        readable = isinstance(scores, list) and all(isinstance(s, dict) and isinstance(s.get("score"), (int, float))
+                                                    for s in scores)
+        if not readable or [s.get("phone") for s in scores] != canonical or len(accuracies) != len(canonical):
             skipped += 1
             continue
         pred += [s["score"] for s in scores]
