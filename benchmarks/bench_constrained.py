@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from pronlm.config import Config
 from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.evaluation.grammar import AnswerGrammar, GrammarProcessor, ValueLogits
@@ -166,7 +167,7 @@ def main():
     steps, masks = {"seconds": 0.0, "calls": 0}, {"seconds": 0.0, "calls": 0}
     counted(ValueLogits, steps)  # called once per decoding step in both modes
     counted(GrammarProcessor, masks)
-    predictors = {c: Predictor.load("tiny", max_new_tokens=a.max_new_tokens, constrained=c) for c in (False, True)}
+    predictors = {c: Predictor.load(Config(base="tiny", max_new_tokens=a.max_new_tokens, constrained=c)) for c in (False, True)}
     for predictor in predictors.values():
         predictor.predict(items[:2], batch_size=a.batch_size)  # warm-up
     totals = {c: {"seconds": 0.0, "steps": 0, "records": []} for c in predictors}

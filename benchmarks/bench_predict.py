@@ -10,6 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
+from pronlm.config import Config
 from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.evaluation.predict import Predictor, clip_frames
@@ -40,7 +41,7 @@ def main():
     a = p.parse_args()
     utts = list(read_corpus(a.corpus, "test"))[:a.clips]
     items = [(u.id, load_audio(u.audio)) for u in utts]
-    predictor = Predictor.load("tiny", max_new_tokens=a.max_new_tokens)
+    predictor = Predictor.load(Config(base="tiny", max_new_tokens=a.max_new_tokens))
     predictor.predict(items[:2], batch_size=a.batch_size)  # warm-up
     one = rate(predictor, items, 1)
     many = rate(predictor, items, a.batch_size)

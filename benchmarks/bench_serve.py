@@ -24,19 +24,17 @@ from pathlib import Path
 import httpx
 
 CLIP = Path(__file__).resolve().parents[2] / "shared/data/speechocean762/WAVE/SPEAKER0001/000010011.WAV"
-SERVE = ("import sys, json; from pronlm.app.serve import serve; serve(**json.loads(sys.argv[1]))")
+SERVE = "import sys; from pronlm.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @contextmanager
-def running(options: dict, start_timeout: float = 300):
-    """The service in a subprocess on a free loopback port; always terminated."""
-    import json
-
+def running(options: list[str], start_timeout: float = 300):
+    """`pronlm serve OPTIONS` in a subprocess on a free loopback port; always terminated."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps({**options, "host": "127.0.0.1", "port": port})])
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", *options, "--host", "127.0.0.1", "--port", str(port)])
     try:
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline and proc.poll() is None:
@@ -73,8 +71,9 @@ def main() -> None:
     a = p.parse_args()
 
     audio = Path(a.clip).read_bytes()
-    options = {"base": a.base, "adapter": a.adapter, "max_new_tokens": a.max_new_tokens, "max_batch": a.max_batch,
-               "max_queue": max(64, a.requests)}
+    options = ["--max-new-tokens", str(a.max_new_tokens), "--max-batch", str(a.max_batch),
+               "--max-queue", str(max(64, a.requests))]
+    options += ["--adapter", a.adapter] if a.adapter else ["--base", a.base]
     with running(options) as url:
         timed_post(url, audio, a.text)  # warm-up: first-call allocations
         before = httpx.get(f"{url}/health").json()

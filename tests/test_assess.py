@@ -18,6 +18,7 @@ from pronlm.app.lexicon import (
     normalise_words,
     read_lexicon,
 )
+from pronlm.config import Config
 
 SCORES = {"accuracy": 8, "fluency": 7, "prosodic": 9, "total": 8}
 WORD_KEYS = {"word", "error_type", "known", "expected_phones", "heard_phones", "phones", "variant", "variants",
@@ -298,7 +299,7 @@ def test_assess_command_prints_json_with_the_tiny_model(corpus_dir, capsys):
     from pronlm.app.assess import assess_command
 
     wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
-    assert assess_command(str(wav), "We call it bear", base="tiny", fmt="json", max_new_tokens=32) == 0
+    assert assess_command(Config(base="tiny", max_new_tokens=32), str(wav), "We call it bear", fmt="json") == 0
     result = json.loads(capsys.readouterr().out)
     check_schema(result)
     assert [w["word"] for w in result["words"] if w["error_type"] != "Insertion"] == ["WE", "CALL", "IT", "BEAR"]
@@ -415,7 +416,8 @@ def test_assess_command_split_long_with_the_tiny_model(train_utterances, tmp_pat
     from pronlm.app.assess import assess_command
 
     text, _ = write_reading(train_utterances, tmp_path / "long.wav")
-    assert assess_command(str(tmp_path / "long.wav"), text, fmt="json", max_new_tokens=8, split_long=True) == 0
+    assert assess_command(Config(base="tiny", max_new_tokens=8), str(tmp_path / "long.wav"), text, fmt="json",
+                          split_long=True) == 0
     result = json.loads(capsys.readouterr().out)
     check_schema(result)
     assert len(result["chunks"]) == 15 and all(c["end"] - c["start"] <= 30 for c in result["chunks"])
@@ -550,19 +552,19 @@ def test_assess_command_scores_every_phone_and_assesses_free_speech(corpus_dir, 
     from pronlm.app.feedback import model_text
 
     wav = corpus_dir / "WAVE" / "SPEAKER0001" / "000010011.WAV"
-    assert assess_command(str(wav), "We call it bear", base="tiny", fmt="json", max_new_tokens=32) == 0
+    assert assess_command(Config(base="tiny", max_new_tokens=32), str(wav), "We call it bear", fmt="json") == 0
     result = json.loads(capsys.readouterr().out)
     check_schema(result)
     for w in result["words"]:  # every known word of the text: one score per phone it was judged against
         if w["known"] and w["error_type"] != "Insertion":
             assert [p["phone"] for p in w["phone_scores"]] == w["expected_phones"]
             assert all(p["accuracy"] == round(50 * p["score"]) and 0 <= p["score"] <= 2 for p in w["phone_scores"])
-    assert assess_command(str(wav), None, base="tiny", fmt="json", max_new_tokens=32) == 0
+    assert assess_command(Config(base="tiny", max_new_tokens=32), str(wav), None, fmt="json") == 0
     free = json.loads(capsys.readouterr().out)
     check_schema(free)
     assert free["reference"] == "model" and free["text"] == model_text(free["word_transcript"])
     assert "Omission" not in {w["error_type"] for w in free["words"]}
-    assert assess_command(str(wav), None, base="tiny", max_new_tokens=32) == 0
+    assert assess_command(Config(base="tiny", max_new_tokens=32), str(wav), None) == 0
     assert "no text given: judged against the model's own transcript" in capsys.readouterr().out
 
 

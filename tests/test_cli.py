@@ -138,10 +138,10 @@ def test_serve_takes_a_recipe_or_a_checkpoint_and_overrides(checkpoint, monkeypa
     import pronlm.app.serve
 
     calls = []
-    monkeypatch.setattr(pronlm.app.serve, "serve", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(pronlm.app.serve, "serve", lambda cfg, adapter, **kwargs: calls.append(dict(cfg=cfg, **kwargs)))
     assert main(["serve", "--recipe", "tiny-cpu", "max_audio_seconds=20", "--port", "9"]) == 0
     cfg = calls[-1]["cfg"]
-    assert (cfg.base, cfg.apa_template, calls[-1]["max_audio_seconds"], calls[-1]["port"]) == ("tiny", "short", 20, 9)
+    assert (cfg.base, cfg.apa_template, cfg.max_audio_seconds, calls[-1]["port"]) == ("tiny", "short", 20, 9)
     assert main(["serve", "--adapter", str(checkpoint)]) == 0
     assert calls[-1]["cfg"].apa_template == str(checkpoint / "prompts" / "apa.txt")
     assert main(["serve", "--adapter", str(checkpoint), "--base", "someone/phi4"]) == 2

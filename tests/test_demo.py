@@ -13,6 +13,7 @@ import soundfile as sf
 
 from pronlm.app.demo import MAX_NEW_TOKENS, DemoError, demo, transcribe
 from pronlm.cli import main
+from pronlm.config import command_config
 from pronlm.data.corpus import read_corpus
 from pronlm.data.synthetic import (
     SENTENCES,
@@ -136,7 +137,8 @@ def test_demo_model_transcribes_its_training_voices_from_their_audio(demo_run):
     # the demo's seed (42) and at most 0.16 (mean 0.04) over seeds 0-6: 0.2 leaves a margin.
     out, run = demo_run
     assert run.returncode == 0, run.stderr[-3000:]
-    predictor = Predictor.load("tiny", str(out / "run"), max_new_tokens=MAX_NEW_TOKENS)
+    predictor = Predictor.load(command_config(adapter=str(out / "run"), overrides=[f"max_new_tokens={MAX_NEW_TOKENS}"]),
+                               str(out / "run"))
     utts = list(read_corpus(str(out / "corpus"), "train"))
     texts = [u.text for u in utts]
     heard = transcribe(predictor, utts)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pronlm.config import load_config
+from pronlm.config import command_config, load_config
 from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.evaluation.predict import Predictor
@@ -84,7 +84,7 @@ print(json.dumps({"class": type(model).__name__, "raw": [r["raw"] for r in predi
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_export_answers_as_the_adapter_does_without_peft(strategy, runs, exports, clips, corpus_dir):
     ckpt, (_, out) = runs[strategy], exports[strategy]
-    adapter = [r["raw"] for r in Predictor.load(adapter=str(ckpt), max_new_tokens=MAX_NEW_TOKENS).predict(clips)]
+    adapter = [r["raw"] for r in Predictor.load(command_config(adapter=str(ckpt), overrides=[f"max_new_tokens={MAX_NEW_TOKENS}"]), str(ckpt)).predict(clips)]
     done = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(out), str(corpus_dir)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

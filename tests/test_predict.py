@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pronlm.config import load_template
+from pronlm.config import Config, load_template
 from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.data.prompts import TASKS, Example
@@ -34,7 +34,7 @@ def read_lines(path):
 
 def test_records_follow_the_schema_for_both_tasks(corpus_dir, tmp_path):
     out = tmp_path / "pred.jsonl"
-    predict("tiny", None, str(corpus_dir), "test", str(out), batch_size=4, limit=3, max_new_tokens=16)
+    predict(Config(base="tiny", corpus=str(corpus_dir), split="test", limit=3, max_new_tokens=16), str(out), batch_size=4)
     lines = read_lines(out)
     # longest clip first: 000030154 (2.91 s), 000030145 (2.78 s), 000030153 (2.35 s)
     assert [(r["id"], r["task"]) for r in lines] == [(i, t) for i in ("000030154", "000030145", "000030153")
@@ -55,7 +55,7 @@ def test_records_follow_the_schema_for_both_tasks(corpus_dir, tmp_path):
 def test_batched_generation_equals_one_at_a_time(corpus_dir, train_utterances):
     """Left padding of the text changes nothing. (Clips of different lengths do change the shorter
     clip's encoding a little: Phi-4's conformer convolutions see the padded frames; that is the model.)"""
-    predictor = Predictor.load("tiny", max_new_tokens=12)
+    predictor = Predictor.load(Config(base="tiny", max_new_tokens=12))
     clip = load_audio(train_utterances[0].audio)
     items = [("a", clip), ("b", clip.copy())]
     batched = predictor.predict(items, batch_size=4)  # one batch: APA and MDD prompts of different lengths
@@ -65,7 +65,7 @@ def test_batched_generation_equals_one_at_a_time(corpus_dir, train_utterances):
 
 
 def test_generated_text_stops_at_the_first_end_token():
-    predictor = Predictor.load("tiny", max_new_tokens=40)
+    predictor = Predictor.load(Config(base="tiny", max_new_tokens=40))
     samples = np.sin(np.arange(16000) / 7).astype(np.float32) * 0.3
     (apa,) = predictor.predict([("x", samples)], tasks=("apa",))
     assert apa["raw"].count("<|end|>") + apa["raw"].count("<|endoftext|>") <= 1
@@ -85,7 +85,7 @@ def test_a_broken_clip_is_reported_and_the_rest_predicted(corpus_dir, tmp_path, 
     victim = corpus / "WAVE" / "SPEAKER0003" / "000030145.WAV"
     victim.write_bytes(b"not a wav file")
     out = tmp_path / "p.jsonl"
-    predict("tiny", None, str(corpus), "test", str(out), batch_size=4, limit=3, max_new_tokens=8)
+    predict(Config(base="tiny", corpus=str(corpus), split="test", limit=3, max_new_tokens=8), str(out), batch_size=4)
     ids = {r["id"] for r in read_lines(out)}
     assert ids == {"000030153", "000030154"}
     assert "000030145" in caplog.text and "cannot read audio" in caplog.text
@@ -123,7 +123,7 @@ def test_the_limit_is_where_the_encoder_breaks():
     """The experiment behind `max_audio_seconds`: 640,399 samples make 4,000 feature frames, 500 encoder
     positions, and decode in a batch of two (APA and MDD, as assess sends them); 640,400 samples make
     501 positions, and transformers fails. If this starts to pass, transformers was fixed: revisit the limit."""
-    predictor = Predictor.load("tiny", max_new_tokens=1, max_audio_seconds=None)
+    predictor = Predictor.load(Config(base="tiny", max_new_tokens=1, max_audio_seconds=40))
     assert predictor.max_audio_seconds == 40.0
     examples = [Example("x", task, None, predictor.prompts.for_task(task), None) for task in TASKS]
     predictor.generate(examples, [noise(640_399)] * 2)
@@ -135,12 +135,12 @@ def test_a_limit_above_the_encoders_is_refused_at_start_up():
     # before: accepted, and the first clip over 40 s crashed inside transformers
     with pytest.raises(AudioLimitError, match=r"max_audio_seconds is 120 s, but the model's audio encoder takes at "
                                               r"most 40 s per clip: set it to 40 or less"):
-        Predictor.load("tiny", max_audio_seconds=120)
+        Predictor.load(Config(base="tiny", max_audio_seconds=120))
 
 
 def test_a_clip_over_the_limit_is_refused_before_generation():
     # before: RuntimeError from transformers' audio encoder
-    predictor = Predictor.load("tiny", max_new_tokens=1)
+    predictor = Predictor.load(Config(base="tiny", max_new_tokens=1))
     with pytest.raises(AudioError, match=r"utterance long: audio lasts 50\.00 s, over the limit of 30 s"):
         predictor.predict([("short", noise(16000)), ("long", noise(50 * 16000))])
 
@@ -151,7 +151,7 @@ def test_a_truncated_clip_is_reported_and_the_rest_predicted(corpus_dir, tmp_pat
                                                                         "SPEAKER2*"))
     cut_wav(corpus / "WAVE" / "SPEAKER0003" / "000030145.WAV")
     out = tmp_path / "p.jsonl"
-    predict("tiny", None, str(corpus), "test", str(out), batch_size=4, limit=3, max_new_tokens=4)
+    predict(Config(base="tiny", corpus=str(corpus), split="test", limit=3, max_new_tokens=4), str(out), batch_size=4)
     assert {r["id"] for r in read_lines(out)} == {"000030153", "000030154"}  # before: a cut clip was predicted
     assert "utterance 000030145" in caplog.text and "is truncated" in caplog.text
 

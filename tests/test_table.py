@@ -4,6 +4,7 @@ speaker-disjoint development split choosing the epoch. Fast tests use prediction
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import shutil
 import pytest
 
 from pronlm.cli import main
-from pronlm.config import ConfigError, load_config
+from pronlm.config import ConfigError, checkpoint_config, load_config
 from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import parse_answer
 from pronlm.data.records import ASPECTS
@@ -29,6 +30,7 @@ from pronlm.evaluation.table import (
     metrics_row,
     should_stop,
 )
+from pronlm.model.load import TINY_BASE_DIR
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -226,6 +228,39 @@ def test_the_early_stopping_callback_stops_once_patience_runs_out(corpus_dir, tm
            "for 1 epoch(s)" in (run / "table.md").read_text()
 
 
+def test_every_row_is_decoded_with_the_runs_own_inference_settings(corpus_dir, tmp_path, monkeypatch):
+    """Before: the untrained row was decoded with the defaults (constrained, the unk grammar, no boundaries,
+    a fresh tiny base) whatever the run said; now every row, untrained included, with the run's config."""
+    from pronlm.data.prompts import PromptSet
+    from pronlm.evaluation import predict as infer
+
+    loaded = []
+
+    class Recorder:  # stands in for the model: records what it was loaded with, answers nothing readable
+        def __init__(self, cfg, adapter=None):
+            loaded.append((cfg, adapter))
+            self.prompts, self.max_audio_seconds = PromptSet.from_templates("short", "short"), 30.0
+
+        def predict_examples(self, examples, audio, batch_size=8):
+            return [infer.answer_record(ex, "") for ex in examples]
+
+    monkeypatch.setattr(infer.Predictor, "load", classmethod(lambda cls, *a, **k: Recorder(k.get("cfg", a[0]), a[1])))
+    run = tmp_path / "run"
+    settings = dict(constrained=False, accent_policy="canonical", word_boundaries=True)
+    _write_run(corpus_dir, run, [True, False], eval_split="test", eval_untrained=True, **settings)
+    (run / TINY_BASE_DIR).mkdir()
+    (run / TINY_BASE_DIR / "config.json").write_text("{}")
+    table = build_table(run)
+    assert [r["checkpoint"] for r in table["rows"]] == ["untrained", "checkpoint-4", "checkpoint-8"]
+    ((cfg, adapter),) = loaded  # only the untrained row had predictions to make
+    assert adapter is None and cfg.base == str(run / TINY_BASE_DIR)  # the run's own random base
+    assert {k: getattr(cfg, k) for k in settings} == settings
+    for row in ("untrained", "checkpoint-4", "checkpoint-8"):
+        saved = load_config(str(run / row / "test.config.yaml"))  # beside each row's predictions
+        assert {k: getattr(saved, k) for k in settings} == settings, row
+        assert (saved.apa_template, saved.split, saved.corpus) == ("short", "test", str(corpus_dir)), row
+
+
 def test_table_marks_the_epoch_dev_selects_and_reports_its_test_row(written_run):
     table = build_table(written_run)
     rows = {r["checkpoint"]: r for r in table["rows"]}
@@ -297,9 +332,10 @@ def test_each_epoch_row_equals_predict_and_evaluate_by_hand(tiny_run, corpus_dir
     for row in table["rows"]:
         name = row["checkpoint"]
         adapter = None if name == "untrained" else str(tiny_run / name)
-        templates = dict(apa_template="short", mdd_template="short") if adapter is None else {}
-        predict(base="tiny", adapter=adapter, corpus=str(corpus_dir), split="test", out=str(tmp_path / f"{name}.jsonl"),
-                **templates)
+        cfg = dataclasses.replace(checkpoint_config(tiny_run), split="test", limit=None)
+        if adapter is None:  # the run's own random base, as its checkpoints'
+            cfg = dataclasses.replace(cfg, base=str(tiny_run / TINY_BASE_DIR))
+        predict(cfg, str(tmp_path / f"{name}.jsonl"), adapter)
         report = evaluate(str(tmp_path / f"{name}.jsonl"), str(corpus_dir), "test", str(tmp_path / name))
         assert {c: row[c] for c in COLUMNS} == metrics_row(report), name
         assert row["expected_pcc"] == {a: report["apa_expected"][a]["pcc"] for a in ASPECTS}, name

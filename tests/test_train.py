@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Phi4MultimodalFeatureExtractor
 
-from pronlm.config import Config, load_config
+from pronlm.config import Config, command_config, load_config
 from pronlm.evaluation.predict import Predictor
 from pronlm.model.load import TINY_BASE_DIR, load_model, prepare_for_training
 from pronlm.model.train import make_trainer, train
@@ -61,7 +61,7 @@ def test_trained_model_reproduces_a_memorised_target(trained, train_utterances):
     _, _, out = trained
     from pronlm.data.audio import load_audio
 
-    predictor = Predictor.load("tiny", str(out), max_new_tokens=80)
+    predictor = Predictor.load(command_config(adapter=str(out), overrides=["max_new_tokens=80"]), str(out))
     utts = train_utterances[:4]
     records = predictor.predict([(u.id, load_audio(u.audio)) for u in utts], batch_size=8)
     exact = 0

@@ -79,10 +79,7 @@ def _predict(a):
 
     cfg, given = _config(a, a.adapter, INFERENCE_DEFAULTS)
     cfg = _what_to_predict(cfg, given)
-    predict(base=cfg.base, adapter=a.adapter, corpus=cfg.corpus, split=cfg.split, out=a.out,
-            tasks=tuple(a.tasks.split(",")), batch_size=a.batch_size, limit=cfg.limit,
-            max_new_tokens=a.max_new_tokens, max_audio_seconds=cfg.max_audio_seconds, data=cfg.data, cfg=cfg)
-    cfg.to_yaml(predictions_config(a.out))
+    predict(cfg, a.out, a.adapter, tasks=tuple(a.tasks.split(",")), batch_size=a.batch_size)
 
 
 def _what_to_predict(cfg: Config, given: set[str]) -> Config:
@@ -122,19 +119,16 @@ def _assess(a):
     from pronlm.app.assess import assess_command
 
     cfg, _ = _config(a, a.adapter, INFERENCE_DEFAULTS)
-    assess_command(audio=a.audio, text=a.text, base=cfg.base, adapter=a.adapter, fmt=a.format, lexicon=a.lexicon,
-                   max_new_tokens=a.max_new_tokens, max_audio_seconds=cfg.max_audio_seconds,
-                   split_long=a.split_long, cfg=cfg)
+    assess_command(cfg, a.audio, a.text, a.adapter, fmt=a.format, lexicon=a.lexicon, split_long=a.split_long)
 
 
 def _serve(a):
     from pronlm.app.serve import serve
 
     cfg, _ = _config(a, a.adapter, INFERENCE_DEFAULTS)
-    serve(host=a.host, port=a.port, base=cfg.base, adapter=a.adapter, lexicon=a.lexicon,
-          max_new_tokens=a.max_new_tokens, max_upload_bytes=int(a.max_upload_mb * 2**20),
-          max_audio_seconds=cfg.max_audio_seconds, max_queue=a.max_queue, max_batch=a.max_batch,
-          api_key=a.api_key, rate_limit=a.rate_limit, cors_origins=tuple(a.cors_origin), cfg=cfg)
+    serve(cfg, a.adapter, host=a.host, port=a.port, lexicon=a.lexicon, max_upload_bytes=int(a.max_upload_mb * 2**20),
+          max_queue=a.max_queue, max_batch=a.max_batch, api_key=a.api_key, rate_limit=a.rate_limit,
+          cors_origins=tuple(a.cors_origin))
 
 
 def _export(a):
@@ -168,7 +162,6 @@ def config_options(s, start: str, uses: str):
 def model_options(s):
     s.add_argument("--adapter", default=None,
                    help="a training output or checkpoint folder: its config.yaml is the starting config")
-    s.add_argument("--max-new-tokens", type=int, default=256)
 
 
 INFERENCE_START = "the adapter's config, else the tiny model (base=tiny)"

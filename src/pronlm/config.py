@@ -141,6 +141,7 @@ class InferenceConfig:
     vllm_url: str = "http://localhost:8000/v1"  # the server's OpenAI-compatible API (backend=vllm)
     vllm_model: str | None = None  # the served model's name; null: the server's only one (GET /models)
     request_timeout: float = 120.0  # seconds one vLLM request may take before predict stops with an error
+    max_new_tokens: int = 256  # tokens an answer may take; a longer one is cut (and fails to parse)
 
     def check_inference(self) -> None:
         if self.backend not in BACKENDS:

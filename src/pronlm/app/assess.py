@@ -180,14 +180,13 @@ def _scores(scores: dict | None, expected: dict | None = None, sd: dict | None =
     return "  ".join(f"{k} {expected[k]:.1f} ({v})" for k, v in scores.items())
 
 
-def assess_command(audio: str, text: str | None, base: str | None = None, adapter: str | None = None,
-                   fmt: str = "table", lexicon: str | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float = 30.0, split_long: bool = False, cfg=None) -> int:
-    """`pronlm assess`: print the assessment of one audio file as JSON or as a table.
+def assess_command(cfg, audio: str, text: str | None, adapter: str | None = None, fmt: str = "table",
+                   lexicon: str | None = None, split_long: bool = False) -> int:
+    """`pronlm assess`: print the assessment of one audio file as JSON or as a table, by the model `cfg`
+    (and `adapter`) describe.
 
-    A clip over `max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
+    A clip over `cfg.max_audio_seconds` is refused, unless `split_long` cuts it at pauses (`assess_long`).
     `text` None: free speech, judged against the model's own transcript (not with `split_long`).
-    `cfg`: the resolved config (`pronlm.cli`), in place of `base` and the templates.
     """
     from pronlm.data.audio import load_audio
 
@@ -198,13 +197,12 @@ def assess_command(audio: str, text: str | None, base: str | None = None, adapte
         expected_words(text, lex)  # a bad sentence or clip fails before the model loads
     samples = load_audio(audio, utt_id=Path(audio).name)
     seconds = len(samples) / SAMPLE_RATE
-    if seconds > max_audio_seconds and not split_long:
-        raise AssessError(f"{audio} lasts {seconds:.1f} s, over the limit of {max_audio_seconds:g} s: pass "
+    if seconds > cfg.max_audio_seconds and not split_long:
+        raise AssessError(f"{audio} lasts {seconds:.1f} s, over the limit of {cfg.max_audio_seconds:g} s: pass "
                           "--split-long to cut it at pauses and assess each piece, or record one sentence at a time")
     from pronlm.evaluation.predict import load_predictor
 
-    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg)
+    predictor = load_predictor(cfg, adapter)
     if split_long:
         result = assess_long(predictor, samples, text, lex)
     else:

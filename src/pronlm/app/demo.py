@@ -109,6 +109,7 @@ def demo(out: str | Path = "demo-out", corpus: str | None = None, steps: int = 3
 
 def run_pipeline(corpus: str, out: Path, steps: int) -> tuple[dict, float | None, dict]:
     """Train, check it listens, predict and evaluate the test split, assess one recording."""
+    from pronlm.config import command_config
     from pronlm.evaluation.evaluate import evaluate
     from pronlm.evaluation.predict import Predictor, predict
 
@@ -117,14 +118,14 @@ def run_pipeline(corpus: str, out: Path, steps: int) -> tuple[dict, float | None
     loss = train_tiny(corpus, run_dir, steps)
     print(f"[3/5] transcribing the training voices' clips, then silence as long as each (last training loss "
           f"{_num(loss)})", flush=True)
-    predictor = Predictor.load("tiny", str(run_dir), max_new_tokens=MAX_NEW_TOKENS)
+    cfg = command_config(adapter=str(run_dir), overrides=[f"max_new_tokens={MAX_NEW_TOKENS}", "split=test"])
+    predictor = Predictor.load(cfg, str(run_dir))
     heard = listening(predictor, corpus)
     print(heard_line(heard), flush=True)
     print("[4/5] predicting and evaluating the test split (voices it has not heard)", flush=True)
     predictions = out / "predictions.jsonl"
     predictions.unlink(missing_ok=True)  # predict resumes: a rerun must not keep the last run's answers
-    predict(base="tiny", adapter=str(run_dir), corpus=corpus, split="test", out=str(predictions),
-            max_new_tokens=MAX_NEW_TOKENS)
+    predict(cfg, str(predictions), str(run_dir))
     report = evaluate(str(predictions), corpus, "test", str(out / "report"))
     print("[5/5] assessing one recording", flush=True)
     print(assess_one(predictor, corpus))

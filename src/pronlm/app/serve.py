@@ -412,15 +412,15 @@ def create_app(predictor, lexicon: Lexicon | None = None, max_upload_bytes: int 
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, base: str | None = None, adapter: str | None = None,
-          lexicon: str | None = None, max_new_tokens: int = 256, max_upload_bytes: int = Limits.max_upload_bytes,
-          max_audio_seconds: float = Limits.max_audio_seconds, max_queue: int = Limits.max_queue,
+def serve(cfg, adapter: str | None = None, host: str = "127.0.0.1", port: int = 8000, lexicon: str | None = None,
+          max_upload_bytes: int = Limits.max_upload_bytes, max_queue: int = Limits.max_queue,
           max_batch: int = Limits.max_batch, api_key: str | None = None, rate_limit: int = 0,
-          cors_origins: tuple[str, ...] = (), cfg=None) -> int:
-    """`pronlm serve`: load the model once, then answer HTTP requests until interrupted.
+          cors_origins: tuple[str, ...] = ()) -> int:
+    """`pronlm serve`: load the model `cfg` (and `adapter`) describe once, then answer HTTP requests until
+    interrupted. The service's limits, key and origins are this invocation's (how it is deployed), not the
+    model's: they change no answer, only which requests are taken.
 
-    `api_key` None: the `PRONLM_API_KEY` environment variable, if set and not empty. `cfg`: the
-    resolved config (`pronlm.cli`), in place of `base`.
+    `api_key` None: the `PRONLM_API_KEY` environment variable, if set and not empty.
     """
     import uvicorn
 
@@ -430,12 +430,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, base: str | None = None, ad
     lex = Lexicon.load(lexicon)
     lex.phones("A")  # load CMUdict now rather than in the first request
     start = time.perf_counter()
-    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg)
-    log.info("model %s%s loaded in %.1f s; serving on http://%s:%d", base or "(the adapter's base)",
+    predictor = load_predictor(cfg, adapter)
+    log.info("model %s%s loaded in %.1f s; serving on http://%s:%d", cfg.base,
              f" + {adapter}" if adapter else "", time.perf_counter() - start, host, port)
     _log_access(host, api_key, rate_limit, cors_origins)
-    app = create_app(predictor, lex, max_upload_bytes, max_audio_seconds, max_queue, max_batch, api_key,
+    app = create_app(predictor, lex, max_upload_bytes, cfg.max_audio_seconds, max_queue, max_batch, api_key,
                      rate_limit, cors_origins)
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 from transformers import LogitsProcessorList, Phi4MultimodalFeatureExtractor
 
-from pronlm.config import INFERENCE_DEFAULTS, Config, command_config
+from pronlm.config import Config, predictions_config
 from pronlm.data.audio import SAMPLE_RATE, load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import parse_answer
@@ -71,23 +71,14 @@ class Predictor:
         self.phone_scorer = PhoneScorer(self.tokenizer, self.word_boundaries)
 
     @classmethod
-    def load(cls, base: str | None = None, adapter: str | None = None, device: str | None = None,
-             max_new_tokens: int = 256, apa_template: str | None = None, mdd_template: str | None = None,
-             max_audio_seconds: float | None = 30.0, cfg: Config | None = None,
-             constrained: bool | None = None) -> "Predictor":
-        """The model ready to answer: an adapter needs nothing else (its checkpoint says base and prompts).
-
-        Without an adapter, `base` (default: the tiny model) is the untrained baseline. A flag that
-        disagrees with the checkpoint's own config is an error naming both values. `cfg`: a config
-        already resolved (`pronlm.cli`), in place of `base` and the templates. `constrained`: None
-        takes the config's.
-        """
-        cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
+    def load(cls, cfg: Config, adapter: str | None = None, device: str | None = None) -> "Predictor":
+        """The model `cfg` describes, ready to answer with `cfg`'s inference settings; with `adapter`, the
+        checkpoint on it (`pronlm.config.command_config` gives a checkpoint's own config), else the untrained base."""
         model, tokenizer = load_model(cfg, adapter, device=device)
         prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
-        return cls(model, tokenizer, prompts, max_new_tokens, max_audio_seconds,
+        return cls(model, tokenizer, prompts, cfg.max_new_tokens, cfg.max_audio_seconds,
                    load_feature_extractor(resolve_base(cfg, adapter), cfg.revision),
-                   cfg.constrained if constrained is None else constrained, cfg.accent_policy, cfg.word_boundaries)
+                   cfg.constrained, cfg.accent_policy, cfg.word_boundaries)
 
     def generate(self, examples: list[Example], audio: list[np.ndarray]) -> list[str]:
         """Greedy answers (text after the prompt, special tokens kept) for one left-padded batch."""
@@ -174,29 +165,16 @@ def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet
     return [Example(i, t, None, prompts.for_task(t), None) for i, _, t in jobs], [s for _, s, _ in jobs]
 
 
-def load_predictor(base: str | None = None, adapter: str | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float | None = 30.0, apa_template: str | None = None,
-                   mdd_template: str | None = None, cfg: Config | None = None):
+def load_predictor(cfg: Config, adapter: str | None = None):
     """The predictor `cfg.backend` names: `Predictor` (the model in this process) or a vLLM server's client.
 
     Both answer `predict`, `predict_examples` and `max_audio_seconds` alike, with the same records.
     """
-    cfg = cfg or inference_config(base, adapter, apa_template, mdd_template)
     if cfg.backend == "vllm":
         from pronlm.evaluation.vllm_client import VllmPredictor
 
-        return VllmPredictor.from_config(cfg, max_new_tokens, max_audio_seconds)
-    return Predictor.load(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                          apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
-
-
-def inference_config(base: str | None = None, adapter: str | None = None, apa_template: str | None = None,
-                     mdd_template: str | None = None) -> Config:
-    """Base, revision and prompt templates for inference: the checkpoint's own, flags only where they agree."""
-    flags = {key: (f"{flag} {value}", value) for key, flag, value in
-             (("base", "--base", base), ("apa_template", "--apa-template", apa_template),
-              ("mdd_template", "--mdd-template", mdd_template)) if value is not None}
-    return command_config(flags=flags, adapter=adapter, defaults=INFERENCE_DEFAULTS)
+        return VllmPredictor.from_config(cfg)
+    return Predictor.load(cfg, adapter)
 
 
 def clip_frames(utt) -> int:
@@ -230,15 +208,11 @@ def done_keys(out: Path) -> set[tuple[str, str]]:
     return keys
 
 
-def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, tasks=TASKS,
-            batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
-            apa_template: str | None = None, mdd_template: str | None = None,
-            max_audio_seconds: float | None = 30.0, speakers=None, data: str | None = None,
-            cfg: Config | None = None) -> dict:
-    """Predict a corpus split into `out` (JSON lines), skipping what the file already holds.
-
-    `data`: a folder's examples.jsonl instead of the corpus (`predict_folder`). `cfg`: the resolved
-    config (`pronlm.cli`), in place of `base` and the templates.
+def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batch_size: int = 8,
+            speakers=None) -> dict:
+    """Predict `cfg`'s corpus split (test when null) into `out` (JSON lines), skipping what the file already
+    holds; `cfg.data`: that folder's examples.jsonl instead (`predict_folder`). `cfg` is saved beside `out`
+    (`predictions_config`), so every predictions file says how it was decoded.
 
     `speakers`: only their utterances (a development split carved from train, `pronlm.evaluation.table`).
     """
@@ -246,18 +220,20 @@ def predict(base: str, adapter: str | None, corpus: str, split: str, out: str, t
     if bad:
         raise PronlmError(f"unknown task(s) {bad}: choose from {', '.join(TASKS)}")
     out_path = Path(out)
+    if out_path.is_dir():
+        raise PronlmError(f"--out {out} is a folder: give the predictions file to write, e.g. {out_path / 'test.jsonl'}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(out_path)
-    if data is not None:
-        return predict_folder(data, out_path, done, base, adapter, tasks, batch_size, limit, max_new_tokens,
-                              max_audio_seconds, cfg)
-    utterances = [u for u in read_corpus(corpus, split) if speakers is None or u.speaker in speakers][:limit]
+    cfg.to_yaml(predictions_config(out_path))
+    if cfg.data is not None:
+        return predict_folder(cfg, out_path, done, adapter, tasks, batch_size)
+    utterances = [u for u in read_corpus(cfg.corpus, cfg.split or "test")
+                  if speakers is None or u.speaker in speakers][:cfg.limit]
     todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
-    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               apa_template=apa_template, mdd_template=mdd_template, cfg=cfg)
+    predictor = load_predictor(cfg, adapter)
 
     def answer(utts, audio):  # only the (utterance, task) pairs the file lacks: a resumed run asks nothing twice
         examples, clips = task_examples([(u.id, a) for u, a in zip(utts, audio)], tasks, predictor.prompts,
@@ -326,15 +302,15 @@ def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_au
     return written, failed, len(todo) / (time.perf_counter() - t0)
 
 
-def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: str | None, adapter: str | None,
-                   tasks=TASKS, batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 256,
-                   max_audio_seconds: float | None = 30.0, cfg: Config | None = None) -> dict:
-    """Predict each line of `data`/examples.jsonl (its id, task, audio and prompt) not yet in `out_path`.
+def predict_folder(cfg: Config, out_path: Path, done: set[tuple[str, str]], adapter: str | None = None,
+                   tasks=TASKS, batch_size: int = 8) -> dict:
+    """Predict each line of `cfg.data`/examples.jsonl (its id, task, audio and prompt) not yet in `out_path`.
 
     Longest clips first, as for a corpus; targets may be null. Bad lines and clips are reported and skipped.
     """
     errors: list[PronlmError] = []
-    lines = read_examples(data, errors, need_targets=False, limit=limit)
+    data = cfg.data
+    lines = read_examples(data, errors, need_targets=False, limit=cfg.limit)
     for exc in errors:
         log.warning("skipped %s", exc)
     todo = sorted(((ex, n) for ex, n in lines if ex.task in tasks and (ex.id, ex.task) not in done),
@@ -342,8 +318,7 @@ def predict_folder(data: str, out_path: Path, done: set[tuple[str, str]], base: 
     log.info("%d lines of %s, %d to predict", len(lines), data, len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
-    predictor = load_predictor(base, adapter, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-                               cfg=cfg)
+    predictor = load_predictor(cfg, adapter)
     written, failed, rate = append_predictions(
         out_path, [ex for ex, _ in todo], batch_size, "line",
         lambda ex: load_audio(ex.audio, ex.id, predictor.max_audio_seconds),

@@ -27,6 +27,7 @@ from pronlm.errors import PronlmError
 from pronlm.evaluation.evaluate import evaluate
 from pronlm.evaluation.paper import PAPER_TABLE3, PAPER_TEST_SIZE
 from pronlm.evaluation.predict import predict
+from pronlm.model.load import resolve_base
 from pronlm.model.train import DEV_HISTORY, train
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,16 @@ def untrained(run: Path) -> Target:
 
 
 def evaluate_target(cfg: Config, target: Target, name: str, split: str, speakers=None) -> dict:
-    """Predict (resumable) then evaluate `split` of the run's corpus; `name` names the files (test, dev)."""
+    """Predict (resumable) then evaluate `split` of the run's corpus; `name` names the files (test, dev).
+
+    Every row is decoded with the run's own config (`cfg`: templates, grammar, accent policy, boundaries);
+    the untrained row of a tiny run is the run's own random base (tiny-base/), as its checkpoints'.
+    """
     preds, out = target.folder / f"{name}.jsonl", target.folder / f"report-{name}"
-    # A tiny run's adapter finds its random base (tiny-base/) itself; with no adapter, "tiny" is a fresh one.
-    predict(base=cfg.base, adapter=target.adapter, corpus=cfg.corpus, split=split, out=str(preds),
-            apa_template=cfg.apa_template, mdd_template=cfg.mdd_template,
-            max_audio_seconds=cfg.max_audio_seconds, speakers=speakers)
+    row_cfg = dataclasses.replace(cfg, split=split, data=None, limit=None)  # the run's limit counted training utterances
+    if target.adapter is None and cfg.is_tiny:
+        row_cfg = dataclasses.replace(row_cfg, base=resolve_base(cfg, str(target.folder.parent)))  # the run
+    predict(row_cfg, str(preds), target.adapter, speakers=speakers)
     done = out / "report.json"
     if done.is_file() and done.stat().st_mtime_ns >= preds.stat().st_mtime_ns:
         return json.loads(done.read_text())

@@ -93,11 +93,11 @@ class VllmPredictor:
         self.schemas = {task: answer_schema(task, self.accent_policy, self.word_boundaries) for task in TASKS}
 
     @classmethod
-    def from_config(cls, cfg: Config, max_new_tokens: int = 256,
-                    max_audio_seconds: float | None = 30.0) -> "VllmPredictor":
+    def from_config(cls, cfg: Config) -> "VllmPredictor":
+        """The client for the server `cfg` names, asking as `cfg`'s prompts and inference settings say."""
         return cls(cfg.vllm_url, PromptSet.from_templates(cfg.apa_template, cfg.mdd_template), cfg.vllm_model,
-                   max_new_tokens, max_audio_seconds, cfg.request_timeout, cfg.constrained, cfg.accent_policy,
-                   cfg.word_boundaries)
+                   cfg.max_new_tokens, cfg.max_audio_seconds, cfg.request_timeout, cfg.constrained,
+                   cfg.accent_policy, cfg.word_boundaries)
 
     def served_model(self) -> str:
         """The name of the one model the server serves; several: an error listing them."""
