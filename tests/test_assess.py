@@ -284,7 +284,29 @@ def test_a_failed_mdd_answer_judges_no_word_and_keeps_the_scores():
         ("ZORBLAX", "NotJudged", False, [], [])]
     table = format_table(result)
     assert "Omission" not in table and "-W" not in table
-    assert "no word is judged: the phones heard could not be read" in table and "no JSON object" in table
+    assert "no word is judged: the phones heard could not be read (below); the scores stand" in table
+    assert "no JSON object" in table
+
+
+def test_the_table_never_says_the_scores_stand_when_there_are_none():
+    # before: "scores:   unavailable" and then "...could not be read (below); the scores stand"
+    apa = {"id": "0", "task": "apa", "ok": False, "error": "empty answer", "scores": None}
+    mdd = {"id": "0", "task": "mdd", "ok": False, "error": "no JSON object", "word_transcript": "",
+           "phoneme_transcript": ""}
+    lines = format_table(feedback("We call it bear", apa, mdd)).splitlines()
+    assert lines[0] == "scores:   unavailable"
+    assert "no word is judged: the phones heard could not be read (below); no scores either" in lines
+    assert not any("scores stand" in line for line in lines)
+
+
+def test_an_unknown_word_is_said_to_be_judged_only_as_said_or_omitted():
+    # before: a row "ZORBLAX  Omission (unknown)" above the line "not in the lexicon (not judged): ZORBLAX"
+    apa, mdd = ok("WE CALL", "W IY K AO L")
+    table = format_table(feedback("We call zorblax", apa, mdd))
+    assert "ZORBLAX  Omission (unknown)" in table
+    assert table.splitlines()[-1] == ("not in the lexicon (said or omitted, its phones not compared; --lexicon FILE "
+                                      "adds them): ZORBLAX")
+    assert "not judged" not in table
 
 
 def test_format_table_marks_errors_and_colours_only_when_asked():

@@ -28,6 +28,7 @@ from pronlm.data.synthetic import (
 from pronlm.data.targets import canonical_phones, heard_phones, strip_stress
 from pronlm.evaluation.metrics import wer
 from pronlm.evaluation.predict import Predictor
+from tests.readme import check_readme_block
 
 WARNING = "not a pronunciation model"
 
@@ -158,3 +159,23 @@ def test_demo_with_a_corpus_folder(tmp_path, corpus_dir):
     report = _check_report(out, _run_demo("--out", str(out), "--corpus", str(corpus_dir), "--steps", "20"))
     assert report["n_utterances"] == len(list(read_corpus(str(corpus_dir), "test")))
     assert not (out / "corpus").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_shows_what_the_demo_and_assess_print(demo_run, espeak, tmp_path):
+    """The README's demo ending and its assess example are these commands' output (before: 1/48 from
+    silence where the demo printed 7/48, integer scores where assess printed `accuracy 9.8 (10)`)."""
+    out, run = demo_run
+    assert run.returncode == 0, run.stderr[-3000:]
+    ending = run.stdout[run.stdout.index("Report on the test split:"):run.stdout.index("\n\nThis trained")]
+    check_readme_block("demo", "$ pronlm demo --out demo-out\n[...]\n" + ending.replace(str(out), "demo-out"))
+    (tmp_path / "demo-out").symlink_to(out)  # the README's command, run as written, in a folder beside the demo's
+    said = "We call it bear"
+    commands = [["espeak-ng", "-w", "bear.wav", said],
+                ["pronlm", "assess", "--audio", "bear.wav", "--text", said, "--base", "tiny", "--adapter", "demo-out/run"]]
+    subprocess.run([espeak, *commands[0][1:]], cwd=tmp_path, check=True)
+    done = subprocess.run([sys.executable, "-m", "pronlm.cli", *commands[1][1:]], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = "".join(f"$ {' '.join(repr(a) if ' ' in a else a for a in cmd)}\n" for cmd in commands)
+    check_readme_block("assess", shown.replace("'", '"') + done.stdout)

@@ -140,10 +140,12 @@ def format_table(result: dict, colour: bool = False) -> str:
         detail = _word_detail(w, colour)
         if detail:
             lines.append(" " * width + detail)
-    if result["unknown_words"]:
-        lines.append("not in the lexicon (not judged): " + ", ".join(result["unknown_words"]))
+    if result["unknown_words"]:  # no phones to compare: such a word is only found said or omitted
+        lines.append("not in the lexicon (said or omitted, its phones not compared; --lexicon FILE adds them): "
+                     + ", ".join(result["unknown_words"]))
     if any(e["task"] == "mdd" for e in result["errors"]):
-        lines.append("no word is judged: the phones heard could not be read (below); the scores stand")
+        lines.append("no word is judged: the phones heard could not be read (below)"
+                     + ("; the scores stand" if result["scores"] else "; no scores either"))
     lines += [_paint(f"{e['task'].upper()} answer not understood: {e['error']}", "33", colour)
               for e in result["errors"]]
     return "\n".join(lines)
