@@ -193,6 +193,22 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus_dir, tmp_path)
             if "loss" in row and row["step"] in pinned:
                 assert row["loss"] == pytest.approx(pinned[row["step"]], abs=1e-4), (run.name, row)
     assert {json.loads(r)["step"] for r in (cut / "log.jsonl").read_text().splitlines()} >= set(pinned)
+    # one history: each step's loss once (before: the steps between checkpoint-9 and the kill twice), and
+    # the summary's loss is the whole run's (before: only the resumed part's)
+    for run in (full, cut):
+        assert [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+                if "loss" in r] == list(range(1, 25)), run.name
+    summary = {run.name: json.loads((run / "train_result.json").read_text()) for run in (full, cut)}
+    assert summary["cut"]["train_loss"] == pytest.approx(summary["full"]["train_loss"], abs=1e-6)
+    assert [(r["resumed_from"], r["changed"]) for r in summary["cut"]["resumes"]] == [("checkpoint-9", {})]
+    # only the latest checkpoint keeps what resume needs; the others what the table and predict read
+    for run in (full, cut):
+        for step in range(3, 25, 3):
+            names = {p.name for p in (run / f"checkpoint-{step}").iterdir()}
+            assert {"adapter_model.safetensors", "adapter_config.json", "config.yaml", "prompts",
+                    "trainer_state.json"} <= names, (run.name, step, names)
+            assert ("optimizer.pt" in names) == (step == 24) and ("scheduler.pt" in names) == (step == 24)
+            assert ("rng_state.pth" in names) == (step == 24), (run.name, step, names)
 
 
 # The tiny-cpu recipe's first 10 losses (`_train_cmd`, seed 42). A change to collation, labels, prompts,
@@ -282,11 +298,14 @@ def test_training_over_an_earlier_run_is_refused_resumed_or_overwritten(corpus_d
     err = capsys.readouterr().err
     assert "already holds a run (checkpoint-1, checkpoint-2" in err and "--resume" in err and "overwrite=true" in err
     assert (out / "log.jsonl").read_text() == first_log  # nothing touched
+    assert main(["train", "--recipe", "tiny-cpu", "--resume", *args]) == 0
+    assert "resuming from checkpoint-2 (step 2 of 2)" in capsys.readouterr().out
     import shutil
 
-    shutil.rmtree(out / "checkpoint-2")  # as if killed after the first save
-    assert main(["train", "--recipe", "tiny-cpu", "--resume", *args]) == 0
-    assert "resuming from checkpoint-1 (step 1 of 2)" in capsys.readouterr().out
+    shutil.rmtree(out / "checkpoint-2")  # the latest checkpoint lost: checkpoint-1 dropped its optimizer state
+    assert main(["train", "--recipe", "tiny-cpu", "--resume", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint-1 keeps no optimizer state" in err and "overwrite=true" in err
     assert main(["train", "--recipe", "tiny-cpu", *args, "overwrite=true"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
@@ -317,3 +336,59 @@ def test_the_packaged_tiny_recipe_trains_from_any_folder(espeak, tmp_path):
     assert len((corpus / "train" / "text").read_text().splitlines()) == 48  # 6 training voices x 8 sentences
     assert [p.name for p in corpus.parent.iterdir()].count("synthetic-corpus") == 1
     assert not list(corpus.parent.glob("*.tmp"))  # built aside, renamed into place
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+RESUME_ARGS = ["limit=2", "save_strategy=steps", "save_steps=1", "per_device_train_batch_size=2", "logging_steps=1"]
+
+
+@pytest.mark.parametrize("change, said", [
+    ("learning_rate=0.5", "--resume cannot change learning_rate (0.005 -> 0.5): the scheduler restored from the "
+                          "checkpoint keeps the learning rate it started with"),
+    ("lora_r=8", "--resume cannot change lora_r (32 -> 8): it defines the model or the data"),
+    ("accent_policy=literal", "--resume cannot change accent_policy (unk -> literal)"),
+    ("seed=7", "--resume cannot change seed (42 -> 7): the sampler's order and the RNG state"),
+])
+def test_resume_refuses_what_it_cannot_honour_and_leaves_the_run_as_it_was(change, said, corpus_dir, tmp_path,
+                                                                           capsys):
+    """Before: learning_rate=0.5 was ignored while config.yaml said 0.5; lora_r=8 crashed with a size-mismatch
+    traceback after config.yaml had been rewritten to say lora_r: 8."""
+    from pronlm.cli import main
+
+    args = [f"corpus={corpus_dir}", f"output_dir={tmp_path / 'run'}", "max_steps=2", *RESUME_ARGS]
+    assert main(["train", "--recipe", "tiny-cpu", *args]) == 0
+    before = _snapshot(tmp_path / "run")
+    capsys.readouterr()
+    assert main(["train", "--recipe", "tiny-cpu", *args, "--resume", change]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err, err
+    assert _snapshot(tmp_path / "run") == before  # nothing of the run's record was written
+
+
+def test_resume_with_more_steps_trains_on_and_the_record_says_from_which_step(corpus_dir, tmp_path, capsys):
+    from pronlm.cli import main
+
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={cut}", "max_steps=2",
+                 *RESUME_ARGS]) == 0
+    assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={cut}", "max_steps=4",
+                 *RESUME_ARGS, "--resume"]) == 0
+    assert "resumed with max_steps 2 -> 4 from step 2" in capsys.readouterr().out
+    assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={whole}", "max_steps=4",
+                 *RESUME_ARGS]) == 0
+    result = json.loads((cut / "train_result.json").read_text())
+    assert result["global_step"] == 4
+    assert [(r["step"], r["resumed_from"], r["changed"]) for r in result["resumes"]] == [
+        (2, "checkpoint-2", {"max_steps": [2, 4]})]
+    assert load_config(str(cut / "config.yaml")).max_steps == 4  # the record: the run as it now is...
+    assert load_config(str(cut / "checkpoint-2" / "config.yaml")).max_steps == 2  # ...and as it was there
+    rows = {run.name: {r["step"]: r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+                       if "loss" in r} for run in (cut, whole)}
+    assert sorted(rows["cut"]) == [1, 2, 3, 4]
+    # from the resume step on, the schedule is the new length's: the same learning rates as a 4-step run
+    for step in (3, 4):
+        assert rows["cut"][step]["learning_rate"] == pytest.approx(rows["whole"][step]["learning_rate"], rel=1e-9)
+    assert rows["cut"][3]["learning_rate"] > 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import get_length_grouped_indices
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pronlm.config import Config, ConfigError, save_run_config
 from pronlm.data.audio import load_audio
@@ -27,6 +27,7 @@ from pronlm.data.records import UtteranceError
 from pronlm.data.split import dev_speakers, save_dev_speakers
 from pronlm.data.targets import AccentPolicy
 from pronlm.errors import PronlmError
+from pronlm.model.checkpoints import RUN_LOSS, Slim, check_resume, checkpoint_step, loss_before, resume_point, rewind_log
 from pronlm.model.collate import IGNORE_INDEX, Collator, audio_limit, n_audio_tokens
 from pronlm.model.load import (
     TINY_BASE_DIR,
@@ -77,7 +78,18 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class PronlmTrainer(Trainer):
-    """HF Trainer plus a resumable shuffle and examples/s in every log (TensorBoard and JSONL)."""
+    """HF Trainer plus a resumable shuffle, examples/s in every log (TensorBoard and JSONL), and the run's
+    summed loss in every checkpoint (`loss_before`: the sum up to the checkpoint a resumed run started from)."""
+
+    loss_before = 0.0
+
+    def _save_checkpoint(self, model, trial):
+        if self.args.should_save:  # before HF's files: its trainer_state.json, written last, marks a whole checkpoint
+            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            total = self.loss_before + self._total_loss_scalar + self._tr_loss.item()
+            (folder / RUN_LOSS).write_text(json.dumps({"loss_sum": total, "steps": self.state.global_step}))
+        super()._save_checkpoint(model, trial)
 
     def log(self, logs: dict, *args, **kwargs):
         now, step = time.perf_counter(), self.state.global_step
@@ -93,6 +105,23 @@ class PronlmTrainer(Trainer):
         ds = train_dataset or self.train_dataset
         return EpochSampler(ds.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
                             self.args.seed, self.args.train_sampling_strategy == "group_by_length")
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        sched = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
+        if checkpoint and isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+            # the restored optimizer holds the rate the checkpoint's schedule set for the next step; the
+            # schedule's shape is this run's (its length may have grown on --resume): the same when it has not
+            for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * fn(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _load_callback_state(self):
+        super()._load_callback_state()
+        if self.control.should_training_stop and self.state.global_step >= self.state.max_steps:
+            # it stopped because the run was that long: resumed with more epochs or steps, it goes on (an
+            # early stop is decided again by its callback's on_train_begin)
+            self.control.should_training_stop = False
 
     def _run_epoch(self, *args, **kwargs):
         # HF checks should_training_stop only after a step: a resumed run that had stopped early trains no more
@@ -249,7 +278,7 @@ def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None =
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
                         feature_extractor=load_feature_extractor(resolve_base(cfg), cfg.revision))
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
-    callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg), *callbacks]  # after: a
+    callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg), Slim(), *callbacks]  # after: a
     # checkpoint has its config before an evaluating callback (`table.EarlyStopOnDev`) reads it
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=tokenizer, callbacks=callbacks)
@@ -259,15 +288,15 @@ DEV_HISTORY = "dev_history.json"  # early_stop_patience: the development rows as
 RUN_FILES = ("log.jsonl", "train_result.json", "adapter_model.safetensors", "adapter_config.json", DEV_HISTORY)
 
 
-def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: bool) -> str | None:
+def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: bool) -> Path | None:
     """The checkpoint to resume from; refuses to train over an earlier run unless told to (then clears it)."""
-    last = get_last_checkpoint(str(out))
     if resume:
+        last = resume_point(out) if out.is_dir() else None
         if last is None:
             log.warning("--resume: no checkpoint in %s yet, starting from the beginning", out)
             return None
-        state = json.loads((Path(last) / "trainer_state.json").read_text())
-        print(f"resuming from {Path(last).name} (step {state['global_step']} of {state['max_steps']})", flush=True)
+        state = json.loads((last / "trainer_state.json").read_text())
+        print(f"resuming from {last.name} (step {state['global_step']} of {state['max_steps']})", flush=True)
         return last
     earlier = [p.name for p in sorted(out.glob("checkpoint-*"))] + [f for f in RUN_FILES if (out / f).exists()]
     if earlier and not overwrite:
@@ -288,9 +317,10 @@ def train(cfg: Config, resume: bool = False, callbacks=()) -> "PronlmTrainer":
     `callbacks`: more Trainer callbacks (`pronlm.evaluation.table.train_and_evaluate` adds early stopping).
     """
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     args = training_arguments(cfg)
     checkpoint = claim_output_dir(out, resume, cfg.overwrite, args.process_index == 0)
+    changes = check_resume(cfg, checkpoint) if checkpoint else {}  # a change resume cannot honour: refused now
+    out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(cfg, training=True)
     if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
         from pronlm.model.tiny import fit_audio_normalisation
@@ -302,13 +332,16 @@ def train(cfg: Config, resume: bool = False, callbacks=()) -> "PronlmTrainer":
     model = prepare_for_training(cfg, model, tokenizer)
     table = parameter_table(model)
     check_trainable(cfg, table)
-    if args.process_index == 0:
+    trainer = make_trainer(cfg, model, tokenizer, args, callbacks)
+    if args.process_index == 0:  # the run's record, now that it is known to start
+        if checkpoint:
+            start_resumed_log(out / "log.jsonl", checkpoint, changes)
         save_run_config(cfg, out)
         save_dev_speakers(cfg, out)
         print(format_table(table), flush=True)
         (out / "parameters.json").write_text(json.dumps(table, indent=2))
-    trainer = make_trainer(cfg, model, tokenizer, args, callbacks)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.loss_before = (loss_before(checkpoint) or (0.0, 0))[0]
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out))
     digests = replica_digests(model)
     if digests and any(d != digests[0] for d in digests):
@@ -316,6 +349,38 @@ def train(cfg: Config, resume: bool = False, callbacks=()) -> "PronlmTrainer":
     if args.process_index == 0:
         if digests:
             log.info("trainable weights agree across %d processes", len(digests))
-        summary = {**result.metrics, "global_step": result.global_step, "replica_digests": digests}
+        summary = {**result.metrics, **run_loss(result, checkpoint), "global_step": result.global_step,
+                   "resumes": [r for r in read_log(out / "log.jsonl") if "resumed_from" in r],
+                   "replica_digests": digests}
         (out / "train_result.json").write_text(json.dumps(summary))
     return trainer
+
+
+def start_resumed_log(path: Path, checkpoint: Path, changes: dict) -> None:
+    """The log goes on from the checkpoint's step (the lines the killed run wrote after it are dropped),
+    with a line saying that the run resumed there and which settings changed from that step on."""
+    step = checkpoint_step(checkpoint)
+    dropped = rewind_log(path, step)
+    row = {"step": step, "resumed_from": checkpoint.name, "dropped_log_lines": dropped,
+           "changed": {k: list(v) for k, v in changes.items()}}
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    for name, (old, new) in changes.items():
+        print(f"resumed with {name} {old} -> {new} from step {step}", flush=True)
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run_loss(result, checkpoint: Path | None) -> dict:
+    """The mean training loss of the whole run: a resumed run adds the sum its checkpoint kept."""
+    if checkpoint is None:
+        return {}
+    kept = loss_before(checkpoint)
+    if kept is None:  # the checkpoint does not say: the mean of the whole run is unknown
+        return {"train_loss": None, "train_loss_since_resume": result.training_loss}
+    before, steps = kept
+    part = result.training_loss * (result.global_step - steps)
+    return {"train_loss": (before + part) / max(result.global_step, 1),
+            "train_loss_since_resume": result.training_loss}
