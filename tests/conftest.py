@@ -62,15 +62,14 @@ def tiny_model(_tiny_tokenizer):
     return build_tiny_model(_tiny_tokenizer, seed=0)
 
 
-def kill_when(proc, ready, timeout: float = 240) -> None:
-    """SIGKILL a running subprocess as soon as `ready()` holds (bounded wait; it must still be running)."""
+def kill_when(proc, ready) -> None:
+    """SIGKILL a running subprocess as soon as `ready()` holds (it must still be running then). No clock:
+    a process that hangs is pytest-timeout's to stop."""
     import signal
     import time
 
-    deadline = time.time() + timeout
     while not ready():
         assert proc.poll() is None, "the process ended before it could be killed"
-        assert time.time() < deadline, "timed out waiting to kill the process"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -22,7 +22,7 @@ def prepared(corpus_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
     run = subprocess.run([sys.executable, "-m", "pronlm.cli", "prepare", "--corpus", str(corpus_dir),
                           "--split", "train", "--out", str(out), "--tokenizer", "tiny"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     lines = (out / "examples.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines], json.loads((out / "stats.json").read_text()), run.stderr

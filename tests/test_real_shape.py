@@ -89,6 +89,18 @@ def test_paper_recipes_train_the_parameter_counts_the_readme_states(real_model, 
     assert round((unfreeze["audio encoder"] + unfreeze["projector"]) / 1e6) == 454  # README: "≈454 M more"
 
 
+def test_a_four_epoch_run_keeps_the_optimizer_state_once(real_model, shipped_speech_lora):
+    """Issue 18.3: every epoch's checkpoint held the full AdamW state; now only the latest does."""
+    from pronlm.model.checkpoints import run_checkpoint_bytes
+
+    gb = {}
+    for strategy in ("speech-lora", "unfreeze"):
+        trainable = parameter_table(_wrapped(real_model, strategy, shipped_speech_lora))["trainable"]
+        gb[strategy] = [round(run_checkpoint_bytes(trainable, 4, slim) / 1e9, 1) for slim in (False, True)]
+    assert gb["speech-lora"][0] == round(4 * 12 * (LAYERS * 320 * 45056 + 2 * 3072) / 1e9, 1)  # 461.4 M, 12 B each
+    assert gb == {"speech-lora": [22.1, 11.1], "unfreeze": [43.9, 22.0]}  # README, "Training recipes"
+
+
 def test_4bit_quantises_the_language_model_layers_and_nothing_else(real_model):
     quantised = quantisable_linears(real_model)
     assert len(quantised) == 4 * LAYERS and all(n.startswith("model.layers.") for n in quantised)

@@ -38,6 +38,16 @@ RESUME_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")  #
 RUN_LOSS = "run_loss.json"  # the summed training loss up to the checkpoint, so the summary covers the run
 
 
+ADAPTER_BYTES, ADAM_BYTES = 4, 8  # per trainable parameter: its fp32 master weight; AdamW's two fp32 moments
+
+
+def run_checkpoint_bytes(trainable: int, n_checkpoints: int, slim: bool = True) -> int:
+    """Disk a run's checkpoints take (weights and optimizer state; configs and RNG state are a few KB): every
+    one keeps its trainable weights, only the latest the optimizer state (`slim`), or all of them (HF's way)."""
+    weights, state = ADAPTER_BYTES * trainable, ADAM_BYTES * trainable
+    return n_checkpoints * weights + (1 if slim else n_checkpoints) * state
+
+
 class ResumeError(ConfigError):
     """`--resume` cannot continue the run as asked."""
 
