@@ -625,11 +625,8 @@ def compact_json(result: dict) -> str:
 
 def test_the_readme_shows_what_assess_returns():
     """The README's JSON example is this test's assessment, field by field (`compact_json`)."""
-    from tests.conftest import REPO
+    from tests.readme import check_readme_block
 
     result = readme_example()
     check_schema(result)
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- assess-json-example -->\n```json\n", 1)[1].split("```", 1)[0]
-    assert json.loads(block) == result
-    assert block == compact_json(result)
+    check_readme_block("assess-json", compact_json(result))
