@@ -193,15 +193,17 @@ def test_the_early_stopping_callback_stops_once_patience_runs_out(corpus_dir, tm
     import torch
     from transformers import TrainerControl, TrainerState
 
-    from pronlm.evaluation.table import EarlyStopOnDev
+    from pronlm.evaluation.table import DevJudge
+    from pronlm.model.train import EarlyStopping
 
     run = tmp_path / "run"  # dev total PCC by epoch: -1, 1, 1 (a tie: no improvement)
     cfg = _write_run(corpus_dir, run, [True, False, False], early_stop_patience=1)
     args = SimpleNamespace(output_dir=str(run), device=torch.device("cpu"))  # the TrainingArguments it reads
 
-    def decide(event, step, max_steps=20, callback=EarlyStopOnDev(cfg)):
-        control = TrainerControl()
-        getattr(callback, event)(args, TrainerState(global_step=step, max_steps=max_steps), control)
+    def decide(event, step, max_steps=20, callback=EarlyStopping(DevJudge(cfg))):
+        control = TrainerControl()  # every prediction is written already: the judge needs no model
+        getattr(callback, event)(args, TrainerState(global_step=step, max_steps=max_steps), control,
+                                 model=torch.nn.Linear(1, 1), processing_class=None)
         return control.should_training_stop, json.loads((run / "dev_history.json").read_text())
 
     assert decide("on_train_begin", 0) == (False, {"patience": 1, "best": None, "stopped_early": False, "rows": []})
@@ -217,8 +219,9 @@ def test_the_early_stopping_callback_stops_once_patience_runs_out(corpus_dir, tm
     assert decide("on_train_begin", 12)[0]  # resumed from the checkpoint it stopped at: no further epoch
     assert decide("on_train_begin", 8) == (False, {**history, "stopped_early": False, "rows": history["rows"][:2]})
     assert decide("on_save", 12, max_steps=12) == (False, {**history, "stopped_early": False})  # the last anyway
-    patient = load_config("tiny-cpu", dict(corpus=str(corpus_dir), dev_fraction=0.34, early_stop_patience=2))
-    assert not decide("on_save", 12, callback=EarlyStopOnDev(patient))[0]
+    patient = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(run), dev_fraction=0.34,
+                                           early_stop_patience=2))
+    assert not decide("on_save", 12, callback=EarlyStopping(DevJudge(patient)))[0]
 
     decide("on_save", 12)
     table = build_table(run)  # the table selects what the history chose
@@ -468,3 +471,42 @@ def test_under_torchrun_process_0_decides_and_both_processes_stop(corpus_dir, tm
     assert result["global_step"] == 12 and result["replica_digests"][0] == result["replica_digests"][1]
     assert [t.name for t in checkpoints(out)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
     assert json.loads((out / "dev_history.json").read_text())["best"] == "checkpoint-8"
+
+
+def _models_alive() -> tuple[int, int]:
+    """(Phi-4-multimodal networks alive, bytes of their distinct parameter storages), after a garbage collection."""
+    import gc
+
+    from transformers import Phi4MultimodalForCausalLM
+
+    gc.collect()
+    nets = [o for o in gc.get_objects() if type(o) is Phi4MultimodalForCausalLM]
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for n in nets for p in n.parameters()}
+    return len(nets), sum(storages.values())
+
+
+@pytest.mark.slow
+def test_evaluation_during_and_after_training_holds_one_model(corpus_dir, tmp_path, monkeypatch):
+    """Issue 18: the dev split during training is predicted by the model being trained, and the table after
+    training loads its checkpoints only once training's model, adapter and optimizer state are gone."""
+    from transformers import Phi4MultimodalForCausalLM
+
+    from pronlm.evaluation.predict import Predictor
+
+    alive = []
+
+    def generate_scored(self, examples, audio):  # what is alive while answering; the answers do not matter
+        alive.append(_models_alive())
+        return [("", None)] * len(examples)
+
+    monkeypatch.setattr(Predictor, "generate_scored", generate_scored)
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={out}", "limit=2",
+                 "num_train_epochs=2", "per_device_train_batch_size=2", "dev_fraction=0.34", "early_stop_patience=2",
+                 "eval_split=test", "eval_untrained=true"]) == 0
+    one = sum(p.numel() * p.element_size() for p in Phi4MultimodalForCausalLM.from_pretrained(out / "tiny-base")
+              .parameters())
+    # dev: 18 utterances x 2 checkpoints during training; test: 10 x (untrained + 2 checkpoints), 8 answers a batch
+    assert len(alive) == 2 * 5 + 3 * 3
+    assert {n for n, _ in alive} == {1}
+    assert max(b for _, b in alive) < 1.2 * one  # one model's weights (plus its LoRA), not two models'

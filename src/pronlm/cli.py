@@ -69,9 +69,26 @@ def _prepare(a):
 
 
 def _train(a):
-    from pronlm.evaluation.table import train_and_evaluate
+    """The training recipe (`model/train.py`), then, when asked, every checkpoint into table.md.
 
-    train_and_evaluate(_config(a)[0], resume=a.resume)
+    The training state is freed first: the table loads one checkpoint's model at a time, never beside it.
+    """
+    import gc
+
+    import torch
+
+    from pronlm.evaluation.table import DevJudge, build_table
+    from pronlm.model.train import train
+
+    cfg = _config(a)[0]
+    trainer = train(cfg, resume=a.resume, judge=DevJudge(cfg) if cfg.early_stop_patience else None)
+    main_process = trainer.args.process_index == 0
+    del trainer  # the model, its adapter and the optimizer state
+    if main_process and (cfg.eval_split or cfg.dev_fraction):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        build_table(cfg.output_dir, cfg)  # every checkpoint on the test / dev split: the paper's Table 3
 
 
 def _predict(a):

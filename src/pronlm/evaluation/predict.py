@@ -80,6 +80,15 @@ class Predictor:
                    load_feature_extractor(resolve_base(cfg, adapter), cfg.revision),
                    cfg.constrained, cfg.accent_policy, cfg.word_boundaries)
 
+    @classmethod
+    def around(cls, model, tokenizer, cfg: Config) -> "Predictor":
+        """A predictor for a model already in memory (the one being trained, `pronlm.evaluation.table.DevJudge`),
+        with the run's prompts and inference settings: no second copy of the model is loaded."""
+        prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+        features = load_feature_extractor(resolve_base(cfg, cfg.output_dir), cfg.revision)  # a tiny run's own base
+        return cls(model, tokenizer, prompts, cfg.max_new_tokens, cfg.max_audio_seconds, features, cfg.constrained,
+                   cfg.accent_policy, cfg.word_boundaries)
+
     def generate(self, examples: list[Example], audio: list[np.ndarray]) -> list[str]:
         """Greedy answers (text after the prompt, special tokens kept) for one left-padded batch."""
         return [text for text, _ in self.generate_scored(examples, audio)]
@@ -209,12 +218,14 @@ def done_keys(out: Path) -> set[tuple[str, str]]:
 
 
 def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batch_size: int = 8,
-            speakers=None) -> dict:
+            speakers=None, predictor=None) -> dict:
     """Predict `cfg`'s corpus split (test when null) into `out` (JSON lines), skipping what the file already
     holds; `cfg.data`: that folder's examples.jsonl instead (`predict_folder`). `cfg` is saved beside `out`
     (`predictions_config`), so every predictions file says how it was decoded.
 
     `speakers`: only their utterances (a development split carved from train, `pronlm.evaluation.table`).
+    `predictor`: a function giving one already loaded (around the model being trained), called only when
+    something is left to predict, in place of loading `cfg`'s model.
     """
     bad = [t for t in tasks if t not in TASKS]
     if bad:
@@ -233,7 +244,7 @@ def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batc
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
-    predictor = load_predictor(cfg, adapter)
+    predictor = predictor() if predictor else load_predictor(cfg, adapter)
 
     def answer(utts, audio):  # only the (utterance, task) pairs the file lacks: a resumed run asks nothing twice
         examples, clips = task_examples([(u.id, a) for u, a in zip(utts, audio)], tasks, predictor.prompts,

@@ -17,18 +17,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import TrainerCallback
-
 from pronlm.config import Config, checkpoint_config
 from pronlm.data.records import ASPECTS
 from pronlm.data.split import DEV_SPEAKERS, read_dev_speakers
 from pronlm.errors import PronlmError
 from pronlm.evaluation.evaluate import evaluate
 from pronlm.evaluation.paper import PAPER_TABLE3, PAPER_TEST_SIZE
-from pronlm.evaluation.predict import predict
+from pronlm.evaluation.predict import Predictor, predict
 from pronlm.model.load import resolve_base
-from pronlm.model.train import DEV_HISTORY, train
+from pronlm.model.train import DEV_HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +66,19 @@ def untrained(run: Path) -> Target:
     return Target(UNTRAINED, run / UNTRAINED, None, 0, 0)
 
 
-def evaluate_target(cfg: Config, target: Target, name: str, split: str, speakers=None) -> dict:
+def evaluate_target(cfg: Config, target: Target, name: str, split: str, speakers=None, predictor=None) -> dict:
     """Predict (resumable) then evaluate `split` of the run's corpus; `name` names the files (test, dev).
 
     Every row is decoded with the run's own config (`cfg`: templates, grammar, accent policy, boundaries);
     the untrained row of a tiny run is the run's own random base (tiny-base/), as its checkpoints'.
+    `predictor`: a function giving a predictor that holds the target's model (the model being trained),
+    called only when something is left to predict; else predict loads the model.
     """
     preds, out = target.folder / f"{name}.jsonl", target.folder / f"report-{name}"
     row_cfg = dataclasses.replace(cfg, split=split, data=None, limit=None)  # the run's limit counted training utterances
     if target.adapter is None and cfg.is_tiny:
         row_cfg = dataclasses.replace(row_cfg, base=resolve_base(cfg, str(target.folder.parent)))  # the run
-    predict(row_cfg, str(preds), target.adapter, speakers=speakers)
+    predict(row_cfg, str(preds), target.adapter, speakers=speakers, predictor=predictor)
     done = out / "report.json"
     if done.is_file() and done.stat().st_mtime_ns >= preds.stat().st_mtime_ns:
         return json.loads(done.read_text())
@@ -126,16 +125,19 @@ def should_stop(dev_rows: list[dict], patience: int) -> bool:
     return best is not None and sum(r["step"] > best["step"] for r in dev_rows) >= patience
 
 
-def dev_history(cfg: Config, run: str | Path, step: int, last_step: int) -> dict:
+def dev_history(cfg: Config, run: str | Path, step: int, last_step: int, predictor=None) -> dict:
     """The development row of every checkpoint up to `step`, evaluated where missing, and whether to stop.
 
     Written to dev_history.json in the run. Rebuilt from the checkpoints' own predictions and reports each
     time, so a resumed run (or one that was killed while predicting) carries its history on. `last_step`:
-    the step training ends at anyway; stopping there is no early stop.
+    the step training ends at anyway; stopping there is no early stop. `predictor`: the model that holds
+    checkpoint `step`'s weights (`evaluate_target`; an earlier checkpoint missing its predictions, which only a hand-deleted file
+    leaves, is loaded from its folder).
     """
     run = Path(run)
     speakers = set(read_dev_speakers(run))
-    rows = [table_row(t, evaluate_target(cfg, t, DEV, cfg.train_split, speakers))
+    rows = [table_row(t, evaluate_target(cfg, t, DEV, cfg.train_split, speakers,
+                                         predictor if t.step == step else None))
             for t in checkpoints(run) if t.step <= step]
     best, stop = _best(rows), should_stop(rows, cfg.early_stop_patience)
     history = {"patience": cfg.early_stop_patience, "best": best and best["checkpoint"],
@@ -281,37 +283,20 @@ def _coverage(table: dict) -> str:
             f"paper's {PAPER_TEST_SIZE:,} test utterances, so its numbers do not compare directly.")
 
 
-class EarlyStopOnDev(TrainerCallback):
-    """early_stop_patience: at each epoch's checkpoint process 0 evaluates the development split
-    (`table.dev_history`) and every process stops once its total PCC has not improved for that many epochs."""
+class DevJudge:
+    """early_stop_patience (`pronlm.model.train.EarlyStopping`): the development row of the checkpoint just
+    saved, predicted by the model being trained (its weights are that checkpoint's), and whether to stop.
+
+    One predictor around that model for the whole run, made when first needed: no second copy of the model.
+    """
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg, self.predictor = cfg, None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._decide(args, state, control)  # resumed: the checkpoints so far may already say stop
+    def __call__(self, model, tokenizer, step: int, last_step: int) -> bool:
+        def around():
+            if self.predictor is None or self.predictor.model is not model:
+                self.predictor = Predictor.around(model, tokenizer, self.cfg)
+            return self.predictor
 
-    def on_save(self, args, state, control, **kwargs):
-        self._decide(args, state, control)
-
-    def _decide(self, args, state, control):
-        stop = False
-        if state.is_world_process_zero:
-            # predicting draws random numbers (model loading); training's stream must not see that, or a
-            # resumed run (its RNG restored from the checkpoint) would drift from an uninterrupted one
-            with torch.random.fork_rng(devices=[args.device] if args.device.type == "cuda" else []):
-                stop = dev_history(self.cfg, args.output_dir, state.global_step, state.max_steps)["stopped_early"]
-        flag = torch.tensor([float(stop)], device=args.device)
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():  # the other processes wait here for process 0's decision
-            dist.broadcast(flag, src=0)
-        control.should_training_stop |= bool(flag.item())
-
-
-def train_and_evaluate(cfg: Config, resume: bool = False):
-    """`pronlm train`: the run (stopping early on the development split when asked), then every saved
-    checkpoint evaluated into table.md when `eval_split` or `dev_fraction` is set. Returns the trainer."""
-    trainer = train(cfg, resume, [EarlyStopOnDev(cfg)] if cfg.early_stop_patience else [])
-    if trainer.args.process_index == 0 and (cfg.eval_split or cfg.dev_fraction):
-        build_table(cfg.output_dir, cfg)  # every checkpoint on the test / dev split: the paper's Table 3
-    return trainer
+        return dev_history(self.cfg, self.cfg.output_dir, step, last_step, around)["stopped_early"]

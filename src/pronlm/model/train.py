@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -158,10 +160,14 @@ def sequence_length(tokenizer, prompt_tokens: int, n_samples: int, target: str) 
     return prompt_tokens + n_audio_tokens(n_samples) + len(tokenizer(target).input_ids) + 2
 
 
-def load_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
-    """Both tasks' examples of every usable utterance (of `cfg.data` when set); broken ones are reported and skipped."""
+def load_examples(cfg: Config, prompts: PromptSet, tokenizer, clips: list | None = None) -> ExampleDataset:
+    """Both tasks' examples of every usable utterance (of `cfg.data` when set); broken ones are reported and skipped.
+
+    The one pass over the training data before training; `clips`: a list to append each clip's samples to
+    (the tiny model fits its audio normalisation on them), so no clip is read twice.
+    """
     if cfg.data:
-        return load_folder_examples(cfg, prompts, tokenizer)
+        return load_folder_examples(cfg, prompts, tokenizer, clips)
     errors: list[UtteranceError] = []
     examples, lengths = [], []
     policy = AccentPolicy(cfg.accent_policy)
@@ -169,6 +175,8 @@ def load_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
     held_out = dev_speakers(cfg)  # dev_fraction: the development split's speakers never train
     for utt, samples in usable_utterances(cfg.corpus, cfg.train_split, errors, cfg.max_audio_seconds, cfg.limit,
                                           held_out):
+        if clips is not None:
+            clips.append(samples)
         if not utt.labelled:
             errors.append(UtteranceError(utt.id, "has no scores.json entry: nothing to train on"))
             continue
@@ -183,7 +191,7 @@ def load_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
     return ExampleDataset(examples, lengths)
 
 
-def load_folder_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleDataset:
+def load_folder_examples(cfg: Config, prompts: PromptSet, tokenizer, clips: list | None = None) -> ExampleDataset:
     """The lines of `cfg.data`/examples.jsonl, each with its own prompt; bad lines are reported and skipped."""
     errors: list[PronlmError] = []
     pairs = read_examples(cfg.data, errors, cfg.max_audio_seconds, limit=cfg.limit)
@@ -202,16 +210,9 @@ def load_folder_examples(cfg: Config, prompts: PromptSet, tokenizer) -> ExampleD
                         cfg.data, task, getattr(cfg, f"{task}_template"), task)
     log.info("%d examples of %d utterances from %s (%d lines skipped)", len(pairs),
              len({ex.id for ex, _ in pairs}), cfg.data, len(errors))
+    if clips is not None:  # each one checked by read_examples
+        clips.extend(load_audio(path) for path in dict.fromkeys(ex.audio for ex, _ in pairs))
     return ExampleDataset([ex for ex, _ in pairs], lengths)
-
-
-def training_clips(cfg: Config):
-    """The 16 kHz samples of each training clip once (the tiny model fits its audio normalisation on them)."""
-    if not cfg.data:
-        return (s for _, s in usable_utterances(cfg.corpus, cfg.train_split, [], cfg.max_audio_seconds, cfg.limit,
-                                                dev_speakers(cfg)))
-    paths = dict.fromkeys(ex.audio for ex, _ in read_examples(cfg.data, [], cfg.max_audio_seconds, limit=cfg.limit))
-    return (load_audio(path) for path in paths)  # each one checked by read_examples
 
 
 def answer_share(batch: dict) -> float:
@@ -268,20 +269,68 @@ def training_arguments(cfg: Config) -> TrainingArguments:
     )
 
 
-def make_trainer(cfg: Config, model, tokenizer, args: TrainingArguments | None = None,
-                 callbacks=()) -> "PronlmTrainer":
-    """Dataset, collator (first batch checked answer-only) and Trainer around a prepared model."""
+def make_trainer(cfg: Config, model, tokenizer, dataset: ExampleDataset | None = None, feature_extractor=None,
+                 args: TrainingArguments | None = None, callbacks=()) -> "PronlmTrainer":
+    """Collator (first batch checked answer-only) and Trainer around a prepared model and its examples.
+
+    `dataset` and `feature_extractor` are read here when not given (a test's shortcut; `train` reads each once).
+    """
     args = args or training_arguments(cfg)
     audio_limit(cfg.max_audio_seconds, model.config)  # longer clips crash the audio encoder in a batch
-    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
-    dataset = load_examples(cfg, prompts, tokenizer)
+    if dataset is None:
+        dataset = load_examples(cfg, PromptSet.from_templates(cfg.apa_template, cfg.mdd_template), tokenizer)
+    feature_extractor = feature_extractor or load_feature_extractor(resolve_base(cfg), cfg.revision)
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
-                        feature_extractor=load_feature_extractor(resolve_base(cfg), cfg.revision))
+                        feature_extractor=feature_extractor)
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
     callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg), Slim(), *callbacks]  # after: a
-    # checkpoint has its config before an evaluating callback (`table.EarlyStopOnDev`) reads it
+    # checkpoint has its config before `EarlyStopping`'s judge reads it
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=tokenizer, callbacks=callbacks)
+
+
+# judge(model, tokenizer, step, last_step) -> stop?: asked on process 0 at each saved checkpoint, with the
+# model being trained (in eval mode) holding that checkpoint's weights (`pronlm.evaluation.table.DevJudge`).
+Judge = Callable[[torch.nn.Module, object, int, int], bool]
+
+
+@contextmanager
+def evaluating(model):
+    """The training model in eval mode (no dropout) for a moment, training mode again afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class EarlyStopping(TrainerCallback):
+    """early_stop_patience: at each checkpoint process 0 asks the judge, which evaluates the development split
+    with the model already in memory (no second copy); every process then stops, or goes on, together."""
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._decide(args, state, control, model, processing_class)  # resumed: the history may already say stop
+
+    def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._decide(args, state, control, model, processing_class)
+
+    def _decide(self, args, state, control, model, tokenizer):
+        stop = False
+        if state.is_world_process_zero:
+            # generating may draw random numbers; training's stream must not see that, or a resumed run
+            # (its RNG restored from the checkpoint) would drift from an uninterrupted one
+            with torch.random.fork_rng(devices=[args.device] if args.device.type == "cuda" else []), \
+                    evaluating(model):
+                stop = self.judge(model, tokenizer, state.global_step, state.max_steps)
+        flag = torch.tensor([float(stop)], device=args.device)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():  # the other processes wait here for process 0's decision
+            dist.broadcast(flag, src=0)
+        control.should_training_stop |= bool(flag.item())
 
 
 DEV_HISTORY = "dev_history.json"  # early_stop_patience: the development rows as training went, and the decision
@@ -311,42 +360,56 @@ def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: boo
     return None
 
 
-def train(cfg: Config, resume: bool = False, callbacks=()) -> "PronlmTrainer":
-    """Train from a config; the summary goes to output_dir/train_result.json, the trainer is returned.
-
-    `callbacks`: more Trainer callbacks (`pronlm.evaluation.table.train_and_evaluate` adds early stopping).
-    """
+def train(cfg: Config, resume: bool = False, judge: Judge | None = None) -> "PronlmTrainer":
+    """`pronlm train`: the recipe, top to bottom. The summary goes to output_dir/train_result.json; the
+    trainer is returned. `judge`: early stopping's evaluation of each checkpoint (`EarlyStopping`)."""
     out = Path(cfg.output_dir)
     args = training_arguments(cfg)
-    checkpoint = claim_output_dir(out, resume, cfg.overwrite, args.process_index == 0)
+    main_process = args.process_index == 0
+    checkpoint = claim_output_dir(out, resume, cfg.overwrite, main_process)
     changes = check_resume(cfg, checkpoint) if checkpoint else {}  # a change resume cannot honour: refused now
     out.mkdir(parents=True, exist_ok=True)
+
+    # model, tokenizer, feature extractor and examples: each read once
     model, tokenizer = load_model(cfg, training=True)
-    if cfg.is_tiny and args.process_index == 0:  # keep the random base as built, so the adapter has one
+    audio_limit(cfg.max_audio_seconds, model.config)  # before reading any clip: longer ones crash the encoder
+    feature_extractor = load_feature_extractor(resolve_base(cfg), cfg.revision)
+    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    clips = [] if cfg.is_tiny and main_process else None
+    dataset = load_examples(cfg, prompts, tokenizer, clips)
+    if clips is not None:  # keep the random base as built, normalised on its clips, so the adapter has one
         from pronlm.model.tiny import fit_audio_normalisation
 
-        fit_audio_normalisation(model, tokenizer, training_clips(cfg))
-        for part in (model, tokenizer, load_feature_extractor(resolve_base(cfg))):
+        fit_audio_normalisation(model, tokenizer, clips)
+        del clips
+        for part in (model, tokenizer, feature_extractor):
             part.save_pretrained(out / TINY_BASE_DIR)
+
+    # the strategy's adapter, checked before the first step
     set_seed(cfg.seed)  # the new LoRA's random A matrices: the same in every run (a hub base draws nothing on load)
     model = prepare_for_training(cfg, model, tokenizer)
     table = parameter_table(model)
     check_trainable(cfg, table)
-    trainer = make_trainer(cfg, model, tokenizer, args, callbacks)
-    if args.process_index == 0:  # the run's record, now that it is known to start
+
+    # the trainer, then the run's record, now that it is known to start
+    trainer = make_trainer(cfg, model, tokenizer, dataset, feature_extractor, args,
+                           [EarlyStopping(judge)] if judge else [])
+    if main_process:
         if checkpoint:
             start_resumed_log(out / "log.jsonl", checkpoint, changes)
         save_run_config(cfg, out)
         save_dev_speakers(cfg, out)
         print(format_table(table), flush=True)
         (out / "parameters.json").write_text(json.dumps(table, indent=2))
+
+    # train, save, and check the replicas agree
     trainer.loss_before = (loss_before(checkpoint) or (0.0, 0))[0]
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out))
     digests = replica_digests(model)
     if digests and any(d != digests[0] for d in digests):
         raise RuntimeError(f"DDP replicas disagree on the trained weights: {digests}")
-    if args.process_index == 0:
+    if main_process:
         if digests:
             log.info("trainable weights agree across %d processes", len(digests))
         summary = {**result.metrics, **run_loss(result, checkpoint), "global_step": result.global_step,
