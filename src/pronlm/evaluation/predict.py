@@ -2,7 +2,8 @@
 
 `Predictor` is the one prediction path: `pronlm predict` (a corpus or a data folder, written as
 JSON lines and resumable), `pronlm assess` and `pronlm serve` all go through it, or through its
-twin for `backend=vllm` (`pronlm.evaluation.vllm_client`), picked by `load_predictor`. It refuses clips longer than
+twin for `backend=vllm` (`pronlm.evaluation.vllm_client`); both are a `pronlm.evaluation.backend.Backend`,
+picked by `load_predictor`. It refuses clips longer than
 the audio encoder takes (`max_audio_seconds`), and a configured limit above that at start-up.
 """
 
@@ -21,20 +22,19 @@ from tqdm import tqdm
 from transformers import LogitsProcessorList, Phi4MultimodalFeatureExtractor
 
 from pronlm.config import Config, predictions_config
-from pronlm.data.audio import SAMPLE_RATE, load_audio
+from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
-from pronlm.data.parse import parse_answer
 from pronlm.data.prepare import read_examples
 from pronlm.data.prompts import TASKS, Example, PromptSet
-from pronlm.data.records import AudioError, UtteranceError
+from pronlm.data.records import UtteranceError
 from pronlm.data.schema import PHONE_SCORES
 from pronlm.data.targets import strip_stress
 from pronlm.errors import PredictionInterrupted, PronlmError
+from pronlm.evaluation.backend import Backend, answer_record, task_examples
 from pronlm.evaluation.grammar import (
     ValueLogits,
     answer_grammar,
     score_distributions,
-    score_fields,
     score_token_ids,
 )
 from pronlm.evaluation.phone_scores import PhoneScorer, score_tree
@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Predictor:
+class Predictor(Backend):
+    """The model in this process: batched greedy generation, under the answer grammar when `constrained`."""
+
     model: torch.nn.Module
     tokenizer: object
     prompts: PromptSet
@@ -131,14 +133,6 @@ class Predictor:
             out.append(score_tree(self.model, tree, audio) if tree.canonical else [])
         return out
 
-    def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
-        """One record per (item, task), in order; items are (id, 16 kHz float32 mono samples).
-
-        Raises `AudioError` naming the first item longer than `max_audio_seconds`, before any generation.
-        """
-        examples, audio = task_examples(items, tasks, self.prompts, self.max_audio_seconds)
-        return self.predict_examples(examples, audio, batch_size)
-
     def predict_examples(self, examples: list[Example], audio: list[np.ndarray], batch_size: int = 8) -> list[dict]:
         """One record per example, in order, each asked with its own prompt (a data folder's lines)."""
         records = []
@@ -147,31 +141,6 @@ class Predictor:
             for ex, (raw, expected) in zip(chunk, self.generate_scored(chunk, audio[start:start + batch_size])):
                 records.append(answer_record(ex, raw, expected))
         return records
-
-
-def answer_record(example: Example, raw: str, dists: dict | None = None) -> dict:
-    """The one prediction schema: id, task, the raw answer and what `parse_answer` makes of it; an APA
-    record also has, from the score distributions `dists`, `scores_expected`, `scores_sd` and
-    `scores_interval` (`pronlm.evaluation.grammar.score_fields`; null when unknown: a failed answer, a
-    backend that gives no logits), beside the greedy integers of `scores`."""
-    record = {"id": example.id, "task": example.task, "raw": raw, **parse_answer(example.task, raw)}
-    if example.task == "apa":
-        record |= score_fields(dists if record["ok"] else None)
-    return record
-
-
-def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet,
-                  max_seconds: float) -> tuple[list[Example], list[np.ndarray]]:
-    """The examples of every (item, task) pair, in order, and their clips.
-
-    Raises `AudioError` naming the first item longer than `max_seconds`, before anything is asked.
-    """
-    for utt_id, samples in items:
-        if len(samples) > max_seconds * SAMPLE_RATE:
-            raise AudioError(utt_id, f"audio lasts {len(samples) / SAMPLE_RATE:.2f} s, over the limit of "
-                                     f"{max_seconds:g} s")
-    jobs = [(utt_id, samples, task) for utt_id, samples in items for task in tasks]
-    return [Example(i, t, None, prompts.for_task(t), None) for i, _, t in jobs], [s for _, s, _ in jobs]
 
 
 def load_predictor(cfg: Config, adapter: str | None = None):

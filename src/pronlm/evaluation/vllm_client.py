@@ -1,4 +1,4 @@
-"""`backend=vllm`: predictions from a running vLLM server, with the records `infer.Predictor` gives.
+"""`backend=vllm`: predictions from a running vLLM server, with the records `predict.Predictor` gives.
 
 This module owns the HTTP side of prediction: the chat-completions request of one example (the
 training prompt as a chat message, the clip as a base64 WAV, greedy decoding to the same stop
@@ -36,8 +36,8 @@ from pronlm.data.prompts import (
     PromptSet,
 )
 from pronlm.errors import BackendError, PronlmError
+from pronlm.evaluation.backend import Backend, answer_record
 from pronlm.evaluation.grammar import TOP_LOGPROBS, answer_schema, distributions_from_logprobs
-from pronlm.evaluation.predict import answer_record, task_examples
 from pronlm.model.collate import audio_limit
 
 # The server's model cannot be asked for its audio encoder; it is Phi-4-multimodal, whose encoder
@@ -71,8 +71,8 @@ def wav_base64(samples: np.ndarray) -> str:
 
 
 @dataclass
-class VllmPredictor:
-    """`infer.Predictor`'s interface (`predict`, `predict_examples`, `max_audio_seconds`) over a vLLM server."""
+class VllmPredictor(Backend):
+    """A `Backend` over a vLLM server: the records `pronlm.evaluation.predict.Predictor` gives."""
 
     url: str
     prompts: PromptSet
@@ -146,11 +146,6 @@ class VllmPredictor:
         logprobs = (choice.get("logprobs") or {}).get("content") if isinstance(choice, dict) else None
         dists = distributions_from_logprobs(logprobs) if example.task == "apa" and isinstance(logprobs, list) else None
         return content, dists
-
-    def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
-        """One record per (item, task), in order; `AudioError` for a clip over the limit before any request."""
-        examples, audio = task_examples(items, tasks, self.prompts, self.max_audio_seconds)
-        return self.predict_examples(examples, audio, batch_size)
 
     def predict_examples(self, examples: list[Example], audio: list[np.ndarray], batch_size: int = 8) -> list[dict]:
         """One record per example, in order, up to `batch_size` requests in flight at once.
