@@ -9,8 +9,8 @@ from pronlm.config import (
     ConfigError,
     command_config,
     load_config,
-    save_run_config,
 )
+from pronlm.run import Run
 
 
 @pytest.mark.parametrize("name", ["paper-lora", "paper-unfreeze", "new-lora", "tiny-cpu"])
@@ -87,7 +87,7 @@ def test_a_flag_and_an_override_that_disagree_name_both():
 def checkpoint(tmp_path):
     """A checkpoint folder as training leaves it: config.yaml and the prompt texts (no weights needed here)."""
     folder = tmp_path / "run" / "checkpoint-2"
-    save_run_config(load_config("tiny-cpu", ["corpus=/data/so762", "limit=2", "word_boundaries=true"]), folder)
+    Run(folder).describe(load_config("tiny-cpu", ["corpus=/data/so762", "limit=2", "word_boundaries=true"]))
     return folder
 
 

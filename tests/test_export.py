@@ -19,8 +19,8 @@ from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.evaluation.predict import Predictor
 from pronlm.model.export import ExportError, export
-from pronlm.model.load import TINY_BASE_DIR
 from pronlm.model.train import train
+from pronlm.run import TINY_BASE
 from tests.test_load import make_speech_adapter
 
 STRATEGIES = ("new-lora", "speech-lora", "unfreeze")
@@ -95,7 +95,7 @@ def test_the_export_answers_as_the_adapter_does_without_peft(strategy, runs, exp
 
     from pronlm.data.prompts import PromptSet
 
-    base = Predictor(Phi4MultimodalForCausalLM.from_pretrained(ckpt.parent / TINY_BASE_DIR),
+    base = Predictor(Phi4MultimodalForCausalLM.from_pretrained(ckpt.parent / TINY_BASE),
                      AutoTokenizer.from_pretrained(ckpt), PromptSet.from_templates(
                          str(ckpt / "prompts" / "apa.txt"), str(ckpt / "prompts" / "mdd.txt")), MAX_NEW_TOKENS)
     untrained = [r["raw"] for r in base.predict(clips)]
@@ -116,7 +116,7 @@ def test_the_weights_hold_no_adapter_keys_and_the_trained_token_rows(strategy, r
     model, _ = load_model(Config(base="tiny"), str(ckpt), device="cpu")
     with torch.no_grad():
         trained = model.get_input_embeddings()(torch.tensor(ids))
-    original = load_file(str(ckpt.parent / TINY_BASE_DIR / "model.safetensors"))
+    original = load_file(str(ckpt.parent / TINY_BASE / "model.safetensors"))
     base, embed = original["model.embed_tokens.weight"], weights["model.embed_tokens.weight"]
     assert torch.equal(embed[ids], trained) and not torch.equal(embed[ids], base[ids])
     others = torch.ones(len(embed), dtype=torch.bool)

@@ -1,5 +1,5 @@
 """The tree shows the pipeline: data -> model -> evaluation -> app, each folder importing only from
-the folders before it and the shared `config` and `errors` (which import no folder); only `cli`
+the folders before it and the shared top-level `errors`, `config` and `run` (which import no folder); only `cli`
 imports every folder, and nothing imports `cli`."""
 
 from __future__ import annotations

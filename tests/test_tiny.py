@@ -13,13 +13,13 @@ from pronlm.config import load_config
 from pronlm.data.audio import load_audio
 from pronlm.errors import PronlmError
 from pronlm.model.collate import Collator
-from pronlm.model.load import TINY_BASE_DIR
 from pronlm.model.tiny import (
     REFERENCE_LOG_MEL,
     audio_normalisation,
     fit_audio_normalisation,
 )
 from pronlm.model.train import train
+from pronlm.run import TINY_BASE
 
 
 def clip_embedding(model, tokenizer, samples) -> torch.Tensor:
@@ -85,7 +85,7 @@ def test_training_saves_a_tiny_base_normalised_on_its_training_clips(corpus_dir,
     cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(tmp_path / "run"), limit=2,
                                        max_steps=1, save_strategy="no", per_device_train_batch_size=2))
     train(cfg)
-    base = Phi4MultimodalForCausalLM.from_pretrained(tmp_path / "run" / TINY_BASE_DIR)
+    base = Phi4MultimodalForCausalLM.from_pretrained(tmp_path / "run" / TINY_BASE)
     expected = Phi4MultimodalForCausalLM(base.config)
     mean, std = fit_audio_normalisation(expected, tiny_tokenizer,
                                         [load_audio(u.audio, u.id) for u in train_utterances[:2]])

@@ -17,8 +17,9 @@ from transformers import Phi4MultimodalFeatureExtractor
 
 from pronlm.config import Config, command_config, load_config
 from pronlm.evaluation.predict import Predictor
-from pronlm.model.load import TINY_BASE_DIR, load_model, prepare_for_training
+from pronlm.model.load import load_model, prepare_for_training
 from pronlm.model.train import make_trainer, train
+from pronlm.run import TINY_BASE
 from tests.conftest import kill_when
 from tests.test_load import make_speech_adapter
 
@@ -79,7 +80,7 @@ def _base_key(name: str) -> str:
 
 def test_only_lora_and_control_token_rows_change(trained):
     cfg, trainer, out = trained
-    original = load_file(str(out / TINY_BASE_DIR / "model.safetensors"))
+    original = load_file(str(out / TINY_BASE / "model.safetensors"))
     trained_base = {_base_key(n): t for n, t in trainer.model.get_base_model().state_dict().items()
                     if "lora_" not in n and "trainable_tokens" not in n}
     assert set(original) <= set(trained_base)
@@ -147,7 +148,7 @@ def test_bf16_unfreeze_moves_the_encoder_at_the_paper_learning_rate(corpus_dir, 
                                        per_device_train_batch_size=2))
     trainer = train(cfg)
     assert trainer.args.bf16
-    base = load_file(str(out / TINY_BASE_DIR / "model.safetensors"))
+    base = load_file(str(out / TINY_BASE / "model.safetensors"))
     assert base["lm_head.weight" if "lm_head.weight" in base else "model.embed_tokens.weight"].dtype == torch.bfloat16
     params = dict(trainer.model.named_parameters())
     assert {p.dtype for p in params.values() if p.requires_grad} == {torch.float32}

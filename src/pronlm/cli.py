@@ -23,11 +23,11 @@ from pronlm.config import (
     predictions_config,
 )
 from pronlm.errors import PronlmError
+from pronlm.run import Run
 from pronlm.versions import check_versions
 
 FIELD_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Config)}
 SWITCHES = {f.name for f in dataclasses.fields(Config) if f.type == "bool"}  # --word-boundaries alone: true
-RUN_FILES = ("adapter_config.json", "trainer_state.json", "log.jsonl")  # a folder a training run wrote
 
 
 def _config(a, adapter: str | None = None, defaults: dict | None = None, recipe: str | None = None):
@@ -44,7 +44,7 @@ def _config(a, adapter: str | None = None, defaults: dict | None = None, recipe:
 def _fresh_folder(out: str) -> Path:
     """An output folder that is not a training run's: its config.yaml describes the run and stays."""
     out = Path(out)
-    if any((out / name).is_file() for name in RUN_FILES):
+    if Run(out).is_training_output():
         raise ConfigError(f"{out} holds a training run (its config.yaml describes the run): give --out a folder "
                           f"of its own, e.g. {out / 'report'}")
     return out

@@ -218,43 +218,20 @@ def load_template(task: str, name_or_path: str = "default") -> str:
     return packaged.read_text().strip()
 
 
-TEMPLATE_COPIES = {"apa_template": "prompts/apa.txt", "mdd_template": "prompts/mdd.txt"}
-
-
-def save_run_config(cfg: Config, folder: str | Path) -> None:
-    """config.yaml and the prompt instructions actually used (by content), so the folder describes itself."""
-    folder = Path(folder)
-    cfg.to_yaml(folder / "config.yaml")
-    for key, copy in TEMPLATE_COPIES.items():
-        (folder / copy).parent.mkdir(parents=True, exist_ok=True)
-        (folder / copy).write_text(load_template(key[:3], getattr(cfg, key)) + "\n")
-
-
-def checkpoint_config(adapter: str | Path) -> Config | None:
-    """The config a checkpoint (or its run folder) was trained with, templates read from its own copies."""
-    for folder in (Path(adapter), Path(adapter).parent):
-        if (folder / "config.yaml").is_file():
-            values = flatten(read_yaml(folder / "config.yaml") or {}, str(folder / "config.yaml"))
-            values = {k: v for k, v in values.items() if k in FIELDS}
-            for key, copy in TEMPLATE_COPIES.items():
-                if (folder / copy).is_file():
-                    values[key] = str(folder / copy)
-            return Config(**values)
-    return None
-
-
 def export_config(base: str | None) -> Config | None:
     """The run config a `pronlm export` folder carries, with the folder itself as the base; None for any other base.
 
     So `pronlm predict base=DIR` prompts the exported model as its checkpoint was prompted.
     """
+    from pronlm.run import Run  # run.py builds on this module
+
     if not base or not (Path(base) / EXPORT_FILE).is_file():
         return None
     layout = read_json(Path(base) / EXPORT_FILE).get("layout")
     if layout != "transformers":
         raise ConfigError(f"{base} is a {layout}-layout export (for vLLM): pronlm loads the transformers layout "
                           "(`pronlm export` without --layout vllm)")
-    cfg = checkpoint_config(base)
+    cfg = Run(base).config()
     return dataclasses.replace(cfg, base=str(base), revision=None)
 
 
@@ -363,7 +340,13 @@ def command_config(recipe: str | None = None, overrides: list[str] = (), flags: 
     (or the recipe) disagreeing with the checkpoint on a field that defines the model, is an error
     naming both values.
     """
-    saved = checkpoint_config(adapter) if adapter else export_config(_stated_base(flags, overrides))
+    from pronlm.run import Run  # run.py builds on this module
+
+    if adapter:
+        run = Run.of(adapter)
+        saved = run.config() if run else None
+    else:
+        saved = export_config(_stated_base(flags, overrides))
     start = saved or load_config(recipe, None if recipe else defaults)
     given: dict[str, tuple[str, object]] = {}
     for key, (shown, value) in (flags or {}).items():

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from pronlm.config import Config, ConfigError
 from pronlm.data.corpus import read_corpus
-
-DEV_SPEAKERS = "dev_speakers.json"
+from pronlm.run import DEV_SPEAKERS, Run
 
 
 def pick_dev_speakers(speakers, fraction: float, seed: int) -> list[str]:
@@ -44,7 +43,7 @@ def save_dev_speakers(cfg: Config, run: str | Path) -> None:
 
     path, speakers = Path(run) / DEV_SPEAKERS, dev_speakers(cfg)
     if Path(run).is_dir() and get_last_checkpoint(str(run)) is not None:
-        before = json.loads(path.read_text())["speakers"] if path.is_file() else []
+        before = Run(run).dev_speakers() if path.is_file() else []
         if before != speakers:
             raise ConfigError(f"{run} was trained so far with development speakers {before or 'none'}, this "
                               f"config holds out {speakers or 'none'}: resume with the run's own dev_fraction, "
@@ -54,11 +53,3 @@ def save_dev_speakers(cfg: Config, run: str | Path) -> None:
         path.write_text(json.dumps(record, indent=2) + "\n")
     else:
         path.unlink(missing_ok=True)
-
-
-def read_dev_speakers(run: Path) -> list[str]:
-    path = run / DEV_SPEAKERS
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: the run was trained without dev_fraction, so there is no "
-                         "development split to evaluate")
-    return json.loads(path.read_text())["speakers"]

@@ -27,7 +27,7 @@ from pronlm.data.targets import (
 from pronlm.data.text import spoken_form
 from pronlm.errors import PronlmError
 from pronlm.evaluation import metrics
-from pronlm.evaluation.markdown import markdown
+from pronlm.evaluation.markdown import report_markdown
 from pronlm.evaluation.metrics import MddRow
 from pronlm.evaluation.plots import (
     PLOTS,
@@ -213,7 +213,7 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "report.md").write_text(markdown(report, predictions))
+    (out_dir / "report.md").write_text(report_markdown(report, predictions))
     plot_apa(pairs, out_dir / PLOTS[0])
     plot_per_vs_accuracy(rows, out_dir / PLOTS[1])
     plot_confusions(rows, out_dir / PLOTS[2])

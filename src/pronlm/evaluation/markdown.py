@@ -14,7 +14,7 @@ def _num(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(report: dict, predictions: str) -> str:
+def report_markdown(report: dict, predictions: str) -> str:
     """Our numbers beside the paper's Table 3 and the other systems, with what compares and what does not."""
     apa, mdd, parse = report["apa"], report["mdd"], report["parse"]
     ours = [apa[a]["pcc"] for a in ASPECTS] + [mdd[k] for k in ("wer", "per", "f1", "precision", "recall")]

@@ -17,15 +17,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pronlm.config import Config, checkpoint_config
+from pronlm.config import Config
 from pronlm.data.records import ASPECTS
-from pronlm.data.split import DEV_SPEAKERS, read_dev_speakers
 from pronlm.errors import PronlmError
 from pronlm.evaluation.evaluate import evaluate
 from pronlm.evaluation.paper import PAPER_TABLE3, PAPER_TEST_SIZE
 from pronlm.evaluation.predict import Predictor, predict
 from pronlm.model.load import resolve_base
-from pronlm.model.train import DEV_HISTORY
+from pronlm.run import DEV_HISTORY, DEV_SPEAKERS, TABLE_JSON, TABLE_MD, Run
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,8 @@ class TableError(PronlmError):
 
 
 @dataclass(frozen=True)
-class Target:
-    """A model to evaluate: a checkpoint (its folder is the adapter) or the base alone (adapter None)."""
+class Entry:
+    """What a row of the table evaluates: a checkpoint (its folder is the adapter) or the base alone (adapter None)."""
 
     name: str
     folder: Path
@@ -51,38 +50,32 @@ class Target:
     step: int
 
 
-def checkpoints(run: Path) -> list[Target]:
-    """The run's checkpoint-N folders by step; the epoch each one ends is its trainer_state.json's."""
-    found = []
-    for folder in run.glob("checkpoint-*"):
-        state = folder / "trainer_state.json"
-        if folder.name.removeprefix("checkpoint-").isdigit() and state.is_file():
-            epoch = json.loads(state.read_text())["epoch"]
-            found.append(Target(folder.name, folder, str(folder), epoch, int(folder.name.split("-")[1])))
-    return sorted(found, key=lambda t: t.step)
+def checkpoints(run: Path) -> list[Entry]:
+    """The run's checkpoints (`Run.checkpoints`) as table entries, by step."""
+    return [Entry(c.folder.name, c.folder, str(c.folder), c.epoch, c.step) for c in Run(run).checkpoints()]
 
 
-def untrained(run: Path) -> Target:
-    return Target(UNTRAINED, run / UNTRAINED, None, 0, 0)
+def untrained(run: Path) -> Entry:
+    return Entry(UNTRAINED, run / UNTRAINED, None, 0, 0)
 
 
-def evaluate_target(cfg: Config, target: Target, name: str, split: str, speakers=None, predictor=None) -> dict:
+def evaluate_entry(cfg: Config, entry: Entry, name: str, split: str, speakers=None, predictor=None) -> dict:
     """Predict (resumable) then evaluate `split` of the run's corpus; `name` names the files (test, dev).
 
     Every row is decoded with the run's own config (`cfg`: templates, grammar, accent policy, boundaries);
     the untrained row of a tiny run is the run's own random base (tiny-base/), as its checkpoints'.
-    `predictor`: a function giving a predictor that holds the target's model (the model being trained),
+    `predictor`: a function giving a predictor that holds the entry's model (the model being trained),
     called only when something is left to predict; else predict loads the model.
     """
-    preds, out = target.folder / f"{name}.jsonl", target.folder / f"report-{name}"
+    preds, out = entry.folder / f"{name}.jsonl", entry.folder / f"report-{name}"
     row_cfg = dataclasses.replace(cfg, split=split, data=None, limit=None)  # the run's limit counted training utterances
-    if target.adapter is None and cfg.is_tiny:
-        row_cfg = dataclasses.replace(row_cfg, base=resolve_base(cfg, str(target.folder.parent)))  # the run
-    predict(row_cfg, str(preds), target.adapter, speakers=speakers, predictor=predictor)
+    if entry.adapter is None and cfg.is_tiny:
+        row_cfg = dataclasses.replace(row_cfg, base=resolve_base(cfg, str(entry.folder.parent)))  # the run
+    predict(row_cfg, str(preds), entry.adapter, speakers=speakers, predictor=predictor)
     done = out / "report.json"
     if done.is_file() and done.stat().st_mtime_ns >= preds.stat().st_mtime_ns:
         return json.loads(done.read_text())
-    log.info("evaluating %s on %s", target.name, name)
+    log.info("evaluating %s on %s", entry.name, name)
     return evaluate(str(preds), cfg.corpus, split, str(out), accent_policy=cfg.accent_policy, speakers=speakers)
 
 
@@ -93,10 +86,10 @@ def metrics_row(report: dict) -> dict[str, float | None]:
     return dict(zip(COLUMNS, values))
 
 
-def table_row(target: Target, report: dict) -> dict:
+def table_row(entry: Entry, report: dict) -> dict:
     """A checkpoint's row: Table 3's columns, and the PCCs of its expected scores when it has them."""
     expected = report.get("apa_expected")
-    return {"checkpoint": target.name, "epoch": target.epoch, "step": target.step,
+    return {"checkpoint": entry.name, "epoch": entry.epoch, "step": entry.step,
             "n_apa": report["apa"]["total"]["n"], "n_mdd": report["mdd"]["n"], **metrics_row(report),
             "expected_pcc": {a: expected[a]["pcc"] for a in ASPECTS} if expected else None}
 
@@ -131,12 +124,12 @@ def dev_history(cfg: Config, run: str | Path, step: int, last_step: int, predict
     Written to dev_history.json in the run. Rebuilt from the checkpoints' own predictions and reports each
     time, so a resumed run (or one that was killed while predicting) carries its history on. `last_step`:
     the step training ends at anyway; stopping there is no early stop. `predictor`: the model that holds
-    checkpoint `step`'s weights (`evaluate_target`; an earlier checkpoint missing its predictions, which only a hand-deleted file
+    checkpoint `step`'s weights (`evaluate_entry`; an earlier checkpoint missing its predictions, which only a hand-deleted file
     leaves, is loaded from its folder).
     """
     run = Path(run)
-    speakers = set(read_dev_speakers(run))
-    rows = [table_row(t, evaluate_target(cfg, t, DEV, cfg.train_split, speakers,
+    speakers = set(Run(run).dev_speakers())
+    rows = [table_row(t, evaluate_entry(cfg, t, DEV, cfg.train_split, speakers,
                                          predictor if t.step == step else None))
             for t in checkpoints(run) if t.step <= step]
     best, stop = _best(rows), should_stop(rows, cfg.early_stop_patience)
@@ -152,9 +145,9 @@ def dev_history(cfg: Config, run: str | Path, step: int, last_step: int, predict
 def build_table(run: str | Path, cfg: Config | None = None) -> dict:
     """Evaluate what is missing, then write table.json and table.md in the run; returns the table."""
     run = Path(run)
-    cfg = cfg or run_config(run)
-    targets = checkpoints(run)
-    if not targets:
+    cfg = cfg or Run(run).config()
+    entries = checkpoints(run)
+    if not entries:
         raise TableError(f"{run} has no checkpoint-N folder with a trainer_state.json: train with "
                          "save_strategy=epoch to evaluate every epoch")
     table = {"run": str(run), "corpus": cfg.corpus, "strategy": cfg.strategy, "split": cfg.eval_split,
@@ -162,43 +155,35 @@ def build_table(run: str | Path, cfg: Config | None = None) -> dict:
                                                  for s, e, *v in PAPER_TABLE3],
              "rows": [], "n_utterances": None, "dev": None}
     if cfg.eval_split:
-        models = ([untrained(run)] if cfg.eval_untrained else []) + targets
-        for target in models:
-            report = evaluate_target(cfg, target, cfg.eval_split, cfg.eval_split)
-            table["rows"].append(table_row(target, report))
+        for entry in ([untrained(run)] if cfg.eval_untrained else []) + entries:
+            report = evaluate_entry(cfg, entry, cfg.eval_split, cfg.eval_split)
+            table["rows"].append(table_row(entry, report))
             table["n_utterances"] = report["n_utterances"]
     if cfg.dev_fraction:
-        speakers = read_dev_speakers(run)
+        speakers = Run(run).dev_speakers()
         dev_rows, n = [], None
-        for target in targets:
-            report = evaluate_target(cfg, target, DEV, cfg.train_split, set(speakers))
-            dev_rows.append(table_row(target, report))
+        for entry in entries:
+            report = evaluate_entry(cfg, entry, DEV, cfg.train_split, set(speakers))
+            dev_rows.append(table_row(entry, report))
             n = report["n_utterances"]
         history = run / DEV_HISTORY
         table["dev"] = {"split": cfg.train_split, "fraction": cfg.dev_fraction, "speakers": speakers,
                         "n_utterances": n, "rows": dev_rows, **choose_epoch(dev_rows, table["rows"]),
                         "early_stop": json.loads(history.read_text())
                         if cfg.early_stop_patience and history.is_file() else None}
-    (run / "table.json").write_text(json.dumps(table, indent=2) + "\n")
-    (run / "table.md").write_text(markdown(table))
+    (run / TABLE_JSON).write_text(json.dumps(table, indent=2) + "\n")
+    (run / TABLE_MD).write_text(table_markdown(table))
     return table
-
-
-def run_config(run: Path) -> Config:
-    """The run's own config (`checkpoint_config`: its templates read from the run's prompt copies)."""
-    if not (run / "config.yaml").is_file():
-        raise TableError(f"{run} has no config.yaml: give the output_dir of a `pronlm train` run")
-    return checkpoint_config(run)
 
 
 def table_command(run: str, split: str | None = None, untrained: bool = False) -> dict:
     """`pronlm table`: the run's own eval_split (or `split`), the untrained row if asked; prints table.md."""
-    cfg = run_config(Path(run))
+    cfg = Run(run).config()
     cfg = dataclasses.replace(cfg, eval_split=split or cfg.eval_split, eval_untrained=untrained or cfg.eval_untrained)
     if not cfg.eval_split and not cfg.dev_fraction:
         raise TableError(f"{run} was trained without eval_split: give --split test")
     table = build_table(run, cfg)
-    print((Path(run) / "table.md").read_text(), end="")
+    print((Path(run) / TABLE_MD).read_text(), end="")
     return table
 
 
@@ -214,7 +199,7 @@ def _epoch(row: dict) -> str:
     return f"{row['epoch']:g}"
 
 
-def markdown(table: dict) -> str:
+def table_markdown(table: dict) -> str:
     """Our rows beside the paper's Table 3; with a development split, the epoch it selects."""
     dev = table["dev"]
     header = ["| system | epoch | " + " | ".join(HEADERS) + " |", "|---|---|" + "---|" * len(HEADERS)]

@@ -16,7 +16,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from pronlm.config import SAME, Config, ConfigError, InferenceConfig, checkpoint_config
+from pronlm.config import SAME, Config, ConfigError, InferenceConfig
+from pronlm.run import Run
 
 # Honoured on --resume: what happens from the resume step on, and nothing the restored state holds.
 # num_train_epochs / max_steps lengthen (or shorten) the run: the cosine schedule's horizon is the new
@@ -94,10 +95,10 @@ def resume_changes(saved: Config, cfg: Config) -> dict[str, tuple]:
 
 def check_resume(cfg: Config, checkpoint: Path) -> dict[str, tuple]:
     """The honoured changes of a resumed run; refused ones raise before anything is written."""
-    saved = checkpoint_config(checkpoint)
-    if saved is None:
+    run = Run.of(checkpoint)
+    if run is None:
         raise ResumeError(f"{checkpoint} has no config.yaml: it was not written by pronlm train")
-    return resume_changes(saved, cfg)
+    return resume_changes(run.config(), cfg)
 
 
 def rewind_log(path: Path, step: int) -> int:

@@ -21,15 +21,10 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import (
-    EXPORT_FILE,
-    TEMPLATE_COPIES,
-    Config,
-    ConfigError,
-    checkpoint_config,
-)
+from pronlm.config import EXPORT_FILE, Config, ConfigError
 from pronlm.data.prompts import CONTROL_TOKENS
 from pronlm.errors import PronlmError
+from pronlm.run import TABLE_MD, Run
 from pronlm.model.load import (
     check_adapter_folder,
     load_feature_extractor,
@@ -85,7 +80,8 @@ def export(adapter: str, out: str, layout: str = "transformers", original: str |
     (a folder, or a hub id at `original_revision`; default: the run's base)."""
     if layout not in LAYOUTS:
         raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-    cfg = run_config(adapter)
+    run = described_run(adapter)
+    cfg = run.config()
     out_dir = claim_out(out)
     t0 = time.perf_counter()
     source = original_folder(original, original_revision, cfg) if layout == "vllm" else None
@@ -96,7 +92,7 @@ def export(adapter: str, out: str, layout: str = "transformers", original: str |
         save_transformers(model, tokenizer, cfg, out_dir)
     else:
         save_vllm(model, tokenizer, source, out_dir)
-    copy_run_config(adapter, out_dir)
+    run.copy_description(out_dir)
     summary = {"layout": layout, "adapter": str(Path(adapter).resolve()), "base": cfg.base, "revision": cfg.revision,
                "strategy": cfg.strategy, "original": str(source) if source else None, "dtype": str(model.dtype),
                "control_tokens": rows, "parameters": sum(p.numel() for p in model.parameters()),
@@ -111,24 +107,14 @@ def export(adapter: str, out: str, layout: str = "transformers", original: str |
     return summary
 
 
-def run_config(adapter: str) -> Config:
-    """The checkpoint's own config: an export needs to know the base, strategy and prompts it was trained with."""
+def described_run(adapter: str) -> Run:
+    """The checkpoint's run: an export needs to know the base, strategy and prompts it was trained with."""
     check_adapter_folder(adapter)
-    cfg = checkpoint_config(adapter)
-    if cfg is None:
+    run = Run.of(adapter)
+    if run is None:
         raise ExportError(f"{adapter} has no config.yaml (nor its parent): not a checkpoint pronlm train wrote, "
                           "so its base and prompts are unknown")
-    return cfg
-
-
-def copy_run_config(adapter: str, out: Path) -> None:
-    """The checkpoint's config.yaml and prompt texts as the run wrote them (`checkpoint_config` reads them back)."""
-    folder = next(p for p in (Path(adapter), Path(adapter).parent) if (p / "config.yaml").is_file())
-    shutil.copyfile(folder / "config.yaml", out / "config.yaml")
-    for copy in TEMPLATE_COPIES.values():
-        if (folder / copy).is_file():
-            (out / copy).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / copy, out / copy)
+    return run
 
 
 def claim_out(out: str) -> Path:
@@ -324,7 +310,7 @@ def save_original_tokenizer(trained, source: Path, out: Path) -> None:
 
 def model_card(cfg: Config, adapter: str, layout: str, summary: dict) -> str:
     """README.md: what it is, how to use it, the recipe and data, the evaluation table if any, licenses, citations."""
-    steps = _global_step(adapter)
+    steps = Run(adapter).global_step()
     use = (["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "model = AutoModelForCausalLM.from_pretrained(DIR)  # no peft: the LoRA is merged",
             "```", "", "or with pronlm: `pronlm predict base=DIR --corpus ... --out pred.jsonl` (this folder carries "
@@ -334,7 +320,7 @@ def model_card(cfg: Config, adapter: str, layout: str, summary: dict) -> str:
                  "The speech LoRA and the fine-tuned LoRA are merged into the weights: serve it **without** "
                  "`--enable-lora` and without the base's speech-lora. Images are untested: the base's vision LoRA "
                  "was trained on the unmerged weights."])
-    table = next((p / "table.md" for p in (Path(adapter), Path(adapter).parent) if (p / "table.md").is_file()), None)
+    table = next((p / TABLE_MD for p in (Path(adapter), Path(adapter).parent) if (p / TABLE_MD).is_file()), None)
     lines = ["---", "license: mit", *([] if cfg.is_tiny or Path(cfg.base).exists() else [f"base_model: {cfg.base}"]),
              "datasets:", "- mispeech/speechocean762",
              "language:", "- en", "library_name: transformers", "tags:", "- pronunciation-assessment",
@@ -376,11 +362,6 @@ def model_card(cfg: Config, adapter: str, layout: str, summary: dict) -> str:
              "Huang, Yukai and Li, Ke and Povey, Daniel and Wang, Yujun},",
              "  booktitle={Proc. Interspeech 2021}, year={2021}, note={arXiv:2104.01378}", "}", "```", ""]
     return "\n".join(lines)
-
-
-def _global_step(adapter: str) -> int | None:
-    state = Path(adapter) / "trainer_state.json"
-    return json.loads(state.read_text()).get("global_step") if state.is_file() else None
 
 
 def push(folder: Path, repo: str, private: bool = False) -> str:

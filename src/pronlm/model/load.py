@@ -24,6 +24,7 @@ import torch
 from pronlm.config import EXPORT_FILE, NATIVE_REVISION, Config, ConfigError, ModelConfig
 from pronlm.data.prompts import CONTROL_TOKENS
 from pronlm.errors import PronlmError
+from pronlm.run import TINY_BASE, Run
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ SPEECH_PROJECTOR = ("up_proj_for_speech", "down_proj_for_speech")  # not the *_f
 # (quantizers_utils.should_convert_module), so the audio/vision towers are named in full.
 NOT_QUANTISED = ["lm_head", "model.embed_tokens_extend"]
 PEFT_PREFIX = "base_model.model."  # peft's key prefix; the converted speech-lora file has none
-TINY_BASE_DIR = "tiny-base"  # a tiny run saves its random base here, so an adapter always has its base
 
 
 class ModelError(PronlmError):
@@ -101,10 +101,10 @@ def resolve_base(model: ModelConfig, adapter: str | None = None) -> str:
         from pronlm.model.tiny import tiny_base_folder
 
         return str(tiny_base_folder(model.tiny_hidden_size, model.tiny_layers))
-    for folder in (Path(adapter), *Path(adapter).parents[:2]):
-        if (folder / TINY_BASE_DIR / "config.json").is_file():
-            return str(folder / TINY_BASE_DIR)
-    raise ModelError(f"{adapter} is not a tiny run: no {TINY_BASE_DIR}/ folder in it or its parents "
+    folder = Run.tiny_base(adapter)
+    if folder is not None:
+        return str(folder)
+    raise ModelError(f"{adapter} is not a tiny run: no {TINY_BASE}/ folder in it or its parents "
                      "(give base=FOLDER, the model it was trained from)")
 
 
@@ -502,7 +502,7 @@ def check_trainable(cfg: Config, table: dict) -> None:
         raise ModelError(f"strategy {cfg.strategy} should train {sorted(expected - groups)} but they are frozen")
 
 
-def format_table(table: dict) -> str:
+def parameter_summary(table: dict) -> str:
     lines = [f"parameters: {table['total']:,} total, {table['trainable']:,} trainable "
              f"({100 * table['trainable'] / max(table['total'], 1):.3f} %)"]
     lines += [f"  {g:<14}{n:>14,}" for g, n in sorted(table["by_group"].items())]

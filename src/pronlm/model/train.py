@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from pronlm.config import Config, ConfigError, save_run_config
+from pronlm.config import Config, ConfigError
 from pronlm.data.audio import load_audio
 from pronlm.data.prepare import read_examples, usable_utterances
 from pronlm.data.prompts import TASKS, Example, PromptSet, build_examples
@@ -32,16 +31,16 @@ from pronlm.errors import PronlmError
 from pronlm.model.checkpoints import RUN_LOSS, Slim, check_resume, checkpoint_step, loss_before, resume_point, rewind_log
 from pronlm.model.collate import IGNORE_INDEX, Collator, audio_limit, n_audio_tokens
 from pronlm.model.load import (
-    TINY_BASE_DIR,
     check_trainable,
-    format_table,
     load_feature_extractor,
     load_model,
+    parameter_summary,
     parameter_table,
     prepare_for_training,
     resolve_base,
     resolve_dtype,
 )
+from pronlm.run import LOG, TINY_BASE, Run
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ class DescribeCheckpoint(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            save_run_config(self.cfg, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            Run(Path(args.output_dir) / f"checkpoint-{state.global_step}").describe(self.cfg)
 
 
 def sequence_length(tokenizer, prompt_tokens: int, n_samples: int, target: str) -> int:
@@ -283,7 +282,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset: ExampleDataset | None =
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
                         feature_extractor=feature_extractor)
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
-    callbacks = [JsonlLog(Path(cfg.output_dir) / "log.jsonl"), DescribeCheckpoint(cfg), Slim(), *callbacks]  # after: a
+    callbacks = [JsonlLog(Path(cfg.output_dir) / LOG), DescribeCheckpoint(cfg), Slim(), *callbacks]  # after: a
     # checkpoint has its config before `EarlyStopping`'s judge reads it
     return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=tokenizer, callbacks=callbacks)
@@ -333,10 +332,6 @@ class EarlyStopping(TrainerCallback):
         control.should_training_stop |= bool(flag.item())
 
 
-DEV_HISTORY = "dev_history.json"  # early_stop_patience: the development rows as training went, and the decision
-RUN_FILES = ("log.jsonl", "train_result.json", "adapter_model.safetensors", "adapter_config.json", DEV_HISTORY)
-
-
 def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: bool) -> Path | None:
     """The checkpoint to resume from; refuses to train over an earlier run unless told to (then clears it)."""
     if resume:
@@ -347,16 +342,13 @@ def claim_output_dir(out: Path, resume: bool, overwrite: bool, main_process: boo
         state = json.loads((last / "trainer_state.json").read_text())
         print(f"resuming from {last.name} (step {state['global_step']} of {state['max_steps']})", flush=True)
         return last
-    earlier = [p.name for p in sorted(out.glob("checkpoint-*"))] + [f for f in RUN_FILES if (out / f).exists()]
+    earlier = Run(out).earlier_run()
     if earlier and not overwrite:
         raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}): continue it with --resume, "
                           "or start again over it with overwrite=true")
     if earlier and main_process:
         log.warning("overwrite=true: removing the earlier run in %s", out)
-        for path in out.glob("checkpoint-*"):
-            shutil.rmtree(path)
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        Run(out).clear()
     return None
 
 
@@ -383,7 +375,7 @@ def train(cfg: Config, resume: bool = False, judge: Judge | None = None) -> "Pro
         fit_audio_normalisation(model, tokenizer, clips)
         del clips
         for part in (model, tokenizer, feature_extractor):
-            part.save_pretrained(out / TINY_BASE_DIR)
+            part.save_pretrained(out / TINY_BASE)
 
     # the strategy's adapter, checked before the first step
     set_seed(cfg.seed)  # the new LoRA's random A matrices: the same in every run (a hub base draws nothing on load)
@@ -396,10 +388,10 @@ def train(cfg: Config, resume: bool = False, judge: Judge | None = None) -> "Pro
                            [EarlyStopping(judge)] if judge else [])
     if main_process:
         if checkpoint:
-            start_resumed_log(out / "log.jsonl", checkpoint, changes)
-        save_run_config(cfg, out)
+            start_resumed_log(out / LOG, checkpoint, changes)
+        Run(out).describe(cfg)
         save_dev_speakers(cfg, out)
-        print(format_table(table), flush=True)
+        print(parameter_summary(table), flush=True)
         (out / "parameters.json").write_text(json.dumps(table, indent=2))
 
     # train, save, and check the replicas agree
@@ -413,7 +405,7 @@ def train(cfg: Config, resume: bool = False, judge: Judge | None = None) -> "Pro
         if digests:
             log.info("trainable weights agree across %d processes", len(digests))
         summary = {**result.metrics, **run_loss(result, checkpoint), "global_step": result.global_step,
-                   "resumes": [r for r in read_log(out / "log.jsonl") if "resumed_from" in r],
+                   "resumes": [r for r in read_log(out / LOG) if "resumed_from" in r],
                    "replica_digests": digests}
         (out / "train_result.json").write_text(json.dumps(summary))
     return trainer
