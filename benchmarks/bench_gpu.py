@@ -22,12 +22,8 @@ import time
 import torch
 
 from pronlm.config import load_config
-from pronlm.model.load import (
-    attention_implementation,
-    parameter_table,
-    speech_lora_config,
-    upcast_trainable,
-)
+from pronlm.model.adapters import parameter_table, speech_lora_config, upcast_trainable
+from pronlm.model.load import attention_implementation
 from pronlm.model.phi4_config import AUDIO_TOKEN_ID, real_config
 
 # Dense bf16 peak of common GPUs (TFLOP/s, no sparsity), for MFU.
@@ -73,7 +69,7 @@ def build(recipe: str, device, smoke: bool, speech_dir: str):
     if cfg.strategy == "new-lora":  # the merged speech LoRA changes no shape: train a fresh LoRA directly
         from peft import LoraConfig, get_peft_model
 
-        from pronlm.model.load import LM_LORA_TARGETS, _token_indices
+        from pronlm.model.adapters import LM_LORA_TARGETS, _token_indices
 
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=LM_LORA_TARGETS, trainable_token_indices=_token_indices(model, token_ids),

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from pronlm.config import load_config
-from pronlm.model.load import load_model, prepare_for_training
+from pronlm.model.adapters import prepare_for_training
+from pronlm.model.load import load_model
 from pronlm.model.train import make_trainer
 
 

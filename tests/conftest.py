@@ -38,7 +38,7 @@ def train_utterances(corpus_dir):
 
 @pytest.fixture(scope="session")
 def _tiny_tokenizer():
-    from pronlm.model.load import add_control_tokens
+    from pronlm.model.adapters import add_control_tokens
     from pronlm.model.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()

@@ -30,7 +30,7 @@ MAX_NEW_TOKENS = 40
 @pytest.fixture(scope="module")
 def runs(corpus_dir, tmp_path_factory):
     """One short tiny run per strategy (limit 4, 6 steps at lr 1e-2): {strategy: checkpoint-6}."""
-    from pronlm.model.load import add_control_tokens
+    from pronlm.model.adapters import add_control_tokens
     from pronlm.model.tiny import build_tiny_model, build_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("runs")

@@ -14,16 +14,15 @@ from safetensors.torch import load_file
 from pronlm.config import Config, ConfigError, load_config
 from pronlm.data.prompts import PromptSet, build_examples
 from pronlm.model.collate import Collator
-from pronlm.model.load import (
+from pronlm.errors import ModelError
+from pronlm.model.adapters import (
     LM_LORA_TARGETS,
-    ModelError,
     check_trainable,
-    load_model,
     merge_speech_lora,
     parameter_table,
     prepare_for_training,
-    resolve_base,
 )
+from pronlm.model.load import load_model, resolve_base
 
 
 def make_speech_adapter(model, folder, seed=1):
@@ -199,7 +198,7 @@ def test_unfreeze_keeps_fp32_master_weights_in_a_bf16_model(tiny_model, tiny_tok
 
 
 def test_control_tokens_round_trip_or_fail(tiny_tokenizer):
-    from pronlm.model.load import add_control_tokens
+    from pronlm.model.adapters import add_control_tokens
 
     ids = add_control_tokens(tiny_tokenizer)
     assert [tiny_tokenizer.convert_ids_to_tokens(i) for i in ids.values()] == ["<|APA|>", "<|MDD|>"]

@@ -10,7 +10,7 @@ import pytest
 from pronlm.config import load_template
 from pronlm.data.prompts import PromptSet, build_examples, render_prompt
 from pronlm.errors import PronlmError
-from pronlm.model.load import add_control_tokens
+from pronlm.model.adapters import add_control_tokens
 
 # SpeechOcean762's rubric (SPEC §1): each aspect's bands, and a word from each band's description.
 BANDS = {

@@ -18,20 +18,18 @@ from peft import LoraConfig, get_peft_model
 from transformers import Phi4MultimodalForCausalLM, PreTrainedModel
 
 from pronlm.config import Config, load_config
-from pronlm.model import load, phi4_config
-from pronlm.model.load import (
+from pronlm.model import adapters, phi4_config, quantize
+from pronlm.errors import ModelError
+from pronlm.model.adapters import (
     LM_LORA_TARGETS,
-    ModelError,
     add_control_tokens,
-    attention_implementation,
-    check_lm_only,
-    load_model,
     parameter_table,
     prepare_for_training,
-    quantisable_linears,
     speech_lora_config,
     training_dtypes,
 )
+from pronlm.model.load import attention_implementation, load_model
+from pronlm.model.quantize import check_lm_only, quantisable_linears
 
 LAYERS = phi4_config.LM_LAYERS
 
@@ -145,7 +143,7 @@ def test_4bit_training_keeps_every_frozen_weight_that_is_not_4bit_in_bf16(real_m
     cfg = load_config("new-lora", {"quantize_4bit": True})
     with torch.device("meta"):
         model = copy.deepcopy(real_model).to(torch.bfloat16)
-        monkeypatch.setattr(load, "quantize_lm_4bit", lambda m: load.freeze_for_4bit_training(_nf4_like(m)))
+        monkeypatch.setattr(adapters, "quantize_lm_4bit", lambda m: quantize.freeze_for_4bit_training(_nf4_like(m)))
         prepared = prepare_for_training(cfg, model, copy.deepcopy(real_size_tokenizer))
     by_dtype = Counter()
     for p in prepared.parameters():

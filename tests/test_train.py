@@ -17,7 +17,8 @@ from transformers import Phi4MultimodalFeatureExtractor
 
 from pronlm.config import Config, command_config, load_config
 from pronlm.evaluation.predict import Predictor
-from pronlm.model.load import load_model, prepare_for_training
+from pronlm.model.adapters import prepare_for_training
+from pronlm.model.load import load_model
 from pronlm.model.train import make_trainer, train
 from pronlm.run import TINY_BASE
 from tests.conftest import kill_when

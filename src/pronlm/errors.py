@@ -26,6 +26,10 @@ class BackendError(PredictionInterrupted):
     """The inference backend (a vLLM server) failed: not the fault of the request or clip that met it."""
 
 
+class ModelError(PronlmError):
+    """A base, adapter or strategy that cannot be loaded or trained as asked (`pronlm.model`)."""
+
+
 class FileFormatError(PronlmError):
     """A file pronlm reads is not valid JSON / YAML; the message says where."""
 

@@ -25,13 +25,7 @@ from pronlm.config import EXPORT_FILE, Config, ConfigError
 from pronlm.data.prompts import CONTROL_TOKENS
 from pronlm.errors import PronlmError
 from pronlm.run import TABLE_MD, Run
-from pronlm.model.load import (
-    check_adapter_folder,
-    load_feature_extractor,
-    load_model,
-    resolve_base,
-    resolve_dtype,
-)
+from pronlm.model.load import check_adapter_folder, load_feature_extractor, load_model, resolve_base, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +288,7 @@ def save_original_tokenizer(trained, source: Path, out: Path) -> None:
     """The original tokenizer plus the control tokens, at the ids the model was trained with."""
     from transformers import AutoTokenizer
 
-    from pronlm.model.load import add_control_tokens
+    from pronlm.model.adapters import add_control_tokens
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)  # its config.json has an auto_map

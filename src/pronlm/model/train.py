@@ -30,16 +30,8 @@ from pronlm.data.targets import AccentPolicy
 from pronlm.errors import PronlmError
 from pronlm.model.checkpoints import RUN_LOSS, Slim, check_resume, checkpoint_step, loss_before, resume_point, rewind_log
 from pronlm.model.collate import IGNORE_INDEX, Collator, audio_limit, n_audio_tokens
-from pronlm.model.load import (
-    check_trainable,
-    load_feature_extractor,
-    load_model,
-    parameter_summary,
-    parameter_table,
-    prepare_for_training,
-    resolve_base,
-    resolve_dtype,
-)
+from pronlm.model.adapters import check_trainable, parameter_summary, parameter_table, prepare_for_training
+from pronlm.model.load import load_feature_extractor, load_model, resolve_base, resolve_dtype
 from pronlm.run import LOG, TINY_BASE, Run
 
 log = logging.getLogger(__name__)
