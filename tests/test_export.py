@@ -81,6 +81,7 @@ print(json.dumps({"class": type(model).__name__, "raw": [r["raw"] for r in predi
 """.replace("MAX_NEW_TOKENS", str(MAX_NEW_TOKENS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_export_answers_as_the_adapter_does_without_peft(strategy, runs, exports, clips, corpus_dir):
     ckpt, (_, out) = runs[strategy], exports[strategy]
@@ -102,6 +103,7 @@ def test_the_export_answers_as_the_adapter_does_without_peft(strategy, runs, exp
     assert sum(a != b for a, b in zip(untrained, adapter)) >= 10  # the training is in the export, not a no-op
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_weights_hold_no_adapter_keys_and_the_trained_token_rows(strategy, runs, exports):
     from pronlm.config import Config
@@ -133,6 +135,7 @@ def test_the_weights_hold_no_adapter_keys_and_the_trained_token_rows(strategy, r
     assert any(re.match(r"model\.layers\.\d+\.self_attn\.qkv_proj\.weight", k) for k in changed)  # LoRA merged
 
 
+@pytest.mark.slow
 def test_the_folder_describes_itself(runs, exports):
     ckpt, (summary, out) = runs["new-lora"], exports["new-lora"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
@@ -149,6 +152,7 @@ def test_the_folder_describes_itself(runs, exports):
     assert summary["bytes"] == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_the_model_card_carries_the_runs_table(runs, tmp_path):
     ckpt = runs["new-lora"]
     (ckpt.parent / "table.md").write_text("# Table 3 for run\n\n| system | epoch | acc PCC |\n|---|---|---|\n| x | 1 | 0.5 |\n")
@@ -160,6 +164,7 @@ def test_the_model_card_carries_the_runs_table(runs, tmp_path):
     assert "## Evaluation\n\n# Table 3 for run\n\n| system | epoch | acc PCC |" in card
 
 
+@pytest.mark.slow
 def test_cli_export_then_predict_on_the_export_gives_the_adapters_predictions(runs, corpus_dir, tmp_path, capsys):
     from pronlm.cli import main
 
@@ -175,6 +180,7 @@ def test_cli_export_then_predict_on_the_export_gives_the_adapters_predictions(ru
     assert saved.base == str(out) and saved.apa_template == str(out / "prompts" / "apa.txt")
 
 
+@pytest.mark.slow
 def test_cli_errors_name_the_problem(runs, tmp_path, capsys):
     from pronlm.cli import main
 
@@ -284,6 +290,7 @@ def vllm_export(runs, original, tmp_path_factory):
     return summary, out
 
 
+@pytest.mark.slow
 def test_vllm_layout_converts_back_to_the_merged_model_key_for_key(vllm_export, exports):
     from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
 
@@ -304,6 +311,7 @@ def test_vllm_layout_converts_back_to_the_merged_model_key_for_key(vllm_export, 
     assert missing == ["lm_head.weight"] and unexpected == []
 
 
+@pytest.mark.slow
 def test_every_vllm_layout_key_passes_vllms_loader_rules(vllm_export):
     _, out = vllm_export
     keys = list(load_file(str(out / "model.safetensors")))
@@ -339,6 +347,7 @@ def test_the_original_names_of_the_real_model_invert_transformers_conversion():
         assert top in VLLM_MODULES and (not VLLM_MODULES[top] or second in VLLM_MODULES[top]), (key, name)
 
 
+@pytest.mark.slow
 def test_vllm_layout_carries_the_original_files_and_the_control_tokens(vllm_export, runs, original):
     from transformers import AutoTokenizer
 
@@ -357,6 +366,7 @@ def test_vllm_layout_carries_the_original_files_and_the_control_tokens(vllm_expo
     assert "vllm serve" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_vllm_layout_is_not_a_pronlm_base(vllm_export, capsys, tmp_path):
     from pronlm.cli import main
 
@@ -365,6 +375,7 @@ def test_vllm_layout_is_not_a_pronlm_base(vllm_export, capsys, tmp_path):
     assert "is a vllm-layout export (for vLLM): pronlm loads the transformers layout" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_vllm_layout_follows_the_original_index(runs, original, tmp_path):
     """With the original's index: the same weight names, less the LoRA ones; a mismatch is refused."""
     import shutil
@@ -383,6 +394,7 @@ def test_vllm_layout_follows_the_original_index(runs, original, tmp_path):
         export(str(runs["new-lora"]), str(tmp_path / "c"), layout="vllm", original=str(src))
 
 
+@pytest.mark.slow
 def test_an_unreachable_original_is_a_clear_error(runs, tmp_path):
     with pytest.raises(ExportError, match=r"cannot fetch the original files of pronlm-tests/no-such-model "
                                           r"\(revision main\).*give --original DIR"):
@@ -390,6 +402,7 @@ def test_an_unreachable_original_is_a_clear_error(runs, tmp_path):
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_exactly_the_folder(runs, tmp_path, monkeypatch):
     import huggingface_hub
 
@@ -417,6 +430,7 @@ def test_push_to_hub_uploads_exactly_the_folder(runs, tmp_path, monkeypatch):
     assert summary["url"] == "https://hub.example/someone/pronlm-tiny/commit/1"
 
 
+@pytest.mark.slow
 def test_a_failed_upload_keeps_the_export_and_says_so(runs, tmp_path, monkeypatch):
     import huggingface_hub
 

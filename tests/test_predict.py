@@ -156,6 +156,7 @@ def test_a_truncated_clip_is_reported_and_the_rest_predicted(corpus_dir, tmp_pat
     assert "utterance 000030145" in caplog.text and "is truncated" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_checkpoint_describes_itself_to_predict(corpus_dir, tmp_path, capsys):
     """`predict --adapter CKPT` needs no other flag, and gives what the command with every flag gives."""
     from pronlm.cli import main
