@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from pronlm.cli import main
-from pronlm.config import ConfigError, checkpoint_config, load_config
+from pronlm.config import ConfigError, load_config
 from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import parse_answer
 from pronlm.data.records import ASPECTS
@@ -30,7 +30,7 @@ from pronlm.evaluation.table import (
     metrics_row,
     should_stop,
 )
-from pronlm.model.load import TINY_BASE_DIR
+from pronlm.run import TINY_BASE, Run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -236,6 +236,7 @@ def test_every_row_is_decoded_with_the_runs_own_inference_settings(corpus_dir, t
     a fresh tiny base) whatever the run said; now every row, untrained included, with the run's config."""
     from pronlm.data.prompts import PromptSet
     from pronlm.evaluation import predict as infer
+    from pronlm.evaluation.backend import answer_record
 
     loaded = []
 
@@ -245,18 +246,18 @@ def test_every_row_is_decoded_with_the_runs_own_inference_settings(corpus_dir, t
             self.prompts, self.max_audio_seconds = PromptSet.from_templates("short", "short"), 30.0
 
         def predict_examples(self, examples, audio, batch_size=8):
-            return [infer.answer_record(ex, "") for ex in examples]
+            return [answer_record(ex, "") for ex in examples]
 
     monkeypatch.setattr(infer.Predictor, "load", classmethod(lambda cls, *a, **k: Recorder(k.get("cfg", a[0]), a[1])))
     run = tmp_path / "run"
     settings = dict(constrained=False, accent_policy="canonical", word_boundaries=True)
     _write_run(corpus_dir, run, [True, False], eval_split="test", eval_untrained=True, **settings)
-    (run / TINY_BASE_DIR).mkdir()
-    (run / TINY_BASE_DIR / "config.json").write_text("{}")
+    (run / TINY_BASE).mkdir()
+    (run / TINY_BASE / "config.json").write_text("{}")
     table = build_table(run)
     assert [r["checkpoint"] for r in table["rows"]] == ["untrained", "checkpoint-4", "checkpoint-8"]
     ((cfg, adapter),) = loaded  # only the untrained row had predictions to make
-    assert adapter is None and cfg.base == str(run / TINY_BASE_DIR)  # the run's own random base
+    assert adapter is None and cfg.base == str(run / TINY_BASE)  # the run's own random base
     assert {k: getattr(cfg, k) for k in settings} == settings
     for row in ("untrained", "checkpoint-4", "checkpoint-8"):
         saved = load_config(str(run / row / "test.config.yaml"))  # beside each row's predictions
@@ -335,9 +336,9 @@ def test_each_epoch_row_equals_predict_and_evaluate_by_hand(tiny_run, corpus_dir
     for row in table["rows"]:
         name = row["checkpoint"]
         adapter = None if name == "untrained" else str(tiny_run / name)
-        cfg = dataclasses.replace(checkpoint_config(tiny_run), split="test", limit=None)
+        cfg = dataclasses.replace(Run(tiny_run).config(), split="test", limit=None)
         if adapter is None:  # the run's own random base, as its checkpoints'
-            cfg = dataclasses.replace(cfg, base=str(tiny_run / TINY_BASE_DIR))
+            cfg = dataclasses.replace(cfg, base=str(tiny_run / TINY_BASE))
         predict(cfg, str(tmp_path / f"{name}.jsonl"), adapter)
         report = evaluate(str(tmp_path / f"{name}.jsonl"), str(corpus_dir), "test", str(tmp_path / name))
         assert {c: row[c] for c in COLUMNS} == metrics_row(report), name
