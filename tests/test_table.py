@@ -509,5 +509,5 @@ def test_evaluation_during_and_after_training_holds_one_model(corpus_dir, tmp_pa
               .parameters())
     # dev: 18 utterances x 2 checkpoints during training; test: 10 x (untrained + 2 checkpoints), 8 answers a batch
     assert len(alive) == 2 * 5 + 3 * 3
-    assert {n for n, _ in alive} == {1}
-    assert max(b for _, b in alive) < 1.2 * one  # one model's weights (plus its LoRA), not two models'
+    assert {n for n, _ in alive} == {1}, alive  # before: 2 networks alive at every prediction
+    assert max(b for _, b in alive) < 1.2 * one, (alive, one)  # one model's weights (plus its LoRA), not two
