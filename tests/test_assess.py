@@ -402,6 +402,7 @@ class PiecePredictor:
         return out
 
 
+@pytest.mark.slow
 def test_assess_long_scores_each_piece_and_judges_the_whole_text(train_utterances):
     from tests.test_data import long_reading
 
@@ -434,6 +435,7 @@ def test_assess_long_judges_no_word_when_a_piece_was_not_understood(train_uttera
     assert error["task"] == "mdd" and error["error"].startswith("piece 3 (") and error["error"].endswith("no JSON object")
 
 
+@pytest.mark.slow
 def test_assess_command_split_long_with_the_tiny_model(train_utterances, tmp_path, capsys):
     from pronlm.app.assess import assess_command
 

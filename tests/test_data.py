@@ -206,6 +206,7 @@ def test_small_corpus_reads_back(tmp_path):
     assert u.words[0].canonical_phones == ("K", "AE0", "T")
 
 
+@pytest.mark.slow
 def test_a_reading_is_cut_between_its_sentences(train_utterances):
     samples, texts, ends = long_reading(train_utterances)
     spans = speech_chunks(samples, max_seconds=30.0)
@@ -213,6 +214,7 @@ def test_a_reading_is_cut_between_its_sentences(train_utterances):
     assert [bisect.bisect(ends, (a + b) // 2) for a, b in spans] == list(range(len(texts)))
 
 
+@pytest.mark.slow
 def test_speech_without_long_pauses_is_cut_under_the_limit(train_utterances):
     samples, _, _ = long_reading(train_utterances, 6)
     spans = speech_chunks(samples, max_seconds=2.0)

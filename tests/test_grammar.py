@@ -241,6 +241,7 @@ def test_recorded_value_logits_are_the_raw_logits_of_generate(tiny_model, tiny_t
     assert torch.equal(torch.stack([values.row(0), values.row(1)]), raw)
 
 
+@pytest.mark.slow
 def test_the_untrained_tiny_model_answers_in_the_grammar(tiny_model, tiny_tokenizer, train_utterances):
     items = [(u.id, load_audio(u.audio)) for u in train_utterances[:3]]
     constrained = Predictor(tiny_model, tiny_tokenizer, PromptSet.from_templates(), max_new_tokens=60,

@@ -52,6 +52,7 @@ def test_records_follow_the_schema_for_both_tasks(corpus_dir, tmp_path):
         assert all(0 <= s["score"] <= 2 and 0 <= s["p"] <= 1 for s in r["phone_scores"])
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_at_a_time(corpus_dir, train_utterances):
     """Left padding of the text changes nothing. (Clips of different lengths do change the shorter
     clip's encoding a little: Phi-4's conformer convolutions see the padded frames; that is the model.)"""

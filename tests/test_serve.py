@@ -200,6 +200,7 @@ def test_real_clip_gives_the_schema(tiny_server, corpus_dir):
     assert [w["word"] for w in result["words"] if w["error_type"] != "Insertion"] == CLIP[1].split()
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_requests_are_all_answered(tiny_server, corpus_dir):
     clip = (corpus_dir / CLIP[0]).read_bytes()
     before = httpx.get(f"{tiny_server}/health").json()

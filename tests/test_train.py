@@ -40,6 +40,7 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_answer_loss_falls_by_more_than_half(trained):
     _, _, out = trained
     curve = losses(out)
@@ -47,6 +48,7 @@ def test_answer_loss_falls_by_more_than_half(trained):
     assert curve[-1] < 0.5 * curve[0], curve
 
 
+@pytest.mark.slow
 def test_run_logs_and_saves_what_a_user_needs(trained):
     cfg, _, out = trained
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -59,6 +61,7 @@ def test_run_logs_and_saves_what_a_user_needs(trained):
     assert set(table["by_group"]) == {"lora", "token rows"} and table["trainable"] < table["total"]
 
 
+@pytest.mark.slow
 def test_trained_model_reproduces_a_memorised_target(trained, train_utterances):
     _, _, out = trained
     from pronlm.data.audio import load_audio
@@ -79,6 +82,7 @@ def _base_key(name: str) -> str:
     return name.replace(".base_layer", "").replace(".token_adapter", "")
 
 
+@pytest.mark.slow
 def test_only_lora_and_control_token_rows_change(trained):
     cfg, trainer, out = trained
     original = load_file(str(out / TINY_BASE / "model.safetensors"))
@@ -105,6 +109,7 @@ def test_only_lora_and_control_token_rows_change(trained):
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero: it moved
 
 
+@pytest.mark.slow
 def test_saved_adapter_reloads_to_identical_logits(trained, train_utterances, tiny_tokenizer):
     cfg, trainer, out = trained
     from pronlm.data.prompts import PromptSet, build_examples
@@ -118,6 +123,7 @@ def test_saved_adapter_reloads_to_identical_logits(trained, train_utterances, ti
         assert torch.equal(trainer.model(**batch).logits, model(**batch).logits)
 
 
+@pytest.mark.slow
 def test_unfreeze_changes_the_audio_encoder_and_nothing_else_outside_adapters(corpus_dir, tmp_path, tiny_model,
                                                                               tiny_tokenizer):
     speech = make_speech_adapter(tiny_model, tmp_path / "speech-lora")
@@ -139,6 +145,7 @@ def test_unfreeze_changes_the_audio_encoder_and_nothing_else_outside_adapters(co
         assert torch.equal(p, before[key]), key
 
 
+@pytest.mark.slow
 def test_bf16_unfreeze_moves_the_encoder_at_the_paper_learning_rate(corpus_dir, tmp_path, tiny_model):
     """bf16 weights and an Adam step of ~lr = 2e-5: without fp32 master weights most updates round away."""
     speech = make_speech_adapter(tiny_model, tmp_path / "speech-lora")
@@ -275,6 +282,7 @@ def test_untrained_base_is_used_with_its_speech_lora_merged(local_base, train_ut
     assert (got - _logits(plain, tokenizer, train_utterances[0], cfg)).abs().max() > 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["speech-lora", "new-lora"])
 def test_real_loading_path_trains_and_reloads_the_same_model(strategy, local_base, corpus_dir, tmp_path,
                                                              train_utterances):
@@ -288,6 +296,7 @@ def test_real_loading_path_trains_and_reloads_the_same_model(strategy, local_bas
     assert torch.allclose(_logits(model, tokenizer, train_utterances[0], cfg), trained, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_over_an_earlier_run_is_refused_resumed_or_overwritten(corpus_dir, tmp_path, capsys):
     from pronlm.cli import main
 

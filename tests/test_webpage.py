@@ -81,6 +81,7 @@ def words_shown(page) -> list[tuple[str, str]]:
     return [(w.inner_text(), w.get_attribute("class")) for w in page.query_selector_all("#sentence .word")]
 
 
+@pytest.mark.slow
 def test_page_with_the_tiny_model_in_free_text(browser, spoken_wav, tmp_path):
     """The real server and model, free text: its random answers cannot be parsed, which the page must say."""
     with pronlm_process(tmp_path / "server.log", "constrained=false") as (url, _):
@@ -92,6 +93,7 @@ def test_page_with_the_tiny_model_in_free_text(browser, spoken_wav, tmp_path):
     page.close()
 
 
+@pytest.mark.slow
 def test_page_with_the_tiny_model_constrained(browser, spoken_wav, tmp_path):
     """The same model with structured decoding (the default): its answers parse, so scores (expected,
     one decimal) and judged words are shown, and no problem is reported."""
