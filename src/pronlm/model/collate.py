@@ -16,6 +16,7 @@ from transformers import Phi4MultimodalFeatureExtractor
 
 from pronlm.config import ConfigError
 from pronlm.data.audio import SAMPLE_RATE, load_audio
+from pronlm.data.lengths import n_audio_tokens
 from pronlm.data.prompts import AUDIO_PLACEHOLDER, END, EOT, TASKS, Example
 from pronlm.errors import PronlmError
 
@@ -59,12 +60,6 @@ def audio_limit(configured: float | None, model_config) -> float:
                               f"{limit:g} s per clip: set it to {limit:g} or less (`pronlm assess --split-long` "
                               "cuts a long recording at pauses)")
     return configured
-
-
-def n_audio_tokens(n_samples: int) -> int:
-    """Audio embeddings for a 16 kHz clip: 25 ms window, 10 ms hop, 8x compression (SPEC §2)."""
-    frames = (n_samples - 400) // 160 + 1
-    return -(-frames // 8)
 
 
 @dataclass

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pronlm.config import Config, ConfigError
@@ -32,6 +31,7 @@ from pronlm.model.checkpoints import RUN_LOSS, Slim, check_resume, checkpoint_st
 from pronlm.model.collate import IGNORE_INDEX, Collator, audio_limit, n_audio_tokens
 from pronlm.model.adapters import check_trainable, parameter_summary, parameter_table, prepare_for_training
 from pronlm.model.load import load_feature_extractor, load_model, resolve_base, resolve_dtype
+from pronlm.model.sampler import EpochSampler
 from pronlm.run import LOG, TINY_BASE, Run
 
 log = logging.getLogger(__name__)
@@ -48,26 +48,6 @@ class ExampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.examples[i]
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Shuffle (length-grouped or not) from `seed + epoch` alone, so a resumed run sees the same order."""
-
-    def __init__(self, lengths: list[int], group_size: int, seed: int, group_by_length: bool):
-        self.lengths, self.group_size, self.seed, self.group = lengths, group_size, seed, group_by_length
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.lengths)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.group:
-            return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=g))
-        return iter(torch.randperm(len(self.lengths), generator=g).tolist())
 
 
 class PronlmTrainer(Trainer):
@@ -96,8 +76,8 @@ class PronlmTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset or self.train_dataset
-        return EpochSampler(ds.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                            self.args.seed, self.args.train_sampling_strategy == "group_by_length")
+        return EpochSampler(ds.lengths, self.args.train_batch_size, self.args.seed,
+                            self.args.train_sampling_strategy == "group_by_length")
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -123,10 +103,16 @@ class PronlmTrainer(Trainer):
 
 
 class JsonlLog(TrainerCallback):
-    """Every logged step (loss, lr, grad norm, examples/s) as one JSON line in output_dir/log.jsonl."""
+    """Every logged step (loss, lr, grad norm, examples/s) as one JSON line in output_dir/log.jsonl; the
+    first line of a run (or of a resume) gives the padding share of the epoch's batches."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, first: dict | None = None):
+        self.path, self.first = path, first or {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.first:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **self.first}) + "\n")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -274,10 +260,16 @@ def make_trainer(cfg: Config, model, tokenizer, dataset: ExampleDataset | None =
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
                         feature_extractor=feature_extractor)
     check_first_batch(collator, dataset, cfg.per_device_train_batch_size)
-    callbacks = [JsonlLog(Path(cfg.output_dir) / LOG), DescribeCheckpoint(cfg), Slim(), *callbacks]  # after: a
+    jsonl = JsonlLog(Path(cfg.output_dir) / LOG)
+    callbacks = [jsonl, DescribeCheckpoint(cfg), Slim(), *callbacks]  # after: a
     # checkpoint has its config before `EarlyStopping`'s judge reads it
-    return PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                         processing_class=tokenizer, callbacks=callbacks)
+    trainer = PronlmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                            processing_class=tokenizer, callbacks=callbacks)
+    share = trainer._get_train_sampler().padding_share()
+    log.info("padding: %.1f %% of the token positions in the first epoch's batches of %d", 100 * share,
+             args.train_batch_size)
+    jsonl.first = {"padding_share": round(share, 4), "per_device_train_batch_size": args.train_batch_size}
+    return trainer
 
 
 # judge(model, tokenizer, step, last_step) -> stop?: asked on process 0 at each saved checkpoint, with the
