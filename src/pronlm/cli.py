@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -89,6 +90,13 @@ def _train(a):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         build_table(cfg.output_dir, cfg)  # every checkpoint on the test / dev split: the paper's Table 3
+
+
+def _plan(a):
+    from pronlm.model.plan import format_plan, plan
+
+    bill = plan(_config(a)[0], predict_batch=a.batch_size, mfu=a.mfu)
+    print(json.dumps(bill, indent=2) if a.format == "json" else format_plan(bill))
 
 
 def _predict(a):
@@ -203,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     config_options(s, "the built-in defaults (Phi-4-multimodal, speech-lora)", "every field")
     s.set_defaults(func=_train)
+
+    s = sub.add_parser("plan", help="what a recipe costs before anything is downloaded: parameters, GPU memory, "
+                                    "tokens, FLOPs and hours, prediction memory, disk")
+    s.add_argument("--format", default="table", choices=["table", "json"])
+    s.add_argument("--batch-size", type=int, default=8, help="prediction's batch size")
+    s.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the hours")
+    config_options(s, "the built-in defaults", "every model, data and training field")
+    s.set_defaults(func=_plan)
 
     s = sub.add_parser("predict", help="batched generation for both tasks, appended as JSON lines (resumable); "
                                        "the config beside them (OUT.config.yaml)")

@@ -1,0 +1,106 @@
+"""`pronlm plan` on the real model's shape: the parameter counts, the arithmetic of each figure, the tokens,
+and the README's recipe table, recomputed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pronlm.cli import main
+from pronlm.config import load_config
+from pronlm.model.plan import README_RECIPES, plan, readme_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+CORPUS = Path(__file__).resolve().parents[2] / "shared/data/speechocean762"
+LORA_320 = 32 * 320 * ((3072 + 5120) + (3072 + 3072) + (3072 + 2 * 8192) + (8192 + 3072))  # A + B, 4 targets
+
+
+@pytest.fixture(scope="module")
+def plans():
+    rows = []
+    for name, overrides in README_RECIPES:
+        cfg = load_config(name, overrides)
+        rows.append((name, overrides, cfg, plan(cfg)))
+    return rows
+
+
+def by(plans, name, four_bit=False):
+    return next(p for n, o, _, p in plans if n == name and bool(o) == four_bit)
+
+
+def test_parameters_of_the_real_shape(plans):
+    lora, unfreeze = by(plans, "paper-lora"), by(plans, "paper-unfreeze")
+    assert LORA_320 == 461_373_440
+    assert lora["parameters"]["trainable"] == LORA_320 + 2 * 3072  # + the two control-token rows
+    assert lora["parameters"]["frozen_by_dtype"] == {"bfloat16": 4_743_988_032}  # 4.744 B: 9.49 GB in bf16
+    assert unfreeze["parameters"]["trainable"] - lora["parameters"]["trainable"] == 453_827_200  # encoder + projector
+    # 4-bit: the 4 linears of each of the 32 layers; the rest (embedding, towers, norms) stays bf16
+    nf4 = 32 * (3072 * 5120 + 3072 * 3072 + 3072 * 16384 + 8192 * 3072)
+    four = by(plans, "new-lora", four_bit=True)["parameters"]["frozen_by_dtype"]
+    assert four == {"nf4": nf4, "bfloat16": 4_743_988_032 - nf4}
+    assert by(plans, "new-lora")["parameters"]["trainable"] == LORA_320 // 5 + 2 * 3072  # r 64
+
+
+def test_training_memory_adds_up(plans):
+    p = by(plans, "paper-lora")
+    mem, n = p["training_memory"], p["parameters"]["trainable"]
+    assert mem["weights"] == 2 * 4_743_988_032 + 4 * n
+    assert (mem["gradients"], mem["optimizer"]) == (4 * n, 8 * n)
+    act = mem["activations"]
+    # 16h + 4kv + 8i + 8r, + 3 bytes per LoRA input (dropout 0.01): 49,152 + 4,096 + 65,536 + 2,560 + 52,224
+    assert act["per_layer_per_token"] == 173_568
+    tokens = 8 * p["tokens_per_epoch"]["longest"]
+    assert act["language_model"] == (32 * 2 * 3072 + 173_568) * tokens  # checkpointing: layer inputs + one layer
+    assert act["logits"] == 12 * 200_064 * tokens and act["audio_encoder"] == 0
+    assert mem["total"] == mem["weights"] + 12 * n + act["total"]
+    four = by(plans, "new-lora", four_bit=True)["training_memory"]["weights"]
+    assert four < by(plans, "new-lora")["training_memory"]["weights"] - 4.5e9  # 3.2 B params: 2 -> ~0.52 bytes
+
+
+def test_tokens_per_epoch_on_speechocean762(plans):
+    t = by(plans, "paper-lora")["tokens_per_epoch"]
+    apa, mdd = t["per_task"]["apa"], t["per_task"]["mdd"]
+    assert (apa["examples"], apa["prompt"], apa["answer"]) == (2500, 2500 * 413, 2500 * 29)
+    assert (mdd["examples"], mdd["prompt"]) == (2500, 2500 * 125)
+    assert apa["audio"] == mdd["audio"] == 127_938  # the 200 clips cycled: 12.5 x their 10,235 audio tokens
+    assert t["tokens"] == sum(v for task in (apa, mdd) for k, v in task.items() if k != "examples")
+    assert t["positions"] == pytest.approx(t["tokens"] / (1 - t["padding_share"]))
+
+
+def test_flops_and_hours(plans):
+    p = by(plans, "paper-lora")
+    lm = 3_221_422_080 + LORA_320 + 200_064 * 3072  # the 32 layers, LoRA, lm_head
+    positions = p["tokens_per_epoch"]["positions"]
+    assert p["flops_per_epoch"] > 6 * lm * positions  # + attention + the encoder's forward
+    assert p["flops_per_epoch"] < 6.5 * lm * positions
+    assert p["hours"]["A100 80GB"] == pytest.approx(4 * p["flops_per_epoch"] / (312e12 * 0.4) / 3600)
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="needs ../shared/data/speechocean762")
+def test_a_local_corpus_is_counted_from_its_own_clips():
+    import soundfile
+
+    from pronlm.data.corpus import read_kaldi_dir
+    from pronlm.model.collate import n_audio_tokens
+
+    p = plan(load_config("paper-lora", {"corpus": str(CORPUS)}))
+    audio = sum(n_audio_tokens(soundfile.info(u.audio).frames) for u in read_kaldi_dir(CORPUS, "train"))
+    assert p["tokens_per_epoch"]["per_task"]["mdd"]["examples"] == 36
+    assert p["tokens_per_epoch"]["per_task"]["apa"]["audio"] == audio
+    assert "its own clips" in p["corpus"]
+
+
+def test_the_readme_table_is_the_plan(plans):
+    text = README.read_text()
+    block = re.search(r"<!-- plan-table:[^\n]*-->\n(.*?)\n<!-- plan-table end -->", text, re.S).group(1)
+    assert block == readme_table(plans)
+
+
+def test_plan_command_prints_json(capsys):
+    assert main(["plan", "--recipe", "new-lora", "--format", "json", "lora_r=8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recipe"]["lora_r"] == 8
+    assert out["parameters"]["trainable"] == LORA_320 // 40 + 2 * 3072
