@@ -23,14 +23,9 @@ from pronlm.data.lengths import (
 )
 from pronlm.data.prompts import TASKS, PromptSet
 from pronlm.data.targets import AccentPolicy
-from pronlm.model.load import (
-    AUDIO_ENCODER,
-    LM_LORA_TARGETS,
-    SPEECH_PROJECTOR,
-    quantisable_linears,
-    training_dtypes,
-)
+from pronlm.model.adapters import AUDIO_ENCODER, LM_LORA_TARGETS, SPEECH_PROJECTOR, training_dtypes
 from pronlm.model.phi4_config import real_config
+from pronlm.model.quantize import quantisable_linears
 from pronlm.model.sampler import EpochSampler
 
 SPEECH_LORA = {"r": 320, "lora_alpha": 640, "lora_dropout": 0.01}  # the shipped speech-lora (SPEC §2)
