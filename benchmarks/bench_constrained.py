@@ -6,9 +6,10 @@ load. Time per answer and per decoding step with and without the grammar; the gr
 (the logits processor's calls) is timed separately.
 
     python benchmarks/bench_constrained.py [--clips 100] [--batch-size 8] [--max-new-tokens 256]
-    python benchmarks/bench_constrained.py --o200k   # only the mask cost per step at Phi-4's vocabulary
+    python benchmarks/bench_constrained.py --o200k   # the mask cost per step at Phi-4's vocabulary, beside
+                                                     # the numpy unpacking it replaced, in one run
 
-`--o200k` needs the `bpe-openai` package (o200k shipped offline; not a pronlm dependency): the
+`--o200k` needs the `bpe-openai` package (o200k shipped offline; in the `test` extra): the
 grammars are built over Phi-4's 200,064 embedding rows and driven with random logits.
 """
 
@@ -95,7 +96,8 @@ def o200k_mask_cost(batch_size: int, steps: int = 64):
     gen = torch.Generator().manual_seed(0)
     tasks = ["apa", "mdd"] * (batch_size // 2)
     procs = {"words on the logits' device": grammar.processor(tasks, steps + 24),
-             "numpy unpack + bool mask (before)": UnpackedBits(grammar, [grammar.matcher(t) for t in tasks], steps + 24)}
+             "numpy unpack + bool mask (before)": UnpackedBits(grammar, [grammar.matcher(t) for t in tasks],
+                                                               steps + 24)}
     ids = torch.zeros(batch_size, 1, dtype=torch.long)
     spent = {name: [] for name in procs}
     cpu = {name: [] for name in procs}  # the process's CPU time, all threads: less sensitive to a shared machine

@@ -30,7 +30,7 @@ def test_an_old_transformers_stops_a_command_in_one_line_naming_the_version(monk
     assert not (tmp_path / "out").exists()  # stopped before the command ran
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert "transformers 5.22.0 is older than pronlm needs (5.23: TrainingArguments(activation_checkpointing=...))" in err
+    assert "transformers 5.22.0 is older than pronlm needs (5.23: TrainingArguments(activation_checkpointing" in err
     assert "pip install 'transformers>=5.23'" in err
 
 

@@ -11,6 +11,7 @@ mean of each APA score). llguidance is used over xgrammar and lm-format-enforcer
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -221,7 +222,11 @@ class GrammarProcessor(LogitsProcessor):
 
 # Byte b of a mask word as 8 additive biases: 0.0 for an allowed token (bit set), -inf for a forbidden one.
 _BYTE_BIAS = torch.where(((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool(), 0.0, float("-inf"))
-_BIAS_ON: dict[tuple, torch.Tensor] = {}  # the table on each (device, dtype) asked for
+
+
+@functools.cache
+def _byte_bias(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return _BYTE_BIAS.to(device, dtype)
 
 
 def masked(scores: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
@@ -232,12 +237,9 @@ def masked(scores: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     logits, no bool mask, no copy of the vocabulary's width between devices. A new tensor, as
     `generate` keeps the unprocessed logits for `output_logits`.
     """
-    key = (str(scores.device), scores.dtype)
-    if key not in _BIAS_ON:
-        _BIAS_ON[key] = _BYTE_BIAS.to(scores.device, scores.dtype)
-    table = _BIAS_ON[key]
     rows, vocab = scores.shape
-    bias = table.index_select(0, words.contiguous().view(torch.uint8).view(-1).int()).view(rows, -1)[:, :vocab]
+    mask_bytes = words.contiguous().view(torch.uint8).view(-1).int()
+    bias = _byte_bias(scores.device, scores.dtype).index_select(0, mask_bytes).view(rows, -1)[:, :vocab]
     return bias.add_(scores)  # -inf + x is -inf; 0 + x is x
 
 
@@ -248,14 +250,10 @@ def pack(allowed: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(bits).view(np.int32).copy())
 
 
-_EXECUTOR: list = []
-
-
+@functools.cache
 def _executor() -> llguidance.LLExecutor:
     """One llguidance thread pool per process, for filling a batch's mask rows in parallel."""
-    if not _EXECUTOR:
-        _EXECUTOR.append(llguidance.LLExecutor())
-    return _EXECUTOR[0]
+    return llguidance.LLExecutor()
 
 
 class ValueLogits(LogitsProcessor):
