@@ -632,3 +632,23 @@ def test_the_readme_shows_what_assess_returns():
     result = readme_example()
     check_schema(result)
     check_readme_block("assess-json", compact_json(result))
+
+
+def test_assess_refuses_a_text_far_longer_than_the_clip_before_the_model_loads(corpus_dir, tmp_path, monkeypatch):
+    """Before: a 500-word text for a 1-second clip was scored. The rule is POST /assess's (`check_text_fits`)."""
+    import pronlm.evaluation.predict as infer
+    from pronlm.app.assess import assess_command, check_text_fits
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(infer, "load_predictor", never)
+    wav = tmp_path / "one.wav"
+    sf.write(wav, np.zeros(16000, dtype=np.float32) + 0.01, 16000)
+    with pytest.raises(AssessError, match=r"^the text has 500 words, more than a 1\.0 s recording can hold "
+                                          r"\(at most 8: 6 a second, plus 2\)"):
+        assess_command(Config(base="tiny"), str(wav), "bear " * 500)
+    check_text_fits(8, 1.0)  # the bound itself is taken
+    check_text_fits(182, 30.0)
+    with pytest.raises(AssessError):
+        check_text_fits(183, 30.0)

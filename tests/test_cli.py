@@ -146,3 +146,110 @@ def test_serve_takes_a_recipe_or_a_checkpoint_and_overrides(checkpoint, monkeypa
     assert calls[-1]["cfg"].apa_template == str(checkpoint / "prompts" / "apa.txt")
     assert main(["serve", "--adapter", str(checkpoint), "--base", "someone/phi4"]) == 2
     assert "--base someone/phi4 disagrees with the checkpoint, which was trained with tiny" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def nothing_heavy(monkeypatch, tmp_path):
+    """No model, no corpus download, no hub: each would fail the test. The hub cache is an empty folder."""
+    import datasets
+    from huggingface_hub import HfApi, constants
+
+    import pronlm.evaluation.predict as infer
+
+    def never(*args, **kwargs):
+        raise AssertionError("something heavy started before the bad value was refused")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(infer, "load_model", never)
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    monkeypatch.setattr(HfApi, "dataset_info", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def one_line_error(argv, capsys) -> str:
+    """The command's stderr, after checking it exited 2 with exactly one line."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's refusals
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    # before: predict read the default corpus from the hub and ended in a traceback after ~30 s
+    (["predict", "--adapter", "/nonexistent", "--out", "x.jsonl"],
+     "adapter folder /nonexistent not found: give a training output_dir or one of its checkpoint-N folders"),
+    (["predict", "--out", "x.jsonl"], "cannot fetch corpus hf:mispeech/speechocean762 from the Hugging Face hub, "
+     "and it is not in the local cache (ConnectionError: [Errno -2] Name or service not known): give --corpus with "
+     "a SpeechOcean762 folder (the official release) or --data with a folder of examples.jsonl"),
+    (["evaluate", "--predictions", "nosuch.jsonl", "--out", "r"],
+     "predictions file nosuch.jsonl not found: give the file `pronlm predict --out` wrote"),
+])
+def test_missing_local_inputs_are_one_line_at_once(argv, message, nothing_heavy, capsys):
+    assert one_line_error(argv, capsys) == f"pronlm {argv[0]}: error: {message}"
+
+
+def test_an_uncached_corpus_offline_is_one_line(nothing_heavy, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "corpus hf:mispeech/speechocean762 is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: give " \
+           "--corpus" in one_line_error(["predict", "--out", "x.jsonl"], capsys)
+
+
+@pytest.mark.parametrize("argv, message", [
+    # before: tracebacks (batch size, new tokens), after the model loaded (--out a folder), a peft TypeError
+    # (lora_r in a recipe file), or all but the last 3 utterances predicted (limit=-3)
+    (["predict", "--batch-size", "0", "--out", "x.jsonl"], "argument --batch-size: 0 is below 1, the least it takes"),
+    (["predict", "--batch-size", "two", "--out", "x.jsonl"], "argument --batch-size: 'two' is not a whole number"),
+    (["predict", "--max-new-tokens", "0", "--out", "x.jsonl"], "max_new_tokens takes a whole number >= 1, not 0"),
+    (["predict", "--corpus", "CORPUS", "--out", "."], "--out . is a folder: give the predictions file to write"),
+    (["predict", "--corpus", "CORPUS", "--out", "x.jsonl", "limit=-3"],
+     "limit takes a whole number >= 1, or null, not -3"),
+    (["train", "--recipe", "bad.yaml"], "recipe bad.yaml: lora_r takes a whole number >= 1, not 'abc'"),
+    (["train", "--recipe", "tiny-cpu", "lora_r=abc"], "lora_r takes a whole number >= 1, not 'abc'"),
+    (["predict", "--out", "x.jsonl", "learning_rate=-1"], "learning_rate takes a number > 0, not -1.0"),
+    (["serve", "--max-batch", "0"], "argument --max-batch: 0 is below 1, the least it takes"),
+    (["demo", "--steps", "0"], "argument --steps: 0 is below 1, the least it takes"),  # before: trained 1 step
+])
+def test_every_value_is_checked_by_type_and_range_before_a_model_loads(argv, message, nothing_heavy, corpus_dir,
+                                                                       capsys):
+    from pathlib import Path
+
+    Path("bad.yaml").write_text("model:\n  base: tiny\n  lora_r: abc\n")
+    argv = [str(corpus_dir) if a == "CORPUS" else a for a in argv]
+    assert message in one_line_error(argv, capsys)
+
+
+def test_demo_refuses_zero_steps_before_anything_runs(tmp_path):
+    from pronlm.app.demo import DemoError, demo
+
+    with pytest.raises(DemoError, match="steps is the number of training steps, at least 1, not 0"):
+        demo(tmp_path / "out", steps=0)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "predict", "evaluate", "assess", "serve"])
+def test_help_lists_every_setting_with_its_meaning_and_default(command, capsys):
+    """From the fields' metadata (`pronlm.config.setting`): before, the field flags were hidden from --help."""
+    import dataclasses
+
+    from pronlm.config import Config
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text and " ".join(f.metadata["help"].split()) in text, f.name
+    assert "--lora-r VALUE rank of the new LoRA (new-lora only; speech-lora keeps the shipped r=320) " \
+           "[a whole number >= 1; default: 64]" in text
+    assert "--word-boundaries separate the MDD target's words with | (the paper: no separators) " \
+           "[true or false; default: false]" in text
+    assert "--limit VALUE the first N utterances only (smoke runs); null: all [a whole number >= 1, or null; " \
+           "default: null]" in text

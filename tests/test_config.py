@@ -40,8 +40,13 @@ def test_overrides_are_parsed_by_type():
     ("learning_rate", "key=value"),
     ("learning_rate=fast", "takes a number"),
     ("group_by_length=maybe", "true or false"),
-    ("strategy=full", "strategy must be one of"),
-    ("accent_policy=star", "accent_policy must be"),
+    ("strategy=full", "strategy takes one of speech-lora, unfreeze, new-lora, not 'full'"),
+    ("accent_policy=star", "accent_policy takes one of unk, canonical, literal, not 'star'"),
+    ("lora_r=abc", r"lora_r takes a whole number >= 1, not 'abc'"),
+    ("limit=-3", r"limit takes a whole number >= 1, or null, not -3"),
+    ("max_new_tokens=0", r"max_new_tokens takes a whole number >= 1, not 0"),
+    ("lora_dropout=1", r"lora_dropout takes a number >= 0 and < 1, not 1.0"),
+    ("split=dev", r"split takes one of train, test, or null, not 'dev'"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -79,7 +84,7 @@ def test_a_flag_and_an_override_that_disagree_name_both():
     assert command_config("tiny-cpu", ["accent_policy=canonical"], flags).accent_policy == "canonical"
     with pytest.raises(ConfigError, match="--limit 3 disagrees with limit=4"):
         command_config(None, ["limit=4"], {"limit": ("--limit 3", "3")})
-    with pytest.raises(ConfigError, match="accent_policy must be"):  # validated where a recipe is: Config
+    with pytest.raises(ConfigError, match="accent_policy takes one of unk, canonical, literal"):  # validated where a recipe is: Config
         command_config(None, [], {"accent_policy": ("--accent-policy star", "star")})
 
 
@@ -155,3 +160,14 @@ def test_a_key_under_the_wrong_section_names_its_own(tmp_path):
     (tmp_path / "r.yaml").write_text("model:\n  seed: 3\n")
     with pytest.raises(ConfigError, match="seed belongs under training:, not model:"):
         load_config(str(tmp_path / "r.yaml"))
+
+
+def test_a_recipe_file_is_checked_as_the_command_line_is(tmp_path):
+    """Before: `lora_r: abc` in a file passed and failed inside peft (TypeError); on the command line it was refused."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  base: tiny\n  lora_r: abc\ntraining:\n  learning_rate: 2e-5\n")
+    with pytest.raises(ConfigError, match=rf"^recipe {recipe}: lora_r takes a whole number >= 1, not 'abc'$"):
+        load_config(str(recipe))
+    recipe.write_text("model:\n  base: tiny\n  lora_r: 8.0\ntraining:\n  learning_rate: 2e-5\n")
+    cfg = load_config(str(recipe))
+    assert (cfg.lora_r, type(cfg.lora_r), cfg.learning_rate) == (8, int, 2e-5)  # YAML 1.1 reads 2e-5 as text

@@ -219,24 +219,38 @@ def test_a_real_base_uses_its_own_feature_extractor(tmp_path):
         load_feature_extractor(str(tmp_path / "nowhere"))
 
 
-def test_an_unreachable_hub_base_is_one_clear_line_at_once(corpus_dir, tmp_path, capsys, monkeypatch):
-    import time
-
+@pytest.mark.parametrize("offline", [None, "1"])
+def test_an_unreachable_hub_base_is_one_clear_line_at_once(offline, corpus_dir, tmp_path, capsys, monkeypatch):
+    """Online: the hub asked once, then one line. HF_HUB_OFFLINE=1 (before: two lines from transformers): one
+    line naming the variable. Either way nothing is downloaded or loaded (at once, counted, not timed)."""
     from huggingface_hub import HfApi
+    from transformers import AutoTokenizer
 
     from pronlm.cli import main
 
-    def offline(*args, **kwargs):
+    asked = []
+
+    def unreachable(*args, **kwargs):
+        asked.append(args)
         raise ConnectionError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(HfApi, "model_info", offline)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    start = time.perf_counter()
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded after the reachability check")
+
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", never)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     code = main(["predict", "--base", "someone/phi4-copy", "--corpus", str(corpus_dir), "--out", str(tmp_path / "p")])
-    assert code == 2 and time.perf_counter() - start < 10
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "cannot fetch someone/phi4-copy" in err and "hf download someone/phi4-copy" in err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "hf download someone/phi4-copy" in err
+    if offline:
+        assert "not in the local Hugging Face cache and HF_HUB_OFFLINE=1" in err and asked == []
+    else:
+        assert "cannot fetch someone/phi4-copy" in err and len(asked) == 1
     assert main(["predict", "--base", "./no-such-folder", "--corpus", str(corpus_dir), "--out", str(tmp_path / "p")]) == 2
     assert "not a folder here, nor a hub id" in capsys.readouterr().err
 

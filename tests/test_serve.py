@@ -639,3 +639,24 @@ def soak_figures(results: list[tuple], before: float, after: float) -> dict:
             "by_status": {s: statuses.count(s) for s in sorted(set(statuses))},
             "rss_mb_after_warmup": round(before, 1), "rss_mb_after": round(after, 1),
             "rss_change_pct": round(100 * (after - before) / before, 1)}
+
+
+def test_the_text_limit_is_assess_s_words_per_second_of_the_clip():
+    """Before: 500 characters, whatever the clip; `pronlm assess` had none. Now one rule for both
+    (`check_text_fits`): at most 6 words a second of the recording, plus 2 (8 words for 1 s)."""
+    from fastapi.testclient import TestClient
+
+    from pronlm.app.serve import create_app
+
+    clip = wav_bytes(tone(1.0))
+    with TestClient(create_app(CannedPredictor())) as client:
+        def send(text):
+            return client.post("/assess", files={"audio": ("c.wav", clip, "audio/wav")}, data={"text": text})
+
+        assert send("WE CALL IT BEAR WE CALL IT BEAR").status_code == 200  # 8 words in 1 s
+        nine = send("WE CALL IT BEAR WE CALL IT BEAR WE")
+        assert nine.status_code == 422
+        assert nine.json()["detail"] == ("the text has 9 words, more than a 1.0 s recording can hold (at most 8: "
+                                         "6 a second, plus 2): give the sentence that was read")
+        huge = send("BEAR " * 500)  # refused before the clip is decoded: over 182 words, the 30 s clip's limit
+        assert huge.status_code == 422 and "the text has 500 words, more than a 30.0 s recording" in huge.json()["detail"]

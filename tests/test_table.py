@@ -59,16 +59,16 @@ def test_dev_speakers_are_a_seeded_share_of_the_training_speakers():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(eval_split="dev"), "eval_split must be"),
+    (dict(eval_split="dev"), "eval_split takes one of train, test, or null, not 'dev'"),
     (dict(eval_untrained=True), "set eval_split=test"),
     (dict(eval_split="test", save_strategy="no"), "save_strategy=epoch"),
     (dict(dev_fraction=0.1, save_strategy="no"), "save_strategy=epoch"),
-    (dict(dev_fraction=1.0), "0 <= x < 1"),
+    (dict(dev_fraction=1.0), "dev_fraction takes a number >= 0 and < 1, not 1.0"),
     (dict(dev_fraction=0.1, data="prepared"), "data folder"),
     (dict(early_stop_patience=2), "set dev_fraction=0.1"),
     (dict(early_stop_patience=2, dev_fraction=0.1, save_strategy="steps"), "set save_strategy=epoch"),
-    (dict(early_stop_patience=0, dev_fraction=0.1), "at least 1"),
-    (dict(early_stop_patience=1.5, dev_fraction=0.1), "at least 1"),
+    (dict(early_stop_patience=0, dev_fraction=0.1), "early_stop_patience takes a whole number >= 1, or null, not 0"),
+    (dict(early_stop_patience=1.5, dev_fraction=0.1), "early_stop_patience takes a whole number >= 1, or null"),
 ])
 def test_evaluation_settings_are_checked_before_training(overrides, message):
     with pytest.raises(ConfigError, match=message):

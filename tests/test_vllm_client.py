@@ -315,7 +315,7 @@ def test_an_unreachable_server_is_a_clear_message(corpus_dir, tmp_path, capsys):
 
 def test_a_bad_backend_is_a_config_error(tmp_path, capsys):
     assert main(["predict", "--out", str(tmp_path / "p.jsonl"), "backend=vlm"]) == 2
-    assert "backend must be one of transformers, vllm, not 'vlm'" in capsys.readouterr().err
+    assert "backend takes one of transformers, vllm, not 'vlm'" in capsys.readouterr().err
 
 
 def test_serve_answers_through_the_vllm_server(corpus_dir, monkeypatch):

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from pronlm.config import (
     INFERENCE_DEFAULTS,
+    SECTIONS,
     Config,
     ConfigError,
+    accepts,
     command_config,
     predictions_config,
 )
@@ -173,15 +175,43 @@ def _demo(a):
 
 
 def config_options(s, start: str, uses: str):
-    """--recipe, trailing key=value overrides, and every field as --field-name VALUE (not listed in --help)."""
+    """--recipe, trailing key=value overrides, and every config field as --field-name VALUE, listed in --help
+    by section with its meaning, what it takes and its default (from the field's metadata, `pronlm.config.setting`)."""
     s.add_argument("--recipe", default=None, metavar="NAME|PATH",
                    help=f"paper-lora, paper-unfreeze, new-lora, tiny-cpu or a YAML path; default: {start}")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help=f"overrides of the config; this command uses {uses}. Any field also reads as "
-                        "--field-name VALUE (--accent-policy canonical)")
-    for name, flag in FIELD_FLAGS.items():
-        kind = {"action": "store_const", "const": "true"} if name in SWITCHES else {}
-        s.add_argument(flag, dest=f"field_{name}", default=None, help=argparse.SUPPRESS, **kind)
+                   help=f"overrides of the config; this command uses {uses}. Every setting below also reads as "
+                        "KEY=VALUE (accent_policy=canonical)")
+    for section, cls in SECTIONS.items():
+        group = s.add_argument_group(f"{section} settings", "defaults are the built-in ones; a recipe or an "
+                                     "adapter's config.yaml comes first where given")
+        for f in dataclasses.fields(cls):
+            kind = {"action": "store_const", "const": "true"} if f.name in SWITCHES else {"metavar": "VALUE"}
+            shown = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default
+            text = f"{f.metadata['help']} [{accepts(f)}; default: {shown}]"
+            group.add_argument(FIELD_FLAGS[f.name], dest=f"field_{f.name}", default=None,
+                               help=text.replace("%", "%%"), **kind)
+
+
+def at_least(low: float, kind=int):
+    """An argparse type: a number of `kind` no less than `low` (per-invocation flags, checked as the config's are)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") \
+                from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below {low:g}, the least it takes")
+        return value
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line naming the problem (not the long usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def model_options(s):
@@ -194,8 +224,7 @@ INFERENCE_USES = "base, revision, apa_template, mdd_template, max_audio_seconds,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pronlm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="pronlm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -225,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(s)
     s.add_argument("--out", required=True)
     s.add_argument("--tasks", default="apa,mdd")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=at_least(1), default=8,
+                   help="examples generated together: speed and memory, this invocation's own (not saved); default 8")
     config_options(s, INFERENCE_START, f"{INFERENCE_USES}, corpus, split (default: test), limit, and data (a "
                    "folder with examples.jsonl, pronlm prepare's or your own, predicted instead of the corpus)")
     s.set_defaults(func=_predict)
@@ -262,15 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="HTTP API and web page")
     model_options(s)
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=at_least(0), default=8000)
     s.add_argument("--lexicon", default=None)
-    s.add_argument("--max-upload-mb", type=float, default=10.0)
-    s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get 503")
-    s.add_argument("--max-batch", type=int, default=8, help="requests answered together in one generate call")
+    s.add_argument("--max-upload-mb", type=at_least(0.001, float), default=10.0)
+    s.add_argument("--max-queue", type=at_least(1), default=64, help="requests waiting beyond this get 503")
+    s.add_argument("--max-batch", type=at_least(1), default=8, help="requests answered together in one generate call")
     s.add_argument("--api-key", default=None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /assess (the page asks for it; / and /health stay "
                         "open); default: $PRONLM_API_KEY, which keeps it out of `ps`")
-    s.add_argument("--rate-limit", type=int, default=0, metavar="N",
+    s.add_argument("--rate-limit", type=at_least(0), default=0, metavar="N",
                    help="requests a minute per client IP, in bursts of up to N; more get 429 with Retry-After. "
                         "Default 0: off (a full queue already answers 503); behind a proxy on this machine the "
                         "client is taken from X-Forwarded-For")
@@ -299,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole pipeline on a tiny model, on CPU, in minutes")
     s.add_argument("--out", default="demo-out")
     s.add_argument("--corpus", default=None, help="a SpeechOcean762 folder instead of synthesised speech")
-    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--steps", type=at_least(1), default=300, help="training steps (at least 1); default 300")
     s.set_defaults(func=_demo)
+    for command in sub.choices.values():  # the settings are many: --help lists them, the usage line does not
+        command.usage = "%(prog)s [options] [KEY=VALUE ...]"
     return p
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from pronlm.errors import PronlmError, read_json, read_yaml
 
 STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
 BACKENDS = ("transformers", "vllm")
+SPLITS = ("train", "test")  # SpeechOcean762's
 NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
 EXPORT_FILE = "pronlm-export.json"  # `pronlm export` wrote the folder: a merged model with its run's config
 
@@ -33,28 +34,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PRONLM_CACHE", Path.home() / ".cache" / "pronlm"))
 
 
+def setting(default, help: str, **accepts):
+    """A config field: its default, one line of meaning (shown by `--help`), and what it accepts beyond its
+    type (`choices`; `min`/`max` inclusive, `above` exclusive), checked by `check_field` in every `Config`."""
+    return field(default=default, metadata={"help": help, **accepts})
+
+
 @dataclass
 class ModelConfig:
     """What the model is: the base, how it is adapted, and how it is held in memory."""
 
-    base: str = "microsoft/Phi-4-multimodal-instruct"  # a hub id, a folder, or "tiny" (built once, cached)
-    revision: str | None = NATIVE_REVISION
-    trust_remote_code: bool = False
-    speech_adapter: str = "speech-lora"  # sub-folder of the base repo holding the built-in speech LoRA
-    strategy: str = "speech-lora"  # speech-lora | unfreeze | new-lora (SPEC §2)
-    lora_r: int = 64  # new-lora only; speech-lora keeps the shipped r=320, alpha=640
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    quantize_4bit: bool = False  # new-lora only: NF4 on the LM's linear layers (bitsandbytes, CUDA)
-    attn_implementation: str = "auto"  # auto: flash_attention_2 when installed, else sdpa
-    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
-    gradient_checkpointing: bool = False
-    tiny_hidden_size: int = 64
-    tiny_layers: int = 2
+    base: str = setting("microsoft/Phi-4-multimodal-instruct", 'a hub id, a folder, or "tiny" (built once, cached)')
+    revision: str | None = setting(NATIVE_REVISION, "the hub revision of the base (refs/pr/70: the transformers-"
+                                   "native weights); null: the default branch")
+    trust_remote_code: bool = setting(False, "run the base repo's own code (never needed for the native weights)")
+    speech_adapter: str = setting("speech-lora", "sub-folder of the base repo holding the built-in speech LoRA")
+    strategy: str = setting("speech-lora", "speech-lora: train the shipped speech LoRA; unfreeze: also the audio "
+                            "encoder and projector; new-lora: merge it, train a new LoRA (SPEC §2)", choices=STRATEGIES)
+    lora_r: int = setting(64, "rank of the new LoRA (new-lora only; speech-lora keeps the shipped r=320)", min=1)
+    lora_alpha: int = setting(128, "scale of the new LoRA (new-lora only; speech-lora keeps alpha=640)", min=1)
+    lora_dropout: float = setting(0.05, "dropout on the new LoRA's input (new-lora only)", min=0, below=1)
+    quantize_4bit: bool = setting(False, "new-lora only: NF4 on the LM's linear layers (bitsandbytes, CUDA)")
+    attn_implementation: str = setting("auto", "auto: flash_attention_2 when installed, else sdpa",
+                                       choices=("auto", "flash_attention_2", "sdpa", "eager"))
+    dtype: str = setting("auto", "weights for training; auto: bf16 on a GPU that supports it, else fp32",
+                         choices=("auto", "bf16", "fp16", "fp32"))
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, slower")
+    tiny_hidden_size: int = setting(64, 'hidden size of base="tiny"', min=8)
+    tiny_layers: int = setting(2, 'layers of base="tiny"', min=1)
 
     def check_model(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
         if self.strategy == "unfreeze" and self.quantize_4bit:
             raise ConfigError("strategy=unfreeze trains the audio encoder and projector, which cannot be done "
                               "on quantised weights: set quantize_4bit=false")
@@ -70,62 +79,61 @@ class ModelConfig:
 class DataConfig:
     """What the model reads: the corpus or a data folder, and how its targets and prompts are made."""
 
-    corpus: str = "hf:mispeech/speechocean762"
-    train_split: str = "train"
-    data: str | None = None  # a folder with examples.jsonl (`pronlm prepare` or your own): trains on it, not corpus
-    split: str | None = None  # the split prepare, predict and evaluate read; null: prepare train_split, the others test
-    apa_template: str = "default"
-    mdd_template: str = "default"
-    accent_policy: str = "unk"
-    word_boundaries: bool = False
-    max_audio_seconds: float = 30.0
-    limit: int | None = None  # first N utterances only (smoke runs)
+    corpus: str = setting("hf:mispeech/speechocean762", "SpeechOcean762: its folder, or hf:mispeech/speechocean762")
+    train_split: str = setting("train", "the corpus split training reads", choices=SPLITS)
+    data: str | None = setting(None, "a folder with examples.jsonl (`pronlm prepare` or your own): trains on it "
+                               "(predict: predicts it), not the corpus")
+    split: str | None = setting(None, "the split prepare, predict and evaluate read; null: prepare train_split, "
+                                "the others test", choices=SPLITS)
+    apa_template: str = setting("default", "APA prompt instructions: a packaged name (default, short) or a .txt path")
+    mdd_template: str = setting("default", "MDD prompt instructions: a packaged name (default, short) or a .txt path")
+    accent_policy: str = setting("unk", "what an accented phone (annotated with *) becomes in the MDD target: <unk>, "
+                                 "the canonical phone, or the phone as annotated", choices=("unk", "canonical", "literal"))
+    word_boundaries: bool = setting(False, "separate the MDD target's words with | (the paper: no separators)")
+    max_audio_seconds: float = setting(30.0, "the longest clip taken, in seconds (the audio encoder takes 40)", above=0)
+    limit: int | None = setting(None, "the first N utterances only (smoke runs); null: all", min=1)
 
-    def check_data(self) -> None:
-        if self.accent_policy not in ("unk", "canonical", "literal"):
-            raise ConfigError(f"accent_policy must be unk, canonical or literal, not {self.accent_policy!r}")
 
 
 @dataclass
 class TrainingConfig:
     """How a run trains, saves, and evaluates its checkpoints afterwards (`pronlm.evaluation.table`)."""
 
-    output_dir: str = "runs/default"
-    overwrite: bool = False  # train into an output_dir that holds an earlier run, removing it
-    num_train_epochs: float = 4
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 8
-    learning_rate: float = 2e-5
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
-    adam_beta2: float = 0.999
-    max_grad_norm: float = 1.0
-    group_by_length: bool = True
-    save_strategy: str = "epoch"
-    save_steps: int = 500
-    logging_steps: int = 10
-    dataloader_num_workers: int = 0
-    seed: int = 42
-    eval_split: str | None = None  # e.g. test (of `corpus`); null: no evaluation after training
-    eval_untrained: bool = False  # also the base with no adapter: the paper's "no training" row
-    dev_fraction: float = 0.0  # this share of train_split's speakers held out as a development split
-    early_stop_patience: int | None = None  # stop once the dev total PCC has not improved for N epochs
+    output_dir: str = setting("runs/default", "the run's folder: checkpoints, logs, config, table")
+    overwrite: bool = setting(False, "train into an output_dir that holds an earlier run, removing it")
+    num_train_epochs: float = setting(4, "epochs to train (the paper evaluates epochs 1-4)", above=0)
+    max_steps: int = setting(-1, "optimizer steps to train, overriding the epochs; -1: the epochs decide", min=-1)
+    per_device_train_batch_size: int = setting(8, "utterance examples per step on each device (the paper: 8)", min=1)
+    gradient_accumulation_steps: int = setting(8, "steps summed per update (the paper: 8, effective batch 64)", min=1)
+    learning_rate: float = setting(2e-5, "peak learning rate (the paper: 2e-5)", above=0)
+    lr_scheduler_type: str = setting("cosine", "transformers' scheduler name (cosine, linear, constant, ...)")
+    warmup_ratio: float = setting(0.03, "share of the steps spent warming the learning rate up", min=0, max=1)
+    weight_decay: float = setting(0.01, "AdamW weight decay", min=0)
+    adam_beta2: float = setting(0.999, "AdamW beta2", min=0, below=1)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0: no clipping", min=0)
+    group_by_length: bool = setting(True, "batch examples of similar length together (less padding)")
+    save_strategy: str = setting("epoch", "when to save a checkpoint: every epoch, every save_steps, or never",
+                                 choices=("epoch", "steps", "no"))
+    save_steps: int = setting(500, "steps between checkpoints with save_strategy=steps", min=1)
+    logging_steps: int = setting(10, "steps between lines of log.jsonl", min=1)
+    dataloader_num_workers: int = setting(0, "processes loading batches; 0: in the training process", min=0)
+    seed: int = setting(42, "seed of the data order and the new LoRA's initial weights", min=0)
+    eval_split: str | None = setting(None, "after training, evaluate every checkpoint on this corpus split (test: "
+                                     "the paper's Table 3); null: none", choices=SPLITS)
+    eval_untrained: bool = setting(False, "also the base with no adapter: the paper's \"no training\" row")
+    dev_fraction: float = setting(0.0, "this share of train_split's speakers held out as a development split",
+                                  min=0, below=1)
+    early_stop_patience: int | None = setting(None, "stop once the dev total PCC has not improved for N epochs; "
+                                              "null: off", min=1)
 
     def check_training(self) -> None:
-        if self.eval_split not in (None, "train", "test"):
-            raise ConfigError(f"eval_split must be test, train or null, not {self.eval_split!r}")
-        if not 0 <= self.dev_fraction < 1:
-            raise ConfigError(f"dev_fraction is a share of the training speakers, 0 <= x < 1, not {self.dev_fraction}")
+        if self.max_steps == 0:
+            raise ConfigError("max_steps is the number of steps to train, at least 1, or -1 (the epochs decide), not 0")
         if self.eval_untrained and not self.eval_split:
             raise ConfigError("eval_untrained adds the untrained row to the eval_split table: set eval_split=test")
         if (self.eval_split or self.dev_fraction) and self.save_strategy == "no":
             raise ConfigError("eval_split and dev_fraction evaluate the saved checkpoints: set save_strategy=epoch")
         if self.early_stop_patience is not None:
-            if type(self.early_stop_patience) is not int or self.early_stop_patience < 1:
-                raise ConfigError(f"early_stop_patience is a number of epochs, at least 1 (or null: off), "
-                                  f"not {self.early_stop_patience!r}")
             if not self.dev_fraction:
                 raise ConfigError("early_stop_patience stops on the development split: set dev_fraction=0.1")
             if self.save_strategy != "epoch":
@@ -134,24 +142,67 @@ class TrainingConfig:
 
 @dataclass
 class InferenceConfig:
-    """How answers are generated: in this process or by a vLLM server, free or under the grammar."""
+    """How answers are generated: in this process or by a vLLM server, free or under the grammar.
 
-    constrained: bool = True  # decode under the answer's JSON grammar (pronlm.evaluation.grammar)
-    backend: str = "transformers"  # transformers: the model in this process; vllm: a running vLLM server
-    vllm_url: str = "http://localhost:8000/v1"  # the server's OpenAI-compatible API (backend=vllm)
-    vllm_model: str | None = None  # the served model's name; null: the server's only one (GET /models)
-    request_timeout: float = 120.0  # seconds one vLLM request may take before predict stops with an error
-    max_new_tokens: int = 256  # tokens an answer may take; a longer one is cut (and fails to parse)
+    Saved beside what they produced (`predictions_config`), as everything that shapes an answer; the batch
+    size is each command's own (`--batch-size`): it changes how fast, not what is answered.
+    """
+
+    constrained: bool = setting(True, "decode under the answer's JSON grammar (pronlm.evaluation.grammar); "
+                                "false: free text, as the paper")
+    backend: str = setting("transformers", "transformers: the model in this process; vllm: a running vLLM server",
+                           choices=BACKENDS)
+    vllm_url: str = setting("http://localhost:8000/v1", "the vLLM server's OpenAI-compatible API (backend=vllm)")
+    vllm_model: str | None = setting(None, "the served model's name; null: the server's only one (GET /models)")
+    request_timeout: float = setting(120.0, "seconds one vLLM request may take before predict stops with an error",
+                                     above=0)
+    max_new_tokens: int = setting(256, "tokens an answer may take; a longer one is cut (and fails to parse)", min=1)
 
     def check_inference(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if not str(self.vllm_url).startswith(("http://", "https://")):
             raise ConfigError(f"vllm_url is the vLLM server's API address, like http://localhost:8000/v1, "
                               f"not {self.vllm_url!r}")
-        if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
-                or self.request_timeout <= 0:
-            raise ConfigError(f"request_timeout is in seconds and must be above 0, not {self.request_timeout!r}")
+
+
+KINDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+
+
+def accepts(f) -> str:
+    """What field `f` takes, in words: `a whole number >= 1, or null`."""
+    kind, m = f.type.split(" | ")[0], f.metadata
+    said = f"one of {', '.join(m['choices'])}" if "choices" in m else KINDS[kind]
+    bounds = [f"{sign} {m[key]:g}" for key, sign in (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<"))
+              if key in m]
+    return said + (" " + " and ".join(bounds) if bounds else "") + (", or null" if f.type.endswith("| None") else "")
+
+
+def check_field(f, value):
+    """`value` as field `f` holds it (an int where a float goes becomes a float), or a `ConfigError` naming
+    the field, what it takes and what it was given: the one check of every value, from files and flags alike."""
+    kind, m = f.type.split(" | ")[0], f.metadata
+    if value is None and f.type.endswith("| None"):
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "float" and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-5" as text
+            value, number = float(value), True
+        except ValueError:
+            pass
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    fits = {"bool": isinstance(value, bool), "int": number and isinstance(value, int), "float": number,
+            "str": isinstance(value, str) or number}[kind]
+    if fits:
+        value = float(value) if kind == "float" else str(value) if kind == "str" else value
+        fits = (value in m["choices"] if "choices" in m else True) and all(
+            ok(value, m[key]) for key, ok in BOUNDS.items() if key in m)
+    if not fits:
+        raise ConfigError(f"{f.name} takes {accepts(f)}, not {value!r}")
+    return value
+
+
+BOUNDS = {"min": lambda v, b: v >= b, "above": lambda v, b: v > b, "max": lambda v, b: v <= b,
+          "below": lambda v, b: v < b}
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "inference": InferenceConfig}
@@ -164,8 +215,9 @@ class Config(InferenceConfig, TrainingConfig, DataConfig, ModelConfig):
     section; `load_model` takes the `ModelConfig` part. Validated here, once, on construction."""
 
     def __post_init__(self):
+        for f in fields(self):
+            setattr(self, f.name, check_field(f, getattr(self, f.name)))
         self.check_model()
-        self.check_data()
         self.check_training()
         self.check_inference()
         if self.dev_fraction and self.data:
@@ -282,27 +334,20 @@ def recipe_path(name_or_path: str) -> Path:
     raise ConfigError(f"no recipe {name_or_path!r}: give a YAML path or one of {', '.join(names)}")
 
 
-FIELDS = {f.name for f in fields(Config)}
-STR_FIELDS = {f.name: f.type == "str | None" for f in fields(Config)}  # text fields that may be null
+FIELD = {f.name: f for f in fields(Config)}
+FIELDS = set(FIELD)
 
 
-def _coerce(name: str, value: str, current):
-    """Parse an override string with YAML (numbers, booleans, null) and check it fits the field."""
-    parsed = yaml.safe_load(value) if isinstance(value, str) else value
-    if isinstance(parsed, str) and isinstance(current, float):
-        try:  # YAML 1.1 reads "1e-2" as a string
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    if isinstance(current, bool) and not isinstance(parsed, bool):
-        raise ConfigError(f"{name} takes true or false, not {value!r}")
-    if isinstance(current, (int, float)) and not isinstance(current, bool) and parsed is not None:
-        if not isinstance(parsed, (int, float)) or isinstance(parsed, bool):
-            raise ConfigError(f"{name} takes a number, not {value!r}")
-        return type(current)(parsed) if isinstance(current, float) else parsed
-    if (isinstance(current, str) or STR_FIELDS.get(name)) and parsed is not None:
-        return str(value)  # a path or name that YAML would read as a number ("data=2024")
-    return parsed
+def _coerce(name: str, value):
+    """An override (`key=value`, `--flag value`) parsed with YAML (numbers, booleans, null), checked by its field."""
+    f = FIELD[name]
+    try:
+        parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    except yaml.YAMLError:
+        parsed = value
+    if f.type.split(" | ")[0] == "str" and parsed is not None:
+        parsed = str(value)  # a path or name that YAML would read as a number ("data=2024")
+    return check_field(f, parsed)
 
 
 def _split_override(item: str) -> tuple[str, str]:
@@ -310,6 +355,14 @@ def _split_override(item: str) -> tuple[str, str]:
     if not sep or key not in FIELDS:
         raise ConfigError(f"override {item!r} is not key=value with a known key (keys: {', '.join(sorted(FIELDS))})")
     return key, value
+
+
+def named(make, values: dict, source: str):
+    """`make(**values)`, its `ConfigError` prefixed with the file the values came from."""
+    try:
+        return make(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_config(recipe: str | None = None, overrides: list[str] | dict | None = None) -> Config:
@@ -323,10 +376,10 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict | None = 
         raise ConfigError(f"recipe {recipe} has unknown keys: {', '.join(unknown)}")
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
-    base = Config(**values)
+    named(Config, values, f"recipe {recipe}" if recipe else "the built-in defaults")
     for item in overrides or []:
         key, value = _split_override(item)
-        values[key] = _coerce(key, value, getattr(base, key))
+        values[key] = _coerce(key, value)
     return Config(**values)
 
 
@@ -342,6 +395,9 @@ def command_config(recipe: str | None = None, overrides: list[str] = (), flags: 
     """
     from pronlm.run import Run  # run.py builds on this module
 
+    if adapter and not Path(adapter).is_dir():  # before anything else: no default corpus or base is fetched for it
+        raise ConfigError(f"adapter folder {adapter} not found: give a training output_dir or one of its "
+                          "checkpoint-N folders")
     if adapter:
         run = Run.of(adapter)
         saved = run.config() if run else None
@@ -350,10 +406,10 @@ def command_config(recipe: str | None = None, overrides: list[str] = (), flags: 
     start = saved or load_config(recipe, None if recipe else defaults)
     given: dict[str, tuple[str, object]] = {}
     for key, (shown, value) in (flags or {}).items():
-        given[key] = (shown, _coerce(key, value, getattr(start, key)))
+        given[key] = (shown, _coerce(key, value))
     for item in overrides:
         key, value = _split_override(item)
-        value = _coerce(key, value, getattr(start, key))
+        value = _coerce(key, value)
         if key in given and key in (flags or {}) and given[key][1] != value:
             raise ConfigError(f"{given[key][0]} disagrees with {item}: give one of them")
         given[key] = (item, value)

@@ -37,6 +37,21 @@ from pronlm.data.records import ASPECTS
 from pronlm.data.schema import answer_fields
 
 
+# The one text-length limit of `pronlm assess` and `POST /assess`: read speech runs at 2-3 words a second
+# (at most 2.75 in the labelled SpeechOcean762 subset, pauses included); 6 is hurried speech. The 2 spare
+# words keep a one-word clip of a fraction of a second assessable.
+WORDS_PER_SECOND = 6
+SPARE_WORDS = 2
+
+
+def check_text_fits(n_words: int, seconds: float) -> None:
+    """Refuse a text far longer than a recording of `seconds` can hold (`WORDS_PER_SECOND`, plus `SPARE_WORDS`)."""
+    most = int(WORDS_PER_SECOND * seconds) + SPARE_WORDS
+    if n_words > most:
+        raise AssessError(f"the text has {n_words} words, more than a {seconds:.1f} s recording can hold (at most "
+                          f"{most}: {WORDS_PER_SECOND} a second, plus {SPARE_WORDS}): give the sentence that was read")
+
+
 def assess_batch(predictor, items: list[tuple[np.ndarray, str | None]], lexicon: Lexicon | None = None,
                  batch_size: int = 8) -> list[dict]:
     """Assess several (16 kHz samples, sentence or None for free speech) pairs with one `predictor.predict`
@@ -199,6 +214,8 @@ def assess_command(cfg, audio: str, text: str | None, adapter: str | None = None
         expected_words(text, lex)  # a bad sentence or clip fails before the model loads
     samples = load_audio(audio, utt_id=Path(audio).name)
     seconds = len(samples) / SAMPLE_RATE
+    if text is not None:
+        check_text_fits(len(expected_words(text, lex)), seconds)
     if seconds > cfg.max_audio_seconds and not split_long:
         raise AssessError(f"{audio} lasts {seconds:.1f} s, over the limit of {cfg.max_audio_seconds:g} s: pass "
                           "--split-long to cut it at pauses and assess each piece, or record one sentence at a time")

@@ -84,6 +84,8 @@ def assess_one(predictor, corpus: str) -> str:
 def demo(out: str | Path = "demo-out", corpus: str | None = None, steps: int = 300) -> dict:
     """Corpus -> train -> listen -> predict -> evaluate -> assess, all under `out`; returns the report."""
     out = Path(out)
+    if steps < 1:
+        raise DemoError(f"steps is the number of training steps, at least 1, not {steps}")
     if corpus is None:
         try:
             espeak = find_espeak()

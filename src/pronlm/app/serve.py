@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
-from pronlm.app.assess import assess_batch
+from pronlm.app.assess import assess_batch, check_text_fits
 from pronlm.app.lexicon import AssessError, Lexicon, expected_words
 from pronlm.data.audio import SAMPLE_RATE, check_audio, check_complete, to_mono_16k
 from pronlm.data.records import AudioError
@@ -56,7 +56,6 @@ class Limits:
     max_audio_seconds: float = 30.0
     max_queue: int = 64  # requests waiting for the model; more get 503
     max_batch: int = 8  # requests assessed in one predict call
-    max_text_chars: int = 500
 
 
 class QueueFull(Exception):
@@ -322,11 +321,17 @@ def _check_content_type(upload: UploadFile) -> None:
 def _check_text(text: str, limits: Limits, lexicon: Lexicon) -> None:
     if not text.strip():
         raise HTTPException(422, "the form field 'text' is empty: send the sentence that was read")
-    if len(text) > limits.max_text_chars:
-        raise HTTPException(422, f"text of {len(text)} characters is over the limit of "
-                                 f"{limits.max_text_chars}: assess one sentence at a time")
-    try:
+    try:  # the rule `pronlm assess` applies, at the longest clip taken, before the text is normalised
+        check_text_fits(len(text.split()), limits.max_audio_seconds)
         expected_words(text, lexicon)
+    except AssessError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+def _check_text_fits(text: str, samples: np.ndarray, lexicon: Lexicon) -> None:
+    """The text against the decoded clip's own length (`check_text_fits`, as `pronlm assess`)."""
+    try:
+        check_text_fits(len(expected_words(text, lexicon)), samples.size / SAMPLE_RATE)
     except AssessError as exc:
         raise HTTPException(422, str(exc)) from exc
 
@@ -397,6 +402,8 @@ def create_app(predictor, lexicon: Lexicon | None = None, max_upload_bytes: int 
         _check_content_type(audio)
         samples = await asyncio.to_thread(decode_upload, await audio.read(), audio.filename or "upload",
                                           limits.max_audio_seconds)  # resampling off the event loop
+        if text is not None:
+            _check_text_fits(text, samples, lexicon)
         if not worker.alive:
             raise HTTPException(503, "the inference worker has stopped: see the server log and restart it")
         try:

@@ -188,6 +188,8 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
     except ValueError:
         raise ReportError(f"unknown accent policy {accent_policy!r}: use one of "
                           f"{', '.join(p.value for p in AccentPolicy)}") from None
+    if not Path(predictions).is_file():  # before the corpus: a missing file must not wait on the hub
+        raise ReportError(f"predictions file {predictions} not found: give the file `pronlm predict --out` wrote")
     corpus_errors: list[UtteranceError] = []
     utts = [u for u in read_corpus(corpus, split, corpus_errors)
             if u.labelled and (speakers is None or u.speaker in speakers)]

@@ -204,11 +204,11 @@ def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batc
         raise PronlmError(f"--out {out} is a folder: give the predictions file to write, e.g. {out_path / 'test.jsonl'}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(out_path)
-    cfg.to_yaml(predictions_config(out_path))
     if cfg.data is not None:
         return predict_folder(cfg, out_path, done, adapter, tasks, batch_size)
     utterances = [u for u in read_corpus(cfg.corpus, cfg.split or "test")
                   if speakers is None or u.speaker in speakers][:cfg.limit]
+    cfg.to_yaml(predictions_config(out_path))  # once the inputs are read: how these predictions are made
     todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
@@ -291,6 +291,7 @@ def predict_folder(cfg: Config, out_path: Path, done: set[tuple[str, str]], adap
     errors: list[PronlmError] = []
     data = cfg.data
     lines = read_examples(data, errors, need_targets=False, limit=cfg.limit)
+    cfg.to_yaml(predictions_config(out_path))
     for exc in errors:
         log.warning("skipped %s", exc)
     todo = sorted(((ex, n) for ex, n in lines if ex.task in tasks and (ex.id, ex.task) not in done),

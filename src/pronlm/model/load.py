@@ -132,13 +132,17 @@ def check_base_reachable(base: str, revision: str | None) -> None:
 
     from huggingface_hub import HfApi, try_to_load_from_cache
 
-    if Path(base).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1":
+    if Path(base).is_dir():
         return
     if base.count("/") != 1 or base.startswith((".", "/", "~")):
         raise ModelError(f"base {base!r} is not a folder here, nor a hub id (owner/name): give the folder of a "
                          "Phi-4-multimodal in transformers' format, a hub id, or 'tiny'")
     if isinstance(try_to_load_from_cache(base, "config.json", revision=revision), str):
         return
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelError(f"{base} (revision {revision}) is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: "
+                         f"download it where there is a network (`hf download {base} --revision {revision} "
+                         "--local-dir DIR`) and give the folder as the base")
     try:
         HfApi().model_info(base, revision=revision, timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure here means the download below would fail too
