@@ -637,7 +637,8 @@ def test_the_readme_shows_what_assess_returns():
 def test_assess_refuses_a_text_far_longer_than_the_clip_before_the_model_loads(corpus_dir, tmp_path, monkeypatch):
     """Before: a 500-word text for a 1-second clip was scored. The rule is POST /assess's (`check_text_fits`)."""
     import pronlm.evaluation.predict as infer
-    from pronlm.app.assess import assess_command, check_text_fits
+    from pronlm.app.assess import assess_command
+    from pronlm.app.lexicon import check_text_fits
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pronlm.app.lexicon import SPARE_WORDS, WORDS_PER_SECOND
 from pronlm.config import (
     INFERENCE_DEFAULTS,
     SECTIONS,
@@ -279,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("assess", help="scores and per-word feedback for one recording")
     model_options(s)
     s.add_argument("--audio", required=True)
-    s.add_argument("--text", default=None, help="the sentence that was read (left out: free speech, judged "
-                                                "against the model's own transcript)")
+    s.add_argument("--text", default=None, help=f"the sentence that was read, at most {WORDS_PER_SECOND} words a "
+                   f"second of the recording plus {SPARE_WORDS}, as POST /assess takes (left out: free speech, judged "
+                   "against the model's own transcript)")
     s.add_argument("--format", default="table", choices=["json", "table"])
     s.add_argument("--lexicon", default=None, help="extra lexicon (WORD PH1 PH2 ...) for words CMUdict lacks")
     s.add_argument("--split-long", action="store_true",

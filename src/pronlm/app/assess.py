@@ -30,26 +30,11 @@ from pronlm.app.alignment import (
     SUBSTITUTED,
 )
 from pronlm.app.feedback import REFERENCE_MODEL, add_phone_scores, feedback, judged_words
-from pronlm.app.lexicon import AssessError, Lexicon, expected_words
+from pronlm.app.lexicon import AssessError, Lexicon, check_text_fits, expected_words
 from pronlm.data.audio import SAMPLE_RATE
 from pronlm.data.prompts import TASKS
 from pronlm.data.records import ASPECTS
 from pronlm.data.schema import answer_fields
-
-
-# The one text-length limit of `pronlm assess` and `POST /assess`: read speech runs at 2-3 words a second
-# (at most 2.75 in the labelled SpeechOcean762 subset, pauses included); 6 is hurried speech. The 2 spare
-# words keep a one-word clip of a fraction of a second assessable.
-WORDS_PER_SECOND = 6
-SPARE_WORDS = 2
-
-
-def check_text_fits(n_words: int, seconds: float) -> None:
-    """Refuse a text far longer than a recording of `seconds` can hold (`WORDS_PER_SECOND`, plus `SPARE_WORDS`)."""
-    most = int(WORDS_PER_SECOND * seconds) + SPARE_WORDS
-    if n_words > most:
-        raise AssessError(f"the text has {n_words} words, more than a {seconds:.1f} s recording can hold (at most "
-                          f"{most}: {WORDS_PER_SECOND} a second, plus {SPARE_WORDS}): give the sentence that was read")
 
 
 def assess_batch(predictor, items: list[tuple[np.ndarray, str | None]], lexicon: Lexicon | None = None,

@@ -87,3 +87,18 @@ def expected_words(text: str, lexicon: Lexicon | None = None) -> list[tuple[str,
         raise AssessError(f"the text {text[:80]!r} has no words: send the sentence that was read")
     lexicon = lexicon or Lexicon()
     return [(w, lexicon.phones(w)) for w in words]
+
+
+# The one text-length limit of `pronlm assess` and `POST /assess`: read speech runs at 2-3 words a second
+# (at most 2.75 in the labelled SpeechOcean762 subset, pauses included); 6 is hurried speech. The 2 spare
+# words keep a one-word clip of a fraction of a second assessable.
+WORDS_PER_SECOND = 6
+SPARE_WORDS = 2
+
+
+def check_text_fits(n_words: int, seconds: float) -> None:
+    """Refuse a text far longer than a recording of `seconds` can hold (`WORDS_PER_SECOND`, plus `SPARE_WORDS`)."""
+    most = int(WORDS_PER_SECOND * seconds) + SPARE_WORDS
+    if n_words > most:
+        raise AssessError(f"the text has {n_words} words, more than a {seconds:.1f} s recording can hold (at most "
+                          f"{most}: {WORDS_PER_SECOND} a second, plus {SPARE_WORDS}): give the sentence that was read")

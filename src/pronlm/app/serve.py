@@ -33,8 +33,15 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
-from pronlm.app.assess import assess_batch, check_text_fits
-from pronlm.app.lexicon import AssessError, Lexicon, expected_words
+from pronlm.app.assess import assess_batch
+from pronlm.app.lexicon import (
+    SPARE_WORDS,
+    WORDS_PER_SECOND,
+    AssessError,
+    Lexicon,
+    check_text_fits,
+    expected_words,
+)
 from pronlm.data.audio import SAMPLE_RATE, check_audio, check_complete, to_mono_16k
 from pronlm.data.records import AudioError
 from pronlm.errors import BackendError, PronlmError
@@ -47,6 +54,9 @@ API_KEY_ENV = "PRONLM_API_KEY"
 # Open without a key and never rate limited: the page (it asks for the key), /health, the API docs.
 OPEN_PATHS = {"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 OPEN_PREFIX = "/static/"
+TEXT_HELP = (f"the sentence that was read, at most {WORDS_PER_SECOND} words a second of the recording plus "
+             f"{SPARE_WORDS} (`pronlm assess` takes the same); left out: free speech, judged against the model's own "
+             "transcript")
 MAX_TRACKED_CLIENTS = 10_000  # rate-limit buckets kept before the full (idle) ones are forgotten
 
 
@@ -394,9 +404,7 @@ def create_app(predictor, lexicon: Lexicon | None = None, max_upload_bytes: int 
 
     @app.post("/assess")
     async def assess_upload(audio: Annotated[UploadFile, File(description="WAV, FLAC or OGG recording")],
-                            text: Annotated[str | None, Form(description="the sentence that was read; left out: "
-                                                             "free speech, judged against the model's own "
-                                                             "transcript")] = None):
+                            text: Annotated[str | None, Form(description=TEXT_HELP)] = None):
         if text is not None:
             _check_text(text, limits, lexicon)
         _check_content_type(audio)
