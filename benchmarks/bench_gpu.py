@@ -9,7 +9,8 @@ strategy's adapter with pronlm's own code (LoRA config, fp32 master weights, gra
 then measures at the recipe's per-device batch, on sequences of the paper's lengths (APA ≈ 350 prompt
 + 54 audio + 24 answer tokens, MDD ≈ 140 + 54 + 42): training step time, tokens/s, model FLOPs
 utilisation (6 · parameters · tokens, PaLM's convention) and peak GPU memory; then batched greedy
-generation throughput. Without CUDA (and without --smoke) it says so and exits.
+generation throughput; beside the peak memory, `pronlm plan`'s estimate at the same batch. Without CUDA (and
+without --smoke) it says so and exits.
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ def run(recipe: str, device, a) -> dict:
            **train_steps(model, cfg, device, a.steps, batch_size)}
     n_params = table["total"] - sum(p.numel() for n, p in model.named_parameters() if "modules_to_save" in n)
     row["model_tflops_per_s"] = 6 * n_params * row["tokens_per_s"] / 1e12
+    if not a.smoke:  # the plan's estimate at this benchmark's batch: prompts and answers of LENGTHS, 54 audio tokens
+        from pronlm.model.plan import plan, training_memory_at
+
+        width = max(prompt + AUDIO_TOKENS + answer for prompt, answer in LENGTHS.values())
+        row["plan_gib"] = training_memory_at(cfg, plan(cfg), batch_size, width, AUDIO_TOKENS) / 2**30
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         peak = a.peak_tflops or peak_tflops(torch.cuda.get_device_name())
@@ -189,14 +195,16 @@ def main():
         write_speech_lora(tmp)
         rows = [run(r, device, a) for r in a.recipes]
     print(f"device: {name}, torch {torch.__version__}, attention {attention_implementation('auto')['']}")
-    print("| recipe | trainable | batch | step (s) | tokens/s | MFU | peak GPU mem | generation, answers/s (batch) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| recipe | trainable | batch | step (s) | tokens/s | MFU | peak GPU mem | pronlm plan's estimate | "
+          "generation, answers/s (batch) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gen = ", ".join(f"{g['answers_per_s']:.1f} ({g['batch']})" for g in r["generation"])
         mfu = f"{100 * r['mfu']:.0f} %" if r.get("mfu") else "-"
         mem = f"{r['peak_gib']:.1f} GiB" if "peak_gib" in r else "-"
+        planned = f"{r['plan_gib']:.1f} GiB" if "plan_gib" in r else "-"
         print(f"| {r['recipe']} | {r['trainable_M']:.0f} M | {r['batch']} | {r['step_s']:.2f} | {r['tokens_per_s']:.0f} | {mfu} "
-              f"| {mem} | {gen} |")
+              f"| {mem} | {planned} | {gen} |")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"device": name, "rows": rows}, f, indent=2)

@@ -104,3 +104,22 @@ def test_plan_command_prints_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["recipe"]["lora_r"] == 8
     assert out["parameters"]["trainable"] == LORA_320 // 40 + 2 * 3072
+
+
+def test_prefix_cache_shares_only_the_control_token_in_the_paper_layout(plans):
+    cache = by(plans, "paper-lora")["prefix_cache"]
+    # <|user|><|APA|> before the audio; instructions first: all but <|end|><|assistant|> (413 - 2, 125 - 2)
+    assert cache["apa"] == {"shared_paper": 2, "shared_instructions_first": 411,
+                            "prefill_saved_per_1000_requests": 409_000}
+    assert cache["mdd"]["shared_instructions_first"] == 123
+    assert cache["mdd"]["prefill_saved_per_1000_requests"] == 121_000
+
+
+def test_memory_at_another_batch_shape_is_the_same_formula(plans):
+    from pronlm.model.plan import training_memory_at
+
+    for name, _, cfg, p in plans[:3]:
+        tok = p["tokens_per_epoch"]
+        longest_audio = 255  # the 20.4 s clip of the 200: (326,528 - 400) // 160 + 1 = 2,039 frames / 8
+        assert training_memory_at(cfg, p, 8, tok["longest"], longest_audio) == p["training_memory"]["total"], name
+        assert training_memory_at(cfg, p, 4, tok["longest"], longest_audio) < p["training_memory"]["total"]

@@ -20,8 +20,9 @@ from pronlm.data.lengths import (
     ExampleLength,
     corpus_lengths,
     distribution_lengths,
+    o200k,
 )
-from pronlm.data.prompts import TASKS, PromptSet
+from pronlm.data.prompts import ASSISTANT, AUDIO_PLACEHOLDER, END, TASKS, PromptSet
 from pronlm.data.targets import AccentPolicy
 from pronlm.model.adapters import AUDIO_ENCODER, LM_LORA_TARGETS, SPEECH_PROJECTOR, training_dtypes
 from pronlm.model.phi4_config import real_config
@@ -160,6 +161,32 @@ def training_flops(counts: dict, config, tokens: dict, unfreeze: bool) -> float:
     return 6 * n_lm * tokens["positions"] + attention + (6 if unfreeze else 2) * g["audio encoder"] * audio
 
 
+def prefix_cache(cfg: Config) -> dict:
+    """Tokens a prefix cache (vLLM's) can reuse across requests of one task: those before the audio.
+
+    The paper's layout puts the audio right after `<|user|><|APA|>`; instructions first would share
+    everything but `<|end|><|assistant|>`. Prefill saved per 1,000 requests = 1,000 x the difference.
+    """
+    counter, prompts = o200k(), PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    out = {}
+    for task in TASKS:
+        prompt = prompts.for_task(task)
+        paper = counter.count(prompt.split(AUDIO_PLACEHOLDER)[0])
+        first = counter.count(prompt.replace(AUDIO_PLACEHOLDER, "")) - counter.count(END + ASSISTANT)
+        out[task] = {"shared_paper": paper, "shared_instructions_first": first,
+                     "prefill_saved_per_1000_requests": 1000 * (first - paper)}
+    return out
+
+
+def training_memory_at(cfg: Config, bill: dict, batch: int, width: int, audio: int) -> float:
+    """The plan's training memory for another batch shape (`benchmarks/bench_gpu.py` measures its own)."""
+    lora = SPEECH_LORA if cfg.strategy in ("speech-lora", "unfreeze") else \
+        {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout}
+    mem = bill["training_memory"]
+    act = activation_bytes(cfg, real_config(), lora, batch, width, audio)["total"]
+    return mem["weights"] + mem["gradients"] + mem["optimizer"] + act
+
+
 def weight_bytes(by_dtype: dict) -> float:
     return sum(BYTES[k] * v for k, v in by_dtype.items())
 
@@ -199,7 +226,7 @@ def plan(cfg: Config, predict_batch: int = 8, max_new_tokens: int = 256, mfu: fl
             "parameters": counts, "training_memory": memory, "corpus": source, "tokens_per_epoch": {
                 k: v for k, v in tokens.items() if k not in ("batch_widths", "batch_sizes")},
             "flops_per_epoch": flops, "mfu": mfu, "peak_flops": GPUS, "hours": hours, "predict_memory": predict,
-            "disk": disk, "assumptions": ASSUMPTIONS}
+            "disk": disk, "prefix_cache": prefix_cache(cfg), "assumptions": ASSUMPTIONS}
 
 
 def gb(n: float) -> str:
@@ -233,6 +260,10 @@ def format_plan(p: dict) -> str:
               f"disk: {disk['checkpoints']} checkpoints of {gb(disk['adapter'])} adapter + {gb(disk['optimizer'])} "
               f"optimizer state: {gb(disk['every_checkpoint_with_optimizer'])} when every checkpoint keeps the "
               f"optimizer, {gb(disk['latest_checkpoint_with_optimizer'])} when only the latest does",
+              "prefix cache, tokens every request of a task shares (paper layout -> instructions first): "
+              + ", ".join(f"{t} {c['shared_paper']} -> {c['shared_instructions_first']} "
+                          f"({c['prefill_saved_per_1000_requests']:,} prefill tokens saved per 1,000 requests)"
+                          for t, c in p["prefix_cache"].items()),
               "how each figure is estimated: pronlm plan --format json (\"assumptions\")"]
     return "\n".join(lines)
 
