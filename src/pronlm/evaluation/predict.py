@@ -208,8 +208,8 @@ def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batc
         return predict_folder(cfg, out_path, done, adapter, tasks, batch_size)
     utterances = [u for u in read_corpus(cfg.corpus, cfg.split or "test")
                   if speakers is None or u.speaker in speakers][:cfg.limit]
-    cfg.to_yaml(predictions_config(out_path))  # once the inputs are read: how these predictions are made
     todo = sorted((u for u in utterances if any((u.id, t) not in done for t in tasks)), key=clip_frames, reverse=True)
+    save_predictions_config(cfg, out_path, bool(todo))
     log.info("%d utterances, %d already predicted, %d to go", len(utterances), len(utterances) - len(todo), len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
@@ -227,6 +227,13 @@ def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batc
         lambda u: load_audio(u.audio, u.id, predictor.max_audio_seconds), answer)
     log.info("wrote %d predictions to %s (%.2f utterances/s); %d utterances skipped", written, out, rate, len(failed))
     return {"written": written, "skipped_audio": len(failed), "utterances_per_second": rate}
+
+
+def save_predictions_config(cfg: Config, out_path: Path, predicting: bool) -> None:
+    """`cfg` beside the predictions (once their inputs are read) when it is to make some, or none is there yet:
+    a file already complete keeps the config it was made with, untouched."""
+    if predicting or not predictions_config(out_path).is_file():
+        cfg.to_yaml(predictions_config(out_path))
 
 
 def add_phone_scores(predictor, records: list[dict], utterances: dict) -> list[dict]:
@@ -291,11 +298,11 @@ def predict_folder(cfg: Config, out_path: Path, done: set[tuple[str, str]], adap
     errors: list[PronlmError] = []
     data = cfg.data
     lines = read_examples(data, errors, need_targets=False, limit=cfg.limit)
-    cfg.to_yaml(predictions_config(out_path))
     for exc in errors:
         log.warning("skipped %s", exc)
     todo = sorted(((ex, n) for ex, n in lines if ex.task in tasks and (ex.id, ex.task) not in done),
                   key=lambda pair: (-pair[1], pair[0].audio))  # one clip's lines side by side
+    save_predictions_config(cfg, out_path, bool(todo))
     log.info("%d lines of %s, %d to predict", len(lines), data, len(todo))
     if not todo:
         return {"written": 0, "skipped_audio": 0}
