@@ -63,7 +63,7 @@ class PhoneTree:
     position_ids: list[int]
     parents: list[int]  # per token: -1 for the main sequence (causal), else the row it continues
     starts: list[int]  # per canonical phone: the index of its first token in the main sequence
-    reads: list[list[tuple[int, int]]]  # per phone, per candidate: (row, token) pairs whose log-probs sum
+    reads: list[list[tuple[str, list[tuple[int, int]]]]]  # per phone: each candidate, the (row, token) it sums
     canonical: list[str]
     main_length: int
 
