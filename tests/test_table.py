@@ -25,7 +25,7 @@ from pronlm.evaluation.predict import predict
 from pronlm.evaluation.table import (
     COLUMNS,
     build_table,
-    checkpoints,
+    checkpoint_entries,
     choose_epoch,
     metrics_row,
     should_stop,
@@ -111,7 +111,7 @@ def test_checkpoints_in_step_order_with_the_epoch_they_end(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"epoch": epoch}))
     (tmp_path / "checkpoint-3").mkdir()  # killed before its state was written: not a checkpoint yet
     (tmp_path / "checkpoint-x").mkdir()
-    assert [(t.name, t.epoch, t.step) for t in checkpoints(tmp_path)] == [
+    assert [(t.name, t.epoch, t.step) for t in checkpoint_entries(tmp_path)] == [
         ("checkpoint-5", 1.0, 5), ("checkpoint-9", 1.8, 9), ("checkpoint-10", 2.0, 10)]
 
 
@@ -420,7 +420,7 @@ def _train_early(corpus_dir, out, *extra) -> int:
 def test_early_stopping_ends_training_when_dev_stops_improving(scripted_dev, corpus_dir, tmp_path):
     out = tmp_path / "run"
     assert _train_early(corpus_dir, out) == 0
-    assert [t.name for t in checkpoints(out)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]  # 3 of 5 epochs
+    assert [t.name for t in checkpoint_entries(out)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]  # 3 of 5 epochs
     assert json.loads((out / "train_result.json").read_text())["global_step"] == 12
     history = json.loads((out / "dev_history.json").read_text())
     assert {k: history[k] for k in ("patience", "best", "stopped_early")} == {
@@ -447,11 +447,11 @@ def test_a_resumed_run_keeps_its_dev_history_and_its_stop(scripted_dev, corpus_d
         assert _train_early(corpus_dir, full, dropout) == 0
     shutil.copytree(full, cut)
     assert _train_early(corpus_dir, full, dropout, "--resume") == 0  # it had stopped: nothing more to train
-    assert [t.name for t in checkpoints(full)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert [t.name for t in checkpoint_entries(full)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
     assert json.loads((full / "train_result.json").read_text())["global_step"] == 12
     shutil.rmtree(cut / "checkpoint-12")  # killed before epoch 3's checkpoint: epochs 1-2 are the history
     assert _train_early(corpus_dir, cut, dropout, "--resume") == 0
-    assert [t.name for t in checkpoints(cut)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert [t.name for t in checkpoint_entries(cut)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
     assert json.loads((cut / "dev_history.json").read_text()) == json.loads((full / "dev_history.json").read_text())
     adapter = "checkpoint-12/adapter_model.safetensors"
     assert (cut / adapter).read_bytes() == (full / adapter).read_bytes()  # the same epoch 3 as without the kill
@@ -474,7 +474,7 @@ def test_under_torchrun_process_0_decides_and_both_processes_stop(corpus_dir, tm
     assert done.returncode == 0, done.stderr[-3000:]  # process 1 would hang in epoch 4's all-reduce otherwise
     result = json.loads((out / "train_result.json").read_text())
     assert result["global_step"] == 12 and result["replica_digests"][0] == result["replica_digests"][1]
-    assert [t.name for t in checkpoints(out)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert [t.name for t in checkpoint_entries(out)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
     assert json.loads((out / "dev_history.json").read_text())["best"] == "checkpoint-8"
 
 

@@ -50,7 +50,7 @@ class Entry:
     step: int
 
 
-def checkpoints(run: Path) -> list[Entry]:
+def checkpoint_entries(run: Path) -> list[Entry]:
     """The run's checkpoints (`Run.checkpoints`) as table entries, by step."""
     return [Entry(c.folder.name, c.folder, str(c.folder), c.epoch, c.step) for c in Run(run).checkpoints()]
 
@@ -131,7 +131,7 @@ def dev_history(cfg: Config, run: str | Path, step: int, last_step: int, predict
     speakers = set(Run(run).dev_speakers())
     rows = [table_row(t, evaluate_entry(cfg, t, DEV, cfg.train_split, speakers,
                                          predictor if t.step == step else None))
-            for t in checkpoints(run) if t.step <= step]
+            for t in checkpoint_entries(run) if t.step <= step]
     best, stop = _best(rows), should_stop(rows, cfg.early_stop_patience)
     history = {"patience": cfg.early_stop_patience, "best": best and best["checkpoint"],
                "stopped_early": stop and step < last_step, "rows": rows}
@@ -146,7 +146,7 @@ def build_table(run: str | Path, cfg: Config | None = None) -> dict:
     """Evaluate what is missing, then write table.json and table.md in the run; returns the table."""
     run = Path(run)
     cfg = cfg or Run(run).config()
-    entries = checkpoints(run)
+    entries = checkpoint_entries(run)
     if not entries:
         raise TableError(f"{run} has no checkpoint-N folder with a trainer_state.json: train with "
                          "save_strategy=epoch to evaluate every epoch")
