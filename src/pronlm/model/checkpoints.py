@@ -46,7 +46,7 @@ def run_checkpoint_bytes(trainable: int, n_checkpoints: int, slim: bool = True) 
     """Disk a run's checkpoints take (weights and optimizer state; configs and RNG state are a few KB): every
     one keeps its trainable weights, only the latest the optimizer state (`slim`), or all of them (HF's way)."""
     weights, state = ADAPTER_BYTES * trainable, ADAM_BYTES * trainable
-    return n_checkpoints * weights + (1 if slim else n_checkpoints) * state
+    return n_checkpoints * weights + (min(n_checkpoints, 1) if slim else n_checkpoints) * state
 
 
 class ResumeError(ConfigError):

@@ -25,6 +25,7 @@ from pronlm.data.lengths import (
 from pronlm.data.prompts import ASSISTANT, AUDIO_PLACEHOLDER, END, TASKS, PromptSet
 from pronlm.data.targets import AccentPolicy
 from pronlm.model.adapters import AUDIO_ENCODER, LM_LORA_TARGETS, SPEECH_PROJECTOR, training_dtypes
+from pronlm.model.checkpoints import ADAM_BYTES, ADAPTER_BYTES, run_checkpoint_bytes
 from pronlm.model.phi4_config import real_config
 from pronlm.model.quantize import quantisable_linears
 from pronlm.model.sampler import EpochSampler
@@ -216,10 +217,11 @@ def plan(cfg: Config, predict_batch: int = 8, max_new_tokens: int = 256, mfu: fl
                "prefill": 12 * config.intermediate_size * predict_batch * tokens["longest_prompt"]}
     predict["total"] = predict["weights"] + predict["kv_cache"] + predict["prefill"]
     saves = math.ceil(epochs) if cfg.save_strategy == "epoch" else 0
-    adapter, optimizer = 4 * trainable + CHECKPOINT_EXTRA, 8 * trainable
+    adapter, optimizer = ADAPTER_BYTES * trainable + CHECKPOINT_EXTRA, ADAM_BYTES * trainable
+    final = saves * CHECKPOINT_EXTRA + adapter  # each checkpoint's tokenizer files; the final adapter in output_dir
     disk = {"checkpoints": saves, "adapter": adapter, "optimizer": optimizer,
-            "every_checkpoint_with_optimizer": saves * (adapter + optimizer) + adapter,
-            "latest_checkpoint_with_optimizer": saves * adapter + (optimizer if saves else 0) + adapter}
+            "every_checkpoint_with_optimizer": run_checkpoint_bytes(trainable, saves, slim=False) + final,
+            "latest_checkpoint_with_optimizer": run_checkpoint_bytes(trainable, saves, slim=True) + final}
     return {"recipe": {"base": cfg.base, "strategy": cfg.strategy, "lora_r": lora["r"], "quantize_4bit":
                        cfg.quantize_4bit, "per_device_train_batch_size": batch, "gradient_checkpointing":
                        cfg.gradient_checkpointing, "epochs": epochs},
