@@ -16,7 +16,7 @@ from transformers import LogitsProcessorList
 from pronlm.data.audio import load_audio
 from pronlm.data.parse import parse_answer
 from pronlm.data.prompts import END, EOT, PromptSet
-from pronlm.data.targets import AccentPolicy, apa_target, mdd_target
+from pronlm.data.targets import AccentPolicy, apa_target, mdd_target, wrd_target
 from pronlm.evaluation.grammar import (
     ASPECTS,
     AnswerGrammar,
@@ -25,10 +25,13 @@ from pronlm.evaluation.grammar import (
     answer_grammar,
     answer_schema,
     expected_scores,
+    expected_word_scores,
     masked,
     pack,
     phone_pattern,
     score_token_ids,
+    word_scores_from_logprobs,
+    wrd_grammar,
 )
 from pronlm.evaluation.predict import Predictor
 
@@ -263,6 +266,7 @@ def test_constrained_comes_from_the_config_and_false_is_the_free_text_path():
     cfg, given = _config(parse_args(["predict", "--out", "p.jsonl", "constrained=false"]), None, INFERENCE_DEFAULTS)
     assert cfg.constrained is False and "constrained" in given
     assert _config(parse_args(["predict", "--out", "p.jsonl"]), None, INFERENCE_DEFAULTS)[0].constrained is True
+    expected_word_scores,
     assert Predictor.load(cfg).grammar is None
     assert Predictor.load(dataclasses.replace(cfg, constrained=True)).grammar is not None
 

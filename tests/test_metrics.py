@@ -23,6 +23,8 @@ from pronlm.data.targets import (
     strip_stress,
 )
 from pronlm.evaluation.metrics import (
+    agreement,
+    completeness,
     MddCounts,
     align_to_canonical,
     bootstrap_ci,
@@ -412,3 +414,28 @@ def test_punctuation_removal_is_jiwers_own():
         text = "".join(rng.choice(alphabet) for _ in range(40))
         assert ours.process_string(text) == theirs.process_string(text)
     assert ours.process_string("Don't—stop! «Now»…") == "Dontstop Now"
+
+
+def test_agreement_by_hand():
+    # pred deviations (-1, 0, 1), human (-4/3, -1/3, 5/3): r = 3 / sqrt(2 * 42/9); MSE (0 + 0 + 1) / 3
+    got = agreement([1, 2, 3], [1, 2, 4])
+    assert got["pcc"] == pytest.approx(3 / math.sqrt(2 * 42 / 9)) and got["mse"] == pytest.approx(1 / 3)
+    assert got["n"] == 3 and 0 < got["p_value"] < 1
+    constant = agreement([1.5, 1.5], [2, 0])
+    assert math.isnan(constant["pcc"]) and constant["mse"] == pytest.approx((0.25 + 2.25) / 2)
+
+
+@pytest.mark.parametrize("reference, heard, expected", [
+    ("WE CALL IT BEAR", "WE CALL IT BEAR", 10.0),
+    ("WE CALL IT BEAR", "WE CALL BEAR", 7.5),  # IT not heard
+    ("WE CALL IT BEAR", "", 0.0),
+    ("WE CALL IT BEAR", "WE UH CALL CALL IT BEAR", 10.0),  # insertions and repeats take nothing away
+    ("A B C D", "X B C Y", 5.0),  # substituted words were not heard
+    ("A B A", "A A B A X", 10.0),
+])
+def test_completeness_by_hand(reference, heard, expected):
+    assert completeness(reference.split(), heard.split()) == pytest.approx(expected)
+
+
+def test_completeness_of_no_reference_is_undefined():
+    assert math.isnan(completeness([], ["A"]))

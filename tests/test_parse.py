@@ -125,7 +125,7 @@ def test_mdd_failures_say_why(raw, reason):
 
 
 def test_unknown_task_and_non_text_do_not_raise():
-    assert parse_answer("asr", GOOD_APA) == {"ok": False, "error": "unknown task 'asr': expected one of apa, mdd"}
+    assert parse_answer("asr", GOOD_APA) == {"ok": False, "error": "unknown task 'asr': expected one of apa, mdd, wrd"}
     assert parse_answer("apa", None)["error"] == "answer is NoneType, not text"
     assert parse_answer("mdd", b"{}")["ok"] is False
 
@@ -212,3 +212,51 @@ def test_symbols_that_are_not_arpabet_phones_fail_the_answer(phones, bad):
 def test_unk_separator_and_accented_phones_are_phone_symbols():
     got = parse_answer("mdd", '{"word_transcript": "A B", "phoneme_transcript": "AH1 | B* <UNK>"}')
     assert got == {"ok": True, "error": None, "word_transcript": "A B", "phoneme_transcript": "AH | B* <unk>"}
+
+
+GOOD_WRD = '{"words": [{"word": "WE", "accuracy": 10, "stress": 10, "total": 9}, ' \
+           '{"word": "CALL", "accuracy": 6, "stress": 5, "total": 6}]}'
+WRD_WORDS = [{"word": "WE", "accuracy": 10, "stress": 10, "total": 9},
+             {"word": "CALL", "accuracy": 6, "stress": 5, "total": 6}]
+
+
+@pytest.mark.parametrize("raw", [
+    GOOD_WRD, GOOD_WRD + "<|end|>", "<|assistant|>" + GOOD_WRD, "```json\n" + GOOD_WRD + "\n```",
+    GOOD_WRD.replace('"word"', '"Word"').replace('"stress"', '"Stress"'),
+    GOOD_WRD.replace(": 10,", ': "10",').replace('"total": 9', '"total": 9.0'),
+    GOOD_WRD[len('{"words": '):-1],  # a bare list of entries
+    "{'words': [{'word': 'WE', 'accuracy': 10, 'stress': 10, 'total': 9}, "
+    "{'word': 'CALL', 'accuracy': 6, 'stress': 5, 'total': 6}]}",
+])
+def test_word_answers_parse(raw):
+    out = parse_answer("wrd", raw)
+    assert (out["ok"], out["words"], out["clamped"]) == (True, WRD_WORDS, [])
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("", "empty answer"),
+    ('{"words": [{"word": "WE", "accuracy": 10, "stress": 10, "total": 9}', 'no JSON object with a "words" list'),
+    ('{"words": [{"accuracy": 10, "stress": 10, "total": 9}]}', 'word entry 0 has no "word" text'),
+    ('{"words": [{"word": "WE", "accuracy": "good", "stress": 10, "total": 9}]}',
+     "word entry 0 (WE): 'accuracy' missing or not a number"),
+    ('{"words": [{"word": "WE", "accuracy": 10, "total": 9}]}', "word entry 0 (WE): 'stress' missing"),
+])
+def test_word_failures_say_why(raw, reason):
+    out = parse_answer("wrd", raw)
+    assert not out["ok"] and out["words"] is None and reason in out["error"]
+
+
+def test_word_scores_out_of_range_are_clamped_and_named():
+    out = parse_answer("wrd", GOOD_WRD.replace('"stress": 5', '"stress": 12'))
+    assert out["ok"] and out["words"][1]["stress"] == 10 and out["clamped"] == ["1.stress"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(raw=st.one_of(st.text(max_size=200), JSONISH, st.builds(_mutate, st.just(GOOD_WRD), st.integers(0, 200), JSONISH)))
+def test_fuzz_word_answers_never_raise(raw):
+    out = parse_answer("wrd", raw)
+    assert set(out) == {"ok", "error", "words", "clamped"} and (out["error"] is None) == out["ok"]
+    if out["ok"]:
+        assert all(type(w[a]) is int and 0 <= w[a] <= 10 for w in out["words"] for a in ("accuracy", "stress", "total"))
+    else:
+        assert out["words"] is None

@@ -66,7 +66,7 @@ def test_template_selection(tmp_path):
 def test_bad_template_name():
     with pytest.raises(PronlmError, match=r"no apa prompt template 'fancy': give a \.txt path or one of .*apa_default"):
         PromptSet.from_templates(apa_template="fancy")
-    with pytest.raises(PronlmError, match="unknown task 'asr': expected one of apa, mdd"):
+    with pytest.raises(PronlmError, match="unknown task 'asr': expected one of apa, mdd, wrd"):
         load_template("asr")
 
 
@@ -82,14 +82,45 @@ def test_two_examples_per_utterance(train_utterances):
     assert [e.target for e in build_examples(unlabelled, prompts)] == [None, None]
 
 
+def test_the_word_task_is_opt_in_and_its_prompt_carries_the_words(train_utterances, tmp_path):
+    utt = next(u for u in train_utterances if u.id == "000010011")  # WE CALL IT BEAR
+    prompts = PromptSet.from_templates()
+    assert [e.task for e in build_examples(utt, prompts)] == ["apa", "mdd"]  # the paper's two by default
+    apa, mdd, wrd = build_examples(utt, prompts, tasks=("apa", "mdd", "wrd"))
+    instructions = load_template("wrd").replace("{text}", "WE CALL IT BEAR")
+    assert wrd.prompt == "<|user|><|WRD|><|audio_1|>" + instructions + "<|end|><|assistant|>"
+    assert (wrd.text, apa.text, mdd.text) == ("WE CALL IT BEAR", None, None)
+    assert wrd.target == ('{"words": [{"word": "WE", "accuracy": 10, "stress": 10, "total": 10}, '
+                          '{"word": "CALL", "accuracy": 10, "stress": 10, "total": 10}, '
+                          '{"word": "IT", "accuracy": 10, "stress": 10, "total": 10}, '
+                          '{"word": "BEAR", "accuracy": 6, "stress": 10, "total": 6}]}')
+    assert "text" not in apa.as_dict() and wrd.as_dict()["text"] == "WE CALL IT BEAR"
+    unlabelled = type(utt)(utt.id, utt.speaker, "We call it bear!", utt.audio)  # words from the text itself
+    assert build_examples(unlabelled, prompts, tasks=("wrd",))[0].text == "WE CALL IT BEAR"
+    bad = tmp_path / "nowords.txt"
+    bad.write_text("Rate every word.")
+    with pytest.raises(PronlmError, match=r"must hold \{text\} exactly once"):
+        PromptSet.from_templates(wrd_template=str(bad))
+    with pytest.raises(ValueError, match="needs the sentence's words"):
+        prompts.for_task("wrd")
+
+
+def test_the_word_templates_show_the_answer_format():
+    for name in ("default", "short"):
+        text = load_template("wrd", name)
+        example = json.loads(text[text.index('{"words"'):text.rindex("}") + 1])
+        assert list(example["words"][0]) == ["word", "accuracy", "stress", "total"]
+
+
 def test_control_tokens_are_single_tokens(tiny_tokenizer):
     ids = add_control_tokens(tiny_tokenizer)
-    assert ids == {"apa": 1024, "mdd": 1025}  # appended after the tiny BPE's 1,024 entries
-    assert len(tiny_tokenizer) == 1026  # a second call adds nothing
-    for task, token in (("apa", "<|APA|>"), ("mdd", "<|MDD|>")):
+    assert ids == {"apa": 1024, "mdd": 1025, "wrd": 1026}  # appended after the tiny BPE's 1,024 entries
+    assert len(tiny_tokenizer) == 1027  # a second call adds nothing
+    for task, token in (("apa", "<|APA|>"), ("mdd", "<|MDD|>"), ("wrd", "<|WRD|>")):
         assert tiny_tokenizer(token, add_special_tokens=False).input_ids == [ids[task]]
         assert tiny_tokenizer.decode([ids[task]]) == token
-        prompt_ids = tiny_tokenizer(PromptSet.from_templates().for_task(task), add_special_tokens=False).input_ids
+        prompt = PromptSet.from_templates().for_task(task, "WE CALL IT BEAR")
+        prompt_ids = tiny_tokenizer(prompt, add_special_tokens=False).input_ids
         assert prompt_ids[1] == ids[task] and prompt_ids.count(ids[task]) == 1
 
 
@@ -101,7 +132,7 @@ def test_control_tokens_fit_the_embedding(tiny_tokenizer, tiny_model):
 
 
 def test_control_tokens_resize_a_small_embedding(tiny_tokenizer, tiny_model):
-    tiny_model.resize_token_embeddings(1024)  # rows 0..1023: <|APA|>=1024 and <|MDD|>=1025 do not fit
+    tiny_model.resize_token_embeddings(1024)  # rows 0..1023: <|APA|>=1024, <|MDD|>=1025, <|WRD|>=1026 do not fit
     ids = add_control_tokens(tiny_tokenizer, tiny_model)
     rows = tiny_model.get_input_embeddings().weight.shape[0]
     assert rows == 1088 and rows % 64 == 0 and max(ids.values()) < rows

@@ -15,9 +15,10 @@ from pronlm.data.schema import (
 
 APA = '{"accuracy": 8, "fluency": 9, "prosodic": 7, "total": 8}'
 MDD = '{"word_transcript": "WE CALL IT", "phoneme_transcript": "W IY K AO L IH T"}'
+WRD = '{"words": [{"word": "WE", "accuracy": 10, "stress": 10, "total": 9}]}'
 
 
-@pytest.mark.parametrize("task, raw", [("apa", APA), ("mdd", MDD)])
+@pytest.mark.parametrize("task, raw", [("apa", APA), ("mdd", MDD), ("wrd", WRD)])
 def test_a_failed_answer_has_exactly_the_keys_of_a_parsed_one(task, raw):
     parsed = parse_answer(task, raw)
     assert parsed["ok"] and set(failure(task, "x")) == set(parsed)
@@ -48,3 +49,19 @@ def test_answer_fields_of_one_recording():
     assert (none["scores"], none["word_transcript"]) == (None, "")
     assert none["errors"] == [{"task": "apa", "error": "no APA prediction was returned"},
                               {"task": "mdd", "error": "no JSON object or key: value pairs found in the answer"}]
+
+
+def test_word_records_are_checked_and_reach_answer_fields():
+    wrd = {"id": "a", "task": "wrd", **parse_answer("wrd", WRD), "words_expected": [{"accuracy": 9.5, "stress": 9.9,
+                                                                                      "total": 8.7}]}
+    assert check_record(wrd, "f:1") is wrd
+    with pytest.raises(PredictionsError, match="f:2: \"ok\" WRD prediction without a list of words"):
+        check_record({**wrd, "words": [{"word": "WE", "accuracy": 10}]}, "f:2")
+    high = check_record({**wrd, "words": [{"word": "WE", "accuracy": 10, "stress": 12, "total": 9}]}, "f:3")
+    assert (high["ok"], high["words"], high["error"]) == (False, None, "score outside 0-10: ['WE.stress']")
+    got = answer_fields(parse_answer("apa", APA), parse_answer("mdd", MDD), wrd)
+    assert got["words"] == [{"word": "WE", "accuracy": 10, "stress": 10, "total": 9}]
+    assert got["words_expected"] == wrd["words_expected"] and got["errors"] == []
+    assert "words" not in answer_fields(parse_answer("apa", APA), parse_answer("mdd", MDD))  # not asked
+    failed = answer_fields(None, None, parse_answer("wrd", "no"))
+    assert failed["words"] is None and failed["errors"][-1]["task"] == "wrd"

@@ -9,6 +9,7 @@ import pytest
 from pronlm.data.corpus import read_corpus
 from pronlm.data.records import ApaScores, LabelError, Mispronunciation, Utterance, Word
 from pronlm.data.targets import (
+    wrd_target,
     AccentPolicy,
     apa_target,
     canonical_phones,
@@ -111,3 +112,25 @@ def test_mdd_target(utts):
                     '"phoneme_transcript": "S T IY V AH N IH Z G OW IH NG T UW S IY OW <unk>"}')
     assert "'" not in text
     assert json.loads(mdd_target(utts["014350017"], AccentPolicy.LITERAL))["phoneme_transcript"].endswith("OW L*")
+
+
+def test_word_targets_of_the_real_subset_equal_the_annotation(corpus_dir):
+    """All 46 labelled clips: the word task's JSON lists every annotated word of scores.json, in order,
+    with its accuracy, stress and total, read here straight from the file."""
+    raw = json.loads((corpus_dir / "resource" / "scores.json").read_text())
+    n = 0
+    for split in ("train", "test"):
+        for utt in read_corpus(str(corpus_dir), split):
+            want = [{"word": w["text"], "accuracy": w["accuracy"], "stress": w["stress"], "total": w["total"]}
+                    for w in raw[utt.id]["words"]]
+            target = wrd_target(utt)
+            assert json.loads(target) == {"words": want}, utt.id
+            assert target == json.dumps({"words": want})  # json.dumps' separators, as the other targets
+            n += 1
+    assert n == 46
+
+
+def test_a_word_without_its_scores_has_no_word_target():
+    utt = Utterance("u1", "s", "HI", None, ApaScores(8, 8, 8, 8), (Word("HI", ("HH", "AY1"), accuracy=9, total=9),))
+    with pytest.raises(LabelError, match="utterance u1: word 0 'HI' lacks its stress score"):
+        wrd_target(utt)

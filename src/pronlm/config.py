@@ -19,6 +19,7 @@ import yaml
 from pronlm.errors import PronlmError, read_json, read_yaml
 
 STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
+TASKS = ("apa", "mdd", "wrd")  # sentence scores, heard words and phones (the paper's two), word scores (ours)
 BACKENDS = ("transformers", "vllm")
 SPLITS = ("train", "test")  # SpeechOcean762's
 NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
@@ -87,6 +88,11 @@ class DataConfig:
                                 "the others test", choices=SPLITS)
     apa_template: str = setting("default", "APA prompt instructions: a packaged name (default, short) or a .txt path")
     mdd_template: str = setting("default", "MDD prompt instructions: a packaged name (default, short) or a .txt path")
+    tasks: list[str] = field(default_factory=lambda: ["apa", "mdd"], metadata={
+        "help": "the tasks trained and asked: apa, mdd (the paper's two) and wrd (word scores), e.g. apa,mdd,wrd",
+        "choices": TASKS})
+    wrd_template: str = setting("default", "word-task prompt instructions (`{text}`: where the sentence's words go): "
+                                "a packaged name (default, short) or a .txt path")
     accent_policy: str = setting("unk", "what an accented phone (annotated with *) becomes in the MDD target: <unk>, "
                                  "the canonical phone, or the phone as annotated", choices=("unk", "canonical", "literal"))
     word_boundaries: bool = setting(False, "separate the MDD target's words with | (the paper: no separators)")
@@ -165,6 +171,7 @@ class InferenceConfig:
 
 
 KINDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+LIST_KIND = "list[str]"  # `tasks`: distinct choices, from a YAML list or comma-separated text
 
 
 def accepts(f) -> str:
@@ -182,6 +189,8 @@ def check_field(f, value):
     kind, m = f.type.split(" | ")[0], f.metadata
     if value is None and f.type.endswith("| None"):
         return None
+    if kind == LIST_KIND:
+        return _check_list(f, value)
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "float" and isinstance(value, str):
         try:  # YAML 1.1 reads "2e-5" as text
@@ -199,6 +208,15 @@ def check_field(f, value):
     if not fits:
         raise ConfigError(f"{f.name} takes {accepts(f)}, not {value!r}")
     return value
+
+
+def _check_list(f, value) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or len(set(items)) != len(items) \
+            or any(v not in f.metadata["choices"] for v in items):
+        raise ConfigError(f"{f.name} takes distinct items of {', '.join(f.metadata['choices'])} (a list, or "
+                          f"comma-separated), not {value!r}")
+    return list(items)
 
 
 BOUNDS = {"min": lambda v, b: v >= b, "above": lambda v, b: v > b, "max": lambda v, b: v <= b,
@@ -294,7 +312,8 @@ def _stated_base(flags: dict | None, overrides) -> str | None:
 
 
 # The fields that define a trained model: a later command may not change them (`command_config`).
-MODEL_FIELDS = ("base", "revision", "strategy", "apa_template", "mdd_template", "accent_policy", "word_boundaries")
+MODEL_FIELDS = ("base", "revision", "strategy", "apa_template", "mdd_template", "wrd_template", "accent_policy",
+                "word_boundaries")
 INFERENCE_DEFAULTS = {"base": "tiny"}  # a model command with neither recipe nor checkpoint: offline, on CPU
 
 
@@ -314,7 +333,8 @@ def _same_template(task: str):
     return lambda given, kept: load_template(task, given) == load_template(task, kept)  # by content
 
 
-SAME = {"base": _same_base, "apa_template": _same_template("apa"), "mdd_template": _same_template("mdd")}
+SAME = {"base": _same_base, "apa_template": _same_template("apa"), "mdd_template": _same_template("mdd"),
+        "wrd_template": _same_template("wrd")}
 
 
 def predictions_config(predictions: str | Path) -> Path:

@@ -16,7 +16,7 @@ import math
 import re
 
 from pronlm.data.prompts import TASKS
-from pronlm.data.records import ASPECTS
+from pronlm.data.records import ASPECTS, WORD_ASPECTS
 from pronlm.data.schema import ANSWER_KEYS, SCORE_RANGE, failure
 from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR, strip_stress
 
@@ -59,6 +59,8 @@ def _parse(task: str, raw: str) -> dict:
     text = answer_text(raw)
     if not text.strip():
         return failure(task, "empty answer")
+    if task == "wrd":
+        return _wrd(text)
     fields = find_fields(text, ANSWER_KEYS[task])
     if fields is None:
         return failure(task, "no JSON object or key: value pairs found in the answer")
@@ -193,6 +195,41 @@ def _apa(fields: dict) -> dict:
             score = min(max(score, low), high)
         scores[aspect] = score
     return {"ok": True, "error": None, "scores": scores, "clamped": clamped}
+
+
+def _wrd(text: str) -> dict:
+    """The first object of the answer holding a `words` list (a bare list of entries is read too)."""
+    entries = None
+    for obj in _objects(text):
+        entries = next((v for k, v in obj.items() if key_name(k) in ("word_transcript", "word_scores")
+                        and isinstance(v, list)), None)  # key_name reads "words" as MDD's alias
+        if entries is not None:
+            break
+    if entries is None:
+        start = text.find("[")
+        loaded = _load(text[start:text.rfind("]") + 1]) if start != -1 else None
+        entries = loaded if isinstance(loaded, list) else None
+    if entries is None:
+        return failure("wrd", "no JSON object with a \"words\" list found in the answer")
+    words, clamped = [], []
+    for n, entry in enumerate(entries):
+        fields = {re.sub(r"[\s_-]+", "_", str(k).strip().lower()): v for k, v in entry.items()} \
+            if isinstance(entry, dict) else {}
+        word = fields.get("word", fields.get("text"))
+        if not isinstance(word, str):
+            return failure("wrd", f"word entry {n} has no \"word\" text: {str(entry)[:40]!r}")
+        out = {"word": word}
+        for aspect in WORD_ASPECTS:
+            score = to_score(fields.get(aspect))
+            if score is None:
+                return failure("wrd", f"word entry {n} ({word}): {aspect!r} missing or not a number")
+            low, high = SCORE_RANGE
+            if not low <= score <= high:
+                clamped.append(f"{n}.{aspect}")
+                score = min(max(score, low), high)
+            out[aspect] = score
+        words.append(out)
+    return {"ok": True, "error": None, "words": words, "clamped": clamped}
 
 
 def to_score(value) -> int | None:

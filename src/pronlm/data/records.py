@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pronlm.errors import PronlmError
 
 ASPECTS = ("accuracy", "fluency", "prosodic", "total")  # the four sentence scores: APA keys, in this order
+WORD_ASPECTS = ("accuracy", "stress", "total")  # the three word scores: keys of each WRD entry, in this order
 
 
 class CorpusError(PronlmError):

@@ -6,7 +6,9 @@ A prediction record is `{"id", "task", "raw", "ok", "error", ...the task's field
 (each score's standard deviation and 80 % interval [low, high], or null); MDD adds `word_transcript`
 and `phoneme_transcript`, and `phone_scores` where the canonical phones were known (one
 `{"phone", "score", "p", "likely"}` per canonical phone, score on SpeechOcean762's 0-2 phone-accuracy
-scale: `pronlm.evaluation.phone_scores`). `pronlm.data.parse` makes them from the model's text, `predict` writes them
+scale: `pronlm.evaluation.phone_scores`); the word task (WRD) adds `words` (one `{"word", "accuracy",
+"stress", "total"}` per word of the text, integers 0-10), `clamped` and `words_expected` (each word's three
+probability-weighted scores, or null). `pronlm.data.parse` makes them from the model's text, `predict` writes them
 one JSON line each, `evaluate` reads them back through `check_record`, and `assess` and `serve`
 read the two answers of one recording through `answer_fields`.
 """
@@ -14,10 +16,10 @@ read the two answers of one recording through `answer_fields`.
 from __future__ import annotations
 
 from pronlm.data.prompts import TASKS
-from pronlm.data.records import ASPECTS
+from pronlm.data.records import ASPECTS, WORD_ASPECTS
 from pronlm.errors import PronlmError
 
-ANSWER_KEYS = {"apa": ASPECTS, "mdd": ("word_transcript", "phoneme_transcript")}  # what each answer holds
+ANSWER_KEYS = {"apa": ASPECTS, "mdd": ("word_transcript", "phoneme_transcript"), "wrd": ("words",)}  # what each answer holds
 PHONE_SCORES = "phone_scores"  # an MDD record's per-canonical-phone scores (0-2), where computed
 SCORE_RANGE = (0, 10)
 
@@ -32,6 +34,8 @@ def failure(task: str, error: str) -> dict:
         return {"ok": False, "error": error, "scores": None, "clamped": []}
     if task == "mdd":
         return {"ok": False, "error": error, "word_transcript": "", "phoneme_transcript": ""}
+    if task == "wrd":
+        return {"ok": False, "error": error, "words": None, "clamped": []}
     return {"ok": False, "error": error}
 
 
@@ -49,6 +53,8 @@ def check_record(obj, where: str) -> dict:
         if not all(isinstance(obj.get(k), str) for k in ANSWER_KEYS["mdd"]):
             raise PredictionsError(f"{where}: \"ok\" MDD prediction without word_transcript and phoneme_transcript")
         return obj
+    if obj["task"] == "wrd":
+        return _check_words(obj, where)
     scores = obj.get("scores")
     if not valid_scores(scores):
         raise PredictionsError(f"{where}: \"ok\" APA prediction without integer scores for {', '.join(ASPECTS)}")
@@ -59,16 +65,41 @@ def check_record(obj, where: str) -> dict:
     return obj
 
 
+def _check_words(obj: dict, where: str) -> dict:
+    """An "ok" WRD record: a list of word entries; one with a score outside 0-10 becomes a failed answer."""
+    words = obj.get("words")
+    if not isinstance(words, list) or not all(valid_word(w) for w in words):
+        raise PredictionsError(f"{where}: \"ok\" WRD prediction without a list of words, each with \"word\" and "
+                               f"integer {', '.join(WORD_ASPECTS)}")
+    low, high = SCORE_RANGE
+    outside = [f"{w['word']}.{a}" for w in words for a in WORD_ASPECTS if not low <= w[a] <= high]
+    if outside:
+        return {**obj, "ok": False, "words": None, "words_expected": None,
+                "error": f"score outside {low}-{high}: {outside[:5]}"}
+    return obj
+
+
+def valid_word(entry) -> bool:
+    """A word entry: its text and a number for each of the three word scores."""
+    return (isinstance(entry, dict) and isinstance(entry.get("word"), str)
+            and all(isinstance(entry.get(a), (int, float)) and not isinstance(entry.get(a), bool)
+                    for a in WORD_ASPECTS))
+
+
 def valid_scores(scores) -> bool:
     """A number for each of the four aspects."""
     return isinstance(scores, dict) and all(isinstance(scores.get(a), (int, float)) for a in ASPECTS)
 
 
-def answer_fields(apa: dict | None, mdd: dict | None) -> dict:
-    """Scores, heard words and phones, and what failed, from one recording's APA and MDD records
-    (None: no answer came back)."""
+def answer_fields(apa: dict | None, mdd: dict | None, wrd: dict | None = None) -> dict:
+    """Scores, heard words and phones, word scores, and what failed, from one recording's APA, MDD and
+    (when asked) WRD records (None: no answer came back; `wrd` None: the word task was not asked)."""
     apa = apa or failure("apa", "no APA prediction was returned")
     mdd = mdd or failure("mdd", "no MDD prediction was returned")
+    words = {}
+    if wrd is not None:
+        words = {"words": wrd["words"] if wrd["ok"] else None,
+                 "words_expected": wrd.get("words_expected") if wrd["ok"] else None}
     return {
         "scores": apa["scores"] if apa["ok"] else None,
         "scores_expected": apa.get("scores_expected") if apa["ok"] else None,
@@ -77,5 +108,5 @@ def answer_fields(apa: dict | None, mdd: dict | None) -> dict:
         "word_transcript": mdd["word_transcript"] if mdd["ok"] else "",
         "phoneme_transcript": " ".join(mdd["phoneme_transcript"].split()) if mdd["ok"] else "",
         "errors": [{"task": task, "error": rec["error"] or "unknown error"}
-                   for task, rec in (("apa", apa), ("mdd", mdd)) if not rec["ok"]],
-    }
+                   for task, rec in (("apa", apa), ("mdd", mdd), ("wrd", wrd)) if rec is not None and not rec["ok"]],
+    } | words

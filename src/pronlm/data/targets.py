@@ -1,4 +1,4 @@
-"""What the model must answer: heard phones from the annotation, and the APA / MDD JSON targets.
+"""What the model must answer: heard phones from the annotation, and the APA / MDD / WRD JSON targets.
 
 The MDD target is the phones *as heard* (paper: "the actual phonemes as they were heard"):
 canonical phones with stress removed and every annotated mispronunciation applied by index.
@@ -12,7 +12,7 @@ import json
 import re
 from enum import Enum
 
-from pronlm.data.records import ApaScores, LabelError, Utterance, Word
+from pronlm.data.records import WORD_ASPECTS, ApaScores, LabelError, Utterance, Word
 
 ARPABET = frozenset("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
                     "UH UW V W Y Z ZH".split())  # the CMU dictionary's 39 phones, stress removed
@@ -105,3 +105,16 @@ def mdd_target(utt: Utterance, policy: AccentPolicy = AccentPolicy.UNK, word_bou
     """`{"word_transcript": ..., "phoneme_transcript": "DH AH ..."}`; the words are the prompt text."""
     phones = heard_phones(utt, policy, word_boundaries)
     return json.dumps({"word_transcript": utt.text, "phoneme_transcript": " ".join(phones)})
+
+
+def wrd_target(utt: Utterance) -> str:
+    """`{"words": [{"word": "WE", "accuracy": 10, "stress": 10, "total": 10}, ...]}`: every annotated word
+    in order, its three scores as integers 0-10 (SpeechOcean762's word labels)."""
+    entries = []
+    for position, w in enumerate(utt.words):
+        missing = [a for a in WORD_ASPECTS if getattr(w, a) is None]
+        if missing:
+            raise LabelError(utt.id, f"word {position} {w.text!r} lacks its {', '.join(missing)} score "
+                                     "(the word task needs all three)")
+        entries.append({"word": w.text, **{a: int(round(float(getattr(w, a)))) for a in WORD_ASPECTS}})
+    return json.dumps({"words": entries})

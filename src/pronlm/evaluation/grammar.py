@@ -6,7 +6,8 @@ llguidance's `x-guidance` options so separators and spaces are those of `targets
 `mdd_target`; a vLLM server takes it as `structured_outputs={"json": schema}`), `AnswerGrammar`
 (compiled grammars per task and the `GrammarProcessor` for `generate`), the start-up check that
 each score 0-10 is one token (`score_token_ids`), and `expected_scores` (the probability-weighted
-mean of each APA score). llguidance is used over xgrammar and lm-format-enforcer (SPEC §2b).
+mean of each APA score; `expected_word_scores` for every score of a WRD answer). The word task's grammar
+is made per answer from the words its prompt gives (`wrd_grammar`): only the scores are free. llguidance is used over xgrammar and lm-format-enforcer (SPEC §2b).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from llguidance import LLMatcher
 from transformers import LogitsProcessor
 
 from pronlm.data.prompts import TASKS
-from pronlm.data.records import ASPECTS
+from pronlm.data.records import ASPECTS, WORD_ASPECTS
 from pronlm.data.schema import SCORE_RANGE
 from pronlm.data.targets import ARPABET, UNK, WORD_SEPARATOR
 from pronlm.errors import PronlmError
@@ -63,10 +64,25 @@ def phone_pattern(accent_policy: str = "unk", word_boundaries: bool = False) -> 
     return f"^{_spaced(phone)}$"
 
 
-def answer_schema(task: str, accent_policy: str = "unk", word_boundaries: bool = False) -> dict:
-    """The JSON schema of a task's answer, keys in the training targets' order and spacing."""
+def answer_schema(task: str, accent_policy: str = "unk", word_boundaries: bool = False,
+                  words: list[str] | None = None) -> dict:
+    """The JSON schema of a task's answer, keys in the training targets' order and spacing.
+
+    `words` (word task): the entries' words in order, each fixed; without them any words.
+    """
+    score = {"type": "integer", "minimum": SCORE_RANGE[0], "maximum": SCORE_RANGE[1]}
     if task == "apa":
-        props = {a: {"type": "integer", "minimum": SCORE_RANGE[0], "maximum": SCORE_RANGE[1]} for a in ASPECTS}
+        props = {a: dict(score) for a in ASPECTS}
+    elif task == "wrd":
+        def entry(word: dict) -> dict:
+            keys = {"word": word, **{a: dict(score) for a in WORD_ASPECTS}}
+            return {"type": "object", "properties": keys, "required": list(keys), "additionalProperties": False}
+
+        array = {"type": "array", "items": entry({"type": "string", "pattern": f"^({WORD})$"})}
+        if words is not None:
+            array = {"type": "array", "prefixItems": [entry({"const": w}) for w in words], "items": False,
+                     "minItems": len(words), "maxItems": len(words)}
+        props = {"words": array}
     elif task == "mdd":
         props = {"word_transcript": {"type": "string", "pattern": f"^{_spaced(WORD)}$"},
                  "phoneme_transcript": {"type": "string", "pattern": phone_pattern(accent_policy, word_boundaries)}}
@@ -81,6 +97,19 @@ def apa_grammar(score_ids: list[int]) -> str:
     "10" cannot be written as "1" "0" and each score has one position (`expected_scores`)."""
     parts = [json.dumps(("{" if i == 0 else ", ") + json.dumps(a) + ": ") + " score" for i, a in enumerate(ASPECTS)]
     return f"start: {' '.join(parts)} \"}}\"\nscore: <[{','.join(map(str, score_ids))}]>\n"
+
+
+def wrd_grammar(words: list[str], score_ids: list[int]) -> str:
+    """Lark grammar of the WRD answer for these words: every character fixed by the words (in the
+    training targets' spelling, `targets.wrd_target`) except the scores, each one of the 11 value tokens."""
+    parts = ['"{\\"words\\": ["']
+    for n, word in enumerate(words):
+        for i, aspect in enumerate(WORD_ASPECTS):
+            head = (", " if n else "") + "{\"word\": " + json.dumps(word) + ", " if i == 0 else ", "
+            parts += [json.dumps(head + json.dumps(aspect) + ": "), "score"]
+        parts.append('"}"')
+    parts.append('"]}"')
+    return f"start: {' '.join(parts)}\nscore: <[{','.join(map(str, score_ids))}]>\n"
 
 
 def score_token_ids(tokenizer) -> list[int]:
@@ -133,12 +162,19 @@ class AnswerGrammar:
             raise GrammarError(f"answer grammar does not compile: {matcher.get_error()}")
         return matcher
 
-    def matcher(self, task: str) -> LLMatcher:
-        """A fresh matcher for one answer of `task`."""
+    def matcher(self, task: str, words: list[str] | None = None) -> LLMatcher:
+        """A fresh matcher for one answer of `task`; the word task's is compiled for its `words`."""
+        if task == "wrd":
+            if words is None:
+                raise GrammarError("the word task's grammar needs the words its prompt gives")
+            return self._matcher(wrd_grammar(words, self.score_ids))
         return self.matchers[task].deep_copy()
 
-    def processor(self, tasks: list[str], max_new_tokens: int | None = None) -> "GrammarProcessor":
-        return GrammarProcessor(self, [self.matcher(t) for t in tasks], max_new_tokens)
+    def processor(self, tasks: list[str], max_new_tokens: int | None = None,
+                  words: list[list[str] | None] | None = None) -> "GrammarProcessor":
+        """The processor of one batch: `tasks` per row, and each word-task row's `words`."""
+        words = words or [None] * len(tasks)
+        return GrammarProcessor(self, [self.matcher(t, w) for t, w in zip(tasks, words)], max_new_tokens)
 
     def words(self, which: str, device) -> torch.Tensor:
         """The `closing` or `stop` tokens as mask words, kept on each device they were asked for."""
@@ -317,6 +353,32 @@ def score_fields(dists: dict[str, list[float]] | None) -> dict:
             "scores_interval": {a: [s.low, s.high] for a, s in spreads.items()}}
 
 
+def expected_word_scores(pieces: list[str], token_ids: list[int], value_logits: torch.Tensor,
+                         score_ids: list[int]) -> list[dict[str, float]] | None:
+    """`expected_scores` for a WRD answer: each word's three scores, one dict per word in order.
+
+    None when any score is not a single value token right after its `"aspect": ` (a free-text answer
+    in another shape) or an entry lacks one of the three.
+    """
+    text, starts = "", {}
+    for pos, piece in enumerate(pieces):
+        starts[len(text)] = pos
+        text += piece
+    values = torch.tensor(list(SCORES), dtype=torch.float64)
+    keys = "|".join(WORD_ASPECTS)
+    out: list[dict[str, float]] = []
+    for match in re.finditer(rf'"({keys})":\s*', text):
+        pos = starts.get(match.end())
+        if pos is None or pos >= len(value_logits) or token_ids[pos] not in score_ids:
+            return None
+        if match.group(1) == WORD_ASPECTS[0]:
+            out.append({})
+        elif not out or match.group(1) in out[-1]:
+            return None
+        out[-1][match.group(1)] = round(float((torch.softmax(value_logits[pos].double(), dim=0) * values).sum()), 4)
+    return out if all(len(e) == len(WORD_ASPECTS) for e in out) else None
+
+
 TOP_LOGPROBS = 20  # vLLM's default `max_logprobs`: the alternatives a server returns per position
 
 
@@ -334,6 +396,17 @@ def distributions_from_logprobs(content: list[dict]) -> dict[str, list[float]] |
     mean by less than that tail's mass). Tokens are read by their text ("0".."10"), so no tokenizer
     is needed; None when a score is not one value token.
     """
+    return score_distributions(*_logprob_values(content), list(SCORES))
+
+
+def word_scores_from_logprobs(content: list[dict]) -> list[dict[str, float]] | None:
+    """`expected_word_scores` of a WRD answer from its `logprobs.content`, read as `distributions_from_logprobs`."""
+    return expected_word_scores(*_logprob_values(content), list(SCORES))
+
+
+def _logprob_values(content: list[dict]) -> tuple[list[str], list[int], torch.Tensor]:
+    """(pieces, ids, [positions, 11] value logits) of a `logprobs.content`: ids are the values 0-10
+    (-1 for any other token), the value logits the best logprob of each value among the alternatives."""
     index = {str(v): v for v in SCORES}
     pieces, ids = [], []
     value_logits = torch.full((len(content), len(SCORES)), float("-inf"))
@@ -345,7 +418,7 @@ def distributions_from_logprobs(content: list[dict]) -> dict[str, list[float]] |
             value = index.get(_token_text(alt))
             if value is not None and isinstance(alt.get("logprob"), (int, float)):
                 value_logits[pos, value] = max(value_logits[pos, value].item(), float(alt["logprob"]))
-    return score_distributions(pieces, ids, value_logits, list(SCORES))
+    return pieces, ids, value_logits
 
 
 def _token_text(item: dict) -> str:

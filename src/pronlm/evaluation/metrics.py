@@ -1,4 +1,5 @@
-"""Metrics of SPEC §4, as pure functions: APA correlations, WER, PER, MDD counts, bootstrap CIs.
+"""Metrics of SPEC §4, as pure functions: APA correlations, WER, PER, MDD counts, bootstrap CIs, and
+the pieces of GOPT's three-granularity protocol (`agreement`, `completeness`).
 
 Everything comes from a library (scipy, jiwer, rapidfuzz - jiwer's own edit-distance engine)
 except the MDD alignment and counting, which no library provides.
@@ -75,6 +76,25 @@ def mse(pred: Sequence[float], human: Sequence[float]) -> float:
     if len(pred) == 0:
         return NAN
     return float(np.mean((np.asarray(pred, float) - np.asarray(human, float)) ** 2))
+
+
+def agreement(pred: Sequence[float], human: Sequence[float]) -> dict:
+    """PCC (p-value) and MSE of paired scores, and how many pairs: one cell group of GOPT's protocol
+    (Gong et al. 2022), where every test phone, word or utterance is one pair."""
+    r, p = pcc(pred, human)
+    return {"pcc": r, "p_value": p, "mse": mse(pred, human), "n": len(pred)}
+
+
+def completeness(reference: Sequence[str], heard: Sequence[str], scale: float = 10.0) -> float:
+    """Share of the reference words that the heard words contain, in order, times `scale` (0-10 as
+    SpeechOcean762's completeness): the reference words paired as equal in a minimum edit alignment.
+    Neither the paper nor the model predicts completeness; this derives it from the MDD word
+    transcript. nan for an empty reference."""
+    if not reference:
+        return NAN
+    matched = sum(op.src_end - op.src_start for op in Levenshtein.opcodes(list(reference), list(heard))
+                  if op.tag == "equal")
+    return scale * matched / len(reference)
 
 
 def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
