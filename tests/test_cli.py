@@ -253,3 +253,49 @@ def test_help_lists_every_setting_with_its_meaning_and_default(command, capsys):
            "[true or false; default: false]" in text
     assert "--limit VALUE the first N utterances only (smoke runs); null: all [a whole number >= 1, or null; " \
            "default: null]" in text
+
+
+@pytest.mark.slow
+def test_the_three_task_tiny_recipe_runs_end_to_end(corpus_dir, tmp_path, capsys):
+    """prepare -> train -> predict -> evaluate -> table with tasks [apa, mdd, wrd]: the word task's examples
+    are the annotation, its answers come back under the grammar with the text's words and expected
+    scores, and report.md and table.md show the three granularities (phone: said to be missing)."""
+    from pronlm.data.corpus import read_corpus
+    from pronlm.data.targets import wrd_target
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["prepare", "--recipe", "tiny-three", f"corpus={corpus_dir}", "limit=4", "--out", str(data)]) == 0
+    lines = [json.loads(line) for line in (data / "examples.jsonl").read_text().splitlines()]
+    assert [ln["task"] for ln in lines] == ["apa", "mdd", "wrd"] * 4
+    utts = {u.id: u for u in read_corpus(str(corpus_dir), "train")}
+    for line in lines[2::3]:
+        assert line["target"] == wrd_target(utts[line["id"]]) and "<|WRD|>" in line["prompt"]
+        assert line["text"] == " ".join(w.text for w in utts[line["id"]].words) and line["text"] in line["prompt"]
+    assert main(["train", "--recipe", "tiny-three", f"data={data}", f"corpus={corpus_dir}", f"output_dir={run}",
+                 "num_train_epochs=1", "per_device_train_batch_size=4", "eval_split=test"]) == 0
+    assert saved(run / "config.yaml")["tasks"] == ["apa", "mdd", "wrd"] and (run / "prompts" / "wrd.txt").is_file()
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", "--adapter", str(run / "checkpoint-3"), f"corpus={corpus_dir}", "split=test",
+                 "--out", str(preds)]) == 0
+    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    test = {u.id: u for u in read_corpus(str(corpus_dir), "test")}
+    words = [r for r in records if r["task"] == "wrd"]
+    assert len(words) == 10 and len(records) == 30
+    for r in words:  # the grammar wrote the text's words, in order, with three scores and expected scores each
+        assert r["ok"], r["error"]
+        assert [w["word"] for w in r["words"]] == [w.text for w in test[r["id"]].words]
+        assert len(r["words_expected"]) == len(r["words"]) and all(
+            0 <= e[a] <= 10 for e in r["words_expected"] for a in ("accuracy", "stress", "total"))
+    assert main(["evaluate", str(preds), f"corpus={corpus_dir}", "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    g = report["granularities"]
+    assert g["word"]["accuracy"]["n"] == sum(len(u.words) for u in test.values()) and g["utterance"]["total"]["n"] == 10
+    assert g["phone"] is None and report["parse"]["wrd_failed"] == report["parse"]["wrd_missing"] == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Three granularities (GOPT's protocol)" in md and "**phone**: no `phone_scores`" in md
+    capsys.readouterr()
+    assert main(["table", "--run", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert "## Three granularities (GOPT's protocol)" in table and "| checkpoint-3 (epoch 1) | – | – | " in table
+    row = json.loads((run / "table.json").read_text())["rows"][0]
+    assert row["granularities"]["word_accuracy"] == g["word"]["accuracy"]["pcc"]

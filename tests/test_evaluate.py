@@ -293,3 +293,102 @@ def test_predictions_without_phone_scores_say_so(evaluated):
     _, report, tmp = evaluated
     assert report["phone"] is None
     assert "Phone scores: none in the predictions" in (tmp / "out" / "report.md").read_text()
+
+
+# GOPT's three granularities (phone, word, utterance)
+
+def _gopt_predictions(corpus_dir, path, split="train"):
+    """Three-task predictions for every utterance of `split`: word scores and phone scores moved off the
+    human ones by a fixed pattern, one word dropped from some word transcripts."""
+    from pronlm.data.targets import wrd_target
+
+    lines = []
+    for n, u in enumerate(read_corpus(str(corpus_dir), split)):
+        s = u.scores
+        lines.append(_line(u.id, "apa", json.dumps({"accuracy": s.accuracy, "fluency": (s.fluency + n) % 11,
+                                                    "prosodic": s.prosodic, "total": 10 - s.total})))
+        heard = " ".join(w.text for w in u.words[:-1] if n % 3 == 0) if n % 3 == 0 else u.text
+        scores = [{"phone": p, "score": (a + 0.3 * ((n + i) % 4)) / 1.5}
+                  for i, (p, a) in enumerate(zip(canonical_phones(u), [a for w in u.words for a in w.phone_accuracies]))]
+        lines.append(json.dumps({"id": u.id, "task": "mdd", "raw": "", **parse_answer("mdd", _mdd_raw(heard, heard_phones(u))),
+                                 "phone_scores": scores}))
+        words = json.loads(wrd_target(u))["words"]
+        for i, w in enumerate(words):
+            w["accuracy"] = min(10, max(0, w["accuracy"] + (n + i) % 3 - 1))
+            w["total"] = min(10, max(0, w["total"] - (n * i) % 2))
+        lines.append(_line(u.id, "wrd", json.dumps({"words": words})))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_the_three_granularities_on_the_real_subset_equal_scipy(corpus_dir, tmp_path):
+    """Phone MSE/PCC over every phone, word PCCs over every word, utterance PCCs (completeness derived),
+    against scipy.stats.pearsonr on numbers gathered here straight from scores.json and the file."""
+    preds = tmp_path / "p.jsonl"
+    _gopt_predictions(corpus_dir, preds)
+    g = evaluate(str(preds), str(corpus_dir), "train", str(tmp_path / "r"))["granularities"]
+    raw = json.loads((corpus_dir / "resource" / "scores.json").read_text())
+    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    by = {(r["id"], r["task"]): r for r in records}
+    ids = [r["id"] for r in records if r["task"] == "wrd"]
+    assert len(ids) == 36
+    pred_phone = [p["score"] for i in ids for p in by[i, "mdd"]["phone_scores"]]
+    human_phone = [a for i in ids for w in raw[i]["words"] for a in w["phones-accuracy"]]
+    assert g["phone"]["n"] == len(human_phone) > 300
+    assert g["phone"]["pcc"] == pytest.approx(stats.pearsonr(pred_phone, human_phone).statistic)
+    assert g["phone"]["mse"] == pytest.approx(np.mean((np.array(pred_phone) - np.array(human_phone)) ** 2))
+    for aspect in ("accuracy", "total"):
+        pred = [w[aspect] for i in ids for w in by[i, "wrd"]["words"]]
+        human = [w[aspect] for i in ids for w in raw[i]["words"]]
+        assert g["word"][aspect]["n"] == len(human) and g["word"][aspect]["pcc"] == pytest.approx(
+            stats.pearsonr(pred, human).statistic)
+    assert g["word"]["stress"]["pcc"] is None  # every stress in this subset is 10: undefined, not 0
+    fluency = stats.pearsonr([by[i, "apa"]["scores"]["fluency"] for i in ids], [raw[i]["fluency"] for i in ids])
+    assert g["utterance"]["fluency"]["pcc"] == pytest.approx(fluency.statistic)
+    heard = [len(by[i, "mdd"]["word_transcript"].split()) / len(raw[i]["words"]) * 10 for i in ids]
+    assert sorted(set(heard)) != [10.0]  # some transcripts miss a word
+    assert g["utterance"]["completeness"]["n"] == 36
+    assert g["utterance"]["completeness"]["mse"] == pytest.approx(
+        np.mean((np.array(heard) - np.array([raw[i]["completeness"] for i in ids])) ** 2))
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## Three granularities (GOPT's protocol)" in report and "Missing from these predictions" not in report
+    assert "| GOPT (Gong et al. 2022) | 0.085 | 0.612 | 0.533 | 0.291 | 0.549 | 0.714 | 0.155 | 0.753 | 0.760 | 0.742 |" \
+        in report
+    ours = next(line for line in report.splitlines() if line.startswith("| **this run** | ") and "**" not in line[16:])
+    assert f"| {g['phone']['mse']:.3f} | {g['phone']['pcc']:.3f} | {g['word']['accuracy']['pcc']:.3f} | – |" in ours
+
+
+def test_word_pairs_by_hand_and_answers_with_other_words_left_out():
+    from pronlm.data.records import ApaScores, Utterance, Word
+    from pronlm.evaluation.evaluate import word_section
+
+    def utt(uid, *words):
+        return Utterance(uid, "s", " ".join(w[0] for w in words), None, ApaScores(8, 8, 8, 8, 10),
+                         tuple(Word(t, ("AH",), (2.0,), (), a, s, tot) for t, a, s, tot in words))
+
+    utts = [utt("a", ("WE", 10, 10, 9), ("GO", 4, 5, 3)), utt("b", ("HI", 7, 10, 6)), utt("c", ("NO", 1, 10, 1))]
+    preds = {("a", "wrd"): {"ok": True, "words": [{"word": "WE", "accuracy": 9, "stress": 10, "total": 9},
+                                                  {"word": "GO", "accuracy": 5, "stress": 10, "total": 4}]},
+             ("b", "wrd"): {"ok": True, "words": [{"word": "HI", "accuracy": 6, "stress": 5, "total": 6}]},
+             ("c", "wrd"): {"ok": True, "words": [{"word": "KNOW", "accuracy": 0, "stress": 0, "total": 0}]}}
+    section, misaligned = word_section(utts, preds)
+    assert misaligned == 1  # c lists another word: none of it is paired
+    # accuracy pairs (9, 10), (5, 4), (6, 7): pred dev (2.33, -1.67, -0.67), human dev (3, -3, 0)
+    assert section["accuracy"]["n"] == 3
+    assert section["accuracy"]["pcc"] == pytest.approx(stats.pearsonr([9, 5, 6], [10, 4, 7]).statistic)
+    assert section["accuracy"]["mse"] == pytest.approx((1 + 1 + 1) / 3)
+    assert section["stress"]["pcc"] == pytest.approx(stats.pearsonr([10, 10, 5], [10, 5, 10]).statistic)  # -0.5
+    assert section["stress"]["pcc"] == pytest.approx(-0.5)
+    assert word_section(utts, {}) == (None, 0)
+
+
+def test_a_granularity_missing_from_the_predictions_is_named_not_zero(corpus_dir, tmp_path):
+    preds = tmp_path / "p.jsonl"
+    write_predictions(corpus_dir, preds)  # APA and MDD answers, no phone scores, no word task
+    report = evaluate(str(preds), str(corpus_dir), "test", str(tmp_path / "r"))
+    g = report["granularities"]
+    assert g["phone"] is None and g["word"] is None and g["utterance"]["accuracy"]["n"] == 9
+    assert "wrd_failed" not in report["parse"]  # no word task asked: nothing counted missing
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "**phone**: no `phone_scores` on the MDD records" in md and "**word**: no word-task (`wrd`) answers" in md
+    ours = next(line for line in md.splitlines() if line.startswith("| **this run** | ") and "**" not in line[16:])
+    assert ours.startswith("| **this run** | – | – | – | – | – | ") and " 0.000 " not in ours

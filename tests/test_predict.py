@@ -13,7 +13,7 @@ import pytest
 from pronlm.config import Config, load_template
 from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
-from pronlm.data.prompts import TASKS, Example
+from pronlm.data.prompts import PAPER_TASKS, Example
 from pronlm.data.records import AudioError
 from pronlm.data.targets import strip_stress
 from pronlm.evaluation.predict import Predictor, done_keys, predict
@@ -126,7 +126,7 @@ def test_the_limit_is_where_the_encoder_breaks():
     501 positions, and transformers fails. If this starts to pass, transformers was fixed: revisit the limit."""
     predictor = Predictor.load(Config(base="tiny", max_new_tokens=1, max_audio_seconds=40))
     assert predictor.max_audio_seconds == 40.0
-    examples = [Example("x", task, None, predictor.prompts.for_task(task), None) for task in TASKS]
+    examples = [Example("x", task, None, predictor.prompts.for_task(task), None) for task in PAPER_TASKS]
     predictor.generate(examples, [noise(640_399)] * 2)
     with pytest.raises(RuntimeError, match="view size is not compatible"):
         predictor.generate(examples, [noise(640_400)] * 2)

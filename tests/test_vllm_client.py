@@ -69,7 +69,8 @@ class StandIn:
             return 500, json.dumps({"error": error}).encode()
         if self.reply is not None:
             return 200, self.reply
-        content = APA_ANSWER if "<|APA|>" in body["messages"][0]["content"][0]["text"] else MDD_ANSWER
+        text = body["messages"][0]["content"][0]["text"]
+        content = APA_ANSWER if "<|APA|>" in text else WRD_ANSWER if "<|WRD|>" in text else MDD_ANSWER
         return 200, json.dumps({
             "id": f"chatcmpl-{self.chats}", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -380,3 +381,22 @@ def test_expected_scores_come_from_the_servers_logprobs(clip):
                                                        "prosodic": 6.0, "total": 5.1}, abs=1e-4)
     # total: p(0) 0.4, p(7) 0.3, p(10) 0.3 -> 10th percentile 0, 90th percentile 10
     assert record["scores_interval"] == {"accuracy": [6, 8], "fluency": [8, 10], "prosodic": [6, 6], "total": [0, 10]}
+
+
+WRD_ANSWER = ('{"words": [{"word": "WE", "accuracy": 10, "stress": 10, "total": 9}, '
+              '{"word": "CALL", "accuracy": 3, "stress": 5, "total": 4}]}<|end|>')
+
+
+def test_a_word_request_fixes_the_texts_words_in_its_schema(clip):
+    stand_in = StandIn()
+    with running(stand_in) as url:
+        predictor = VllmPredictor(url, PromptSet.from_templates(), max_new_tokens=16)
+        (record,) = predictor.predict([("u", clip)], tasks=("wrd",), words={"u": ["WE", "CALL"]})
+    (body,) = stand_in.chat_bodies()
+    assert body["structured_outputs"] == {"json": answer_schema("wrd", words=["WE", "CALL"])}
+    assert body["max_tokens"] == 32 * 2 + 8  # grows with the words, past max_new_tokens
+    assert body["logprobs"] is True  # the expected word scores come from them
+    assert f"<|user|>{body['messages'][0]['content'][0]['text']}<|end|><|assistant|>" == \
+        PromptSet.from_templates().for_task("wrd", "WE CALL")
+    assert record["ok"] and record["words"][1] == {"word": "CALL", "accuracy": 3, "stress": 5, "total": 4}
+    assert record["words_expected"] is None  # this server sent no logprobs

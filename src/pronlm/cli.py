@@ -68,7 +68,7 @@ def _prepare(a):
         counter = TokenCounter(load_tokenizer(a.tokenizer), a.tokenizer)
     prepare(cfg.corpus, cfg.split, out, counter=counter, accent_policy=cfg.accent_policy,
             word_boundaries=cfg.word_boundaries, apa_template=cfg.apa_template, mdd_template=cfg.mdd_template,
-            max_audio_seconds=cfg.max_audio_seconds, limit=cfg.limit)
+            max_audio_seconds=cfg.max_audio_seconds, limit=cfg.limit, tasks=cfg.tasks, wrd_template=cfg.wrd_template)
     cfg.to_yaml(out / "config.yaml")
 
 
@@ -107,7 +107,7 @@ def _predict(a):
 
     cfg, given = _config(a, a.adapter, INFERENCE_DEFAULTS)
     cfg = _what_to_predict(cfg, given)
-    predict(cfg, a.out, a.adapter, tasks=tuple(a.tasks.split(",")), batch_size=a.batch_size)
+    predict(cfg, a.out, a.adapter, tasks=tuple(cfg.tasks), batch_size=a.batch_size)
 
 
 def _what_to_predict(cfg: Config, given: set[str]) -> Config:
@@ -221,7 +221,7 @@ def model_options(s):
 
 
 INFERENCE_START = "the adapter's config, else the tiny model (base=tiny)"
-INFERENCE_USES = "base, revision, apa_template, mdd_template, max_audio_seconds, constrained"
+INFERENCE_USES = "base, revision, tasks, apa_template, mdd_template, wrd_template, max_audio_seconds, constrained"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,11 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_options(s, "the built-in defaults", "every model, data and training field")
     s.set_defaults(func=_plan)
 
-    s = sub.add_parser("predict", help="batched generation for both tasks, appended as JSON lines (resumable); "
+    s = sub.add_parser("predict", help="batched generation for the config's tasks (--tasks apa,mdd,wrd), appended "
+                                       "as JSON lines (resumable); "
                                        "the config beside them (OUT.config.yaml)")
     model_options(s)
     s.add_argument("--out", required=True)
-    s.add_argument("--tasks", default="apa,mdd")
     s.add_argument("--batch-size", type=at_least(1), default=8,
                    help="examples generated together: speed and memory, this invocation's own (not saved); default 8")
     config_options(s, INFERENCE_START, f"{INFERENCE_USES}, corpus, split (default: test), limit, and data (a "

@@ -32,7 +32,7 @@ from pronlm.app.alignment import (
 from pronlm.app.feedback import REFERENCE_MODEL, add_phone_scores, feedback, judged_words
 from pronlm.app.lexicon import AssessError, Lexicon, check_text_fits, expected_words
 from pronlm.data.audio import SAMPLE_RATE
-from pronlm.data.prompts import TASKS
+from pronlm.data.prompts import PAPER_TASKS
 from pronlm.data.records import ASPECTS
 from pronlm.data.schema import answer_fields
 
@@ -46,7 +46,7 @@ def assess_batch(predictor, items: list[tuple[np.ndarray, str | None]], lexicon:
         if text is not None:
             expected_words(text, lexicon)  # reject a sentence without words before spending inference
     records = predictor.predict([(str(i), samples) for i, (samples, _) in enumerate(items)],
-                                tasks=TASKS, batch_size=batch_size)
+                                tasks=PAPER_TASKS, batch_size=batch_size)
     by_key = {(str(r["id"]), r["task"]): r for r in records}
     results = [feedback(text, by_key.get((str(i), "apa")), by_key.get((str(i), "mdd")), lexicon,
                         wrd=by_key.get((str(i), "wrd"))) for i, (_, text) in enumerate(items)]
@@ -79,7 +79,7 @@ def assess_long(predictor, samples: np.ndarray, text: str, lexicon: Lexicon | No
     spans = speech_chunks(samples, predictor.max_audio_seconds)
     if not spans:
         raise AssessError("no speech found in the recording: check the microphone and the file")
-    records = predictor.predict([(str(k), samples[a:b]) for k, (a, b) in enumerate(spans)], tasks=TASKS,
+    records = predictor.predict([(str(k), samples[a:b]) for k, (a, b) in enumerate(spans)], tasks=PAPER_TASKS,
                                 batch_size=batch_size)
     by_key = {(str(r["id"]), r["task"]): r for r in records}
     chunks = [{"start": round(a / SAMPLE_RATE, 2), "end": round(b / SAMPLE_RATE, 2),

@@ -1,4 +1,4 @@
-"""`pronlm prepare`: one corpus split -> `examples.jsonl` (two examples per utterance), `manifest.jsonl`
+"""`pronlm prepare`: one corpus split -> `examples.jsonl` (one example per utterance and task), `manifest.jsonl`
 (each clip's length) and `stats.json`; and `read_examples`, which reads such a folder back for
 `train data=DIR` and `predict --data DIR`, whether `prepare` wrote it or a user did (README, "Your own data").
 
@@ -26,6 +26,7 @@ from pronlm.data.prompts import (
     ASSISTANT,
     AUDIO_PLACEHOLDER,
     CONTROL_TOKENS,
+    PAPER_TASKS,
     TASKS,
     Example,
     PromptSet,
@@ -39,19 +40,21 @@ log = logging.getLogger(__name__)
 
 EXAMPLES_FILE, MANIFEST_FILE = "examples.jsonl", "manifest.jsonl"
 ANSWER_EXAMPLES = {"apa": '{"accuracy": 8, "fluency": 9, "prosodic": 9, "total": 8}',
-                   "mdd": '{"word_transcript": "WE CALL IT BEAR", "phoneme_transcript": "W IY K AO L IH T B EH R"}'}
+                   "mdd": '{"word_transcript": "WE CALL IT BEAR", "phoneme_transcript": "W IY K AO L IH T B EH R"}',
+                   "wrd": '{"words": [{"word": "WE", "accuracy": 10, "stress": 10, "total": 10}]}'}
 
 
 def prepare(corpus: str, split: str, out: str | Path, counter=None, accent_policy: str = "unk",
             word_boundaries: bool = False, apa_template: str = "default", mdd_template: str = "default",
-            max_audio_seconds: float | None = 30.0, limit: int | None = None) -> dict:
-    """Validate every utterance of `split`, write its APA and MDD examples, and return the stats.
+            max_audio_seconds: float | None = 30.0, limit: int | None = None, tasks=PAPER_TASKS,
+            wrd_template: str = "default") -> dict:
+    """Validate every utterance of `split`, write an example per task in `tasks`, and return the stats.
 
     `counter`: a `pronlm.model.collate.TokenCounter`, to add each example's token counts to the stats.
     """
     corpus = str(corpus)
     policy = AccentPolicy(accent_policy)
-    prompts = PromptSet.from_templates(apa_template, mdd_template)
+    prompts = PromptSet.from_templates(apa_template, mdd_template, wrd_template)
     errors: list[UtteranceError] = []
     start = time.perf_counter()  # tokenizer loading excluded: it is not per-utterance work
     utterances = usable_utterances(corpus, split, errors, max_audio_seconds, limit)
@@ -62,7 +65,7 @@ def prepare(corpus: str, split: str, out: str | Path, counter=None, accent_polic
     with open(out / EXAMPLES_FILE, "w") as f, open(out / MANIFEST_FILE, "w") as manifest:
         for utt, samples in utterances:
             try:
-                examples = build_examples(utt, prompts, policy, word_boundaries)
+                examples = build_examples(utt, prompts, policy, word_boundaries, tuple(tasks))
                 pairs = [p for w in utt.words for p in aligned_word_phones(w, policy, utt.id)]
             except UtteranceError as exc:
                 errors.append(exc)
@@ -83,7 +86,9 @@ def prepare(corpus: str, split: str, out: str | Path, counter=None, accent_polic
 
     stats = {
         "corpus": corpus, "split": split, "accent_policy": policy.value, "word_boundaries": word_boundaries,
-        "templates": {"apa": apa_template, "mdd": mdd_template},
+        "tasks": list(tasks), "templates": {t: name for t, name in zip(("apa", "mdd", "wrd"),
+                                                                      (apa_template, mdd_template, wrd_template))
+                                            if t in tasks},
         "tokenizer": counter.name if counter is not None else None,
         "utterances": len(seconds), "examples": n_examples, "unlabelled": n_unlabelled,
         "skipped": len(errors), "skip_reasons": {e.utt_id: e.problem for e in errors},
@@ -135,6 +140,8 @@ def _log_summary(stats: dict, out: Path) -> None:
              stats["mispronounced_phones"], stats["phones"], stats["audio_seconds"]["total"],
              stats["utterances_per_second"] or 0.0)
     for task, counts in (stats["tokens"] or {}).items():
+        if counts["audio"] is None:
+            continue  # a task this folder does not hold
         log.info("%s: mean tokens prompt %s, answer %s, audio %s", task, counts["prompt"], counts["answer"],
                  counts["audio"])
 
@@ -203,12 +210,18 @@ def example_from_json(obj, need_target: bool = True) -> Example:
         raise ValueError(f"the prompt of a {task} example must hold {CONTROL_TOKENS[task]} and no other control token")
     if not prompt.endswith(ASSISTANT):
         raise ValueError(f"the prompt must end with {ASSISTANT}: the answer follows it")
+    text = obj.get("text")
+    if task == "wrd" and (not isinstance(text, str) or not text.split() or text not in prompt):
+        raise ValueError("a wrd line needs \"text\": the words its prompt gives, space-separated, which the "
+                         "answer scores in order")
     if target is None:
         if need_target:
             raise ValueError(f"{obj['id']}/{task} has no target: nothing to train on")
     else:
         check_target(task, target)
-    return Example(obj["id"], task, obj["audio"], prompt, target)
+        if task == "wrd" and [w["word"] for w in parse_answer(task, target)["words"]] != text.split():
+            raise ValueError("the words of a wrd target must be those of its \"text\", in order")
+    return Example(obj["id"], task, obj["audio"], prompt, target, text if task == "wrd" else None)
 
 
 def check_target(task: str, target) -> None:

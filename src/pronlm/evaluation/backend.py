@@ -12,8 +12,9 @@ import numpy as np
 
 from pronlm.data.audio import SAMPLE_RATE
 from pronlm.data.parse import parse_answer
-from pronlm.data.prompts import TASKS, Example, PromptSet
+from pronlm.data.prompts import PAPER_TASKS, Example, PromptSet
 from pronlm.data.records import AudioError
+from pronlm.errors import PronlmError
 from pronlm.evaluation.grammar import score_fields
 
 
@@ -27,12 +28,16 @@ class Backend(ABC):
     def predict_examples(self, examples: list[Example], audio: list[np.ndarray], batch_size: int = 8) -> list[dict]:
         """One record (`answer_record`) per example, in order, each asked with its own prompt."""
 
-    def predict(self, items: list[tuple[str, np.ndarray]], tasks=TASKS, batch_size: int = 8) -> list[dict]:
+    tasks: tuple[str, ...] = PAPER_TASKS  # what the model was trained to answer: assess and serve ask these
+
+    def predict(self, items: list[tuple[str, np.ndarray]], tasks=PAPER_TASKS, batch_size: int = 8,
+                words: dict[str, list[str]] | None = None) -> list[dict]:
         """One record per (item, task), in order; items are (id, 16 kHz float32 mono samples).
 
+        `words`: each item's words (id -> the text's words), which the word task scores.
         Raises `AudioError` naming the first item longer than `max_audio_seconds`, before anything is asked.
         """
-        examples, audio = task_examples(items, tasks, self.prompts, self.max_audio_seconds)
+        examples, audio = task_examples(items, tasks, self.prompts, self.max_audio_seconds, words)
         return self.predict_examples(examples, audio, batch_size)
 
 
@@ -44,18 +49,23 @@ def answer_record(example: Example, raw: str, dists: dict | None = None) -> dict
     record = {"id": example.id, "task": example.task, "raw": raw, **parse_answer(example.task, raw)}
     if example.task == "apa":
         record |= score_fields(dists if record["ok"] else None)
+    if example.task == "wrd":  # `dists` is the expected word scores here (`expected_word_scores`)
+        record["words_expected"] = dists if record["ok"] and len(dists or ()) == len(record["words"]) else None
     return record
 
 
-def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet,
-                  max_seconds: float) -> tuple[list[Example], list[np.ndarray]]:
-    """The examples of every (item, task) pair, in order, and their clips.
+def task_examples(items: list[tuple[str, np.ndarray]], tasks, prompts: PromptSet, max_seconds: float,
+                  words: dict[str, list[str]] | None = None) -> tuple[list[Example], list[np.ndarray]]:
+    """The examples of every (item, task) pair, in order, and their clips; the word task's with the
+    item's `words` (id -> words) in its prompt.
 
     Raises `AudioError` naming the first item longer than `max_seconds`, before anything is asked.
     """
+    if "wrd" in tasks and any(utt_id not in (words or {}) for utt_id, _ in items):
+        raise PronlmError("the word task scores the words of each recording's text: give them (words=)")
     for utt_id, samples in items:
         if len(samples) > max_seconds * SAMPLE_RATE:
             raise AudioError(utt_id, f"audio lasts {len(samples) / SAMPLE_RATE:.2f} s, over the limit of "
                                      f"{max_seconds:g} s")
     jobs = [(utt_id, samples, task) for utt_id, samples in items for task in tasks]
-    return [Example(i, t, None, prompts.for_task(t), None) for i, _, t in jobs], [s for _, s, _ in jobs]
+    return [prompts.example(i, t, None, (words or {}).get(i)) for i, _, t in jobs], [s for _, s, _ in jobs]

@@ -1,5 +1,6 @@
 """`pronlm evaluate`: predictions JSONL + corpus -> report.json, and report.md beside the paper
-(`markdown`) with its figures (`plots`).
+(`markdown`) with its figures (`plots`); and GOPT's three granularities (`granularities`): phone
+accuracy over every test phone, word scores over every test word, utterance scores.
 
 Failed parses count as what they are: a failed MDD answer is an empty transcript (all deletions
 in WER, PER and MDD); a failed APA answer has no score and is left out of the correlations. Both
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from pronlm.data.corpus import read_corpus
 from pronlm.data.parse import normalise_phones, parse_answer
-from pronlm.data.prompts import TASKS
-from pronlm.data.records import ASPECTS, Utterance, UtteranceError
+from pronlm.data.prompts import PAPER_TASKS
+from pronlm.data.records import ASPECTS, WORD_ASPECTS, Utterance, UtteranceError
 from pronlm.data.schema import PHONE_SCORES, PredictionsError, check_record, valid_scores
 from pronlm.data.targets import (
     DELETED,
@@ -24,7 +25,7 @@ from pronlm.data.targets import (
     aligned_word_phones,
     strip_stress,
 )
-from pronlm.data.text import spoken_form
+from pronlm.data.text import spoken_form, words
 from pronlm.errors import PronlmError
 from pronlm.evaluation import metrics
 from pronlm.evaluation.markdown import report_markdown
@@ -177,6 +178,60 @@ def mdd_section(utts: list[Utterance], preds: dict, rows: list[MddRow]) -> dict:
     }
 
 
+def word_section(utts: list[Utterance], preds: dict, key: str = "words") -> tuple[dict | None, int]:
+    """Word accuracy / stress / total agreement over every word of the answered utterances (GOPT's
+    protocol), and how many answers were left out because their words are not the text's.
+
+    `key`: "words" (the greedy integers) or "words_expected"; None when no answer has them.
+    """
+    pairs = {a: ([], []) for a in WORD_ASPECTS}
+    found, misaligned = False, 0
+    for utt in utts:
+        answer = preds.get((utt.id, "wrd"))
+        if not answer or not answer["ok"] or not answer.get(key):
+            continue
+        found = True
+        said = [e.get("word") for e in answer["words"]]
+        if said != [w.text for w in utt.words] or len(answer[key]) != len(utt.words):
+            misaligned += 1  # free text that lists other words: no word of it can be paired
+            continue
+        for entry, word in zip(answer[key], utt.words):
+            for aspect in WORD_ASPECTS:
+                pairs[aspect][0].append(entry[aspect])
+                pairs[aspect][1].append(getattr(word, aspect))
+    if not found:
+        return None, misaligned
+    return {a: metrics.agreement(pred, human) for a, (pred, human) in pairs.items()}, misaligned
+
+
+def completeness_section(utts: list[Utterance], preds: dict) -> dict | None:
+    """Utterance completeness, derived (neither the paper nor the model predicts it): 10 x the share of
+    the text's words that the MDD word transcript holds in order (`metrics.completeness`)."""
+    pred, human = [], []
+    for utt in utts:
+        answer = preds.get((utt.id, "mdd"))
+        if answer is None or utt.scores.completeness is None:
+            continue
+        heard = words(answer["word_transcript"]) if answer["ok"] else []
+        pred.append(metrics.completeness(words(utt.text), heard))
+        human.append(float(utt.scores.completeness))
+    return metrics.agreement(pred, human) if pred else None
+
+
+def granularities(utts: list[Utterance], preds: dict, apa: dict, phone: dict | None) -> dict:
+    """GOPT's table (Gong et al. 2022): phone (`phone_section`), word and utterance agreement; a
+    granularity the predictions do not hold is None (the report says so), never zeros."""
+    mismatched = phone["skipped_utterances"] if phone else 0
+    word, misaligned = word_section(utts, preds)
+    utterance = {a: {k: apa[a][k] for k in ("pcc", "p_value", "mse", "n")} for a in ASPECTS
+                 if apa[a]["n"]}
+    completeness = completeness_section(utts, preds)
+    if completeness:
+        utterance["completeness"] = completeness
+    return {"phone": phone, "word": word, "word_expected": word_section(utts, preds, "words_expected")[0],
+            "utterance": utterance or None, "phone_length_mismatch": mismatched, "word_misaligned": misaligned}
+
+
 def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy: str = "unk",
              duplicates: str = "error", speakers=None) -> dict:
     """Score a prediction file against `split` of `corpus`; write report.json, report.md and plots to `out`.
@@ -199,14 +254,16 @@ def evaluate(predictions: str, corpus: str, split: str, out: str, accent_policy:
         raise ReportError(f"no prediction in {predictions} has the id of a labelled {split} utterance of {corpus} "
                           "(wrong --split or --corpus?)")
     apa, pairs = apa_section(utts, preds)
+    phone = phone_section(utts, preds)
+    tasks = PAPER_TASKS + (("wrd",) if any(t == "wrd" for _, t in preds) else ())
     has_expected = any(valid_scores(a.get("scores_expected")) for (_, t), a in preds.items() if t == "apa")
     rows = [mdd_row(u, preds[u.id, "mdd"], policy) for u in utts if (u.id, "mdd") in preds]
     report = {
         "n_utterances": len(utts), "split": split, "accent_policy": policy.value,
         "apa": apa, "apa_expected": apa_section(utts, preds, "scores_expected")[0] if has_expected else None,
-        "calibration": calibration_section(utts, preds), "phone": phone_section(utts, preds),
-        "mdd": mdd_section(utts, preds, rows),
-        "parse": {f"{t}_{k}": v for t in TASKS for k, v in _parse_counts(utts, preds, t).items()}
+        "calibration": calibration_section(utts, preds), "phone": phone,
+        "mdd": mdd_section(utts, preds, rows), "granularities": granularities(utts, preds, apa, phone),
+        "parse": {f"{t}_{k}": v for t in tasks for k, v in _parse_counts(utts, preds, t).items()}
         | {"unknown_ids": sum(i not in known for i, _ in preds), "corpus_errors": len(corpus_errors),
            "out_of_range": sum((a.get("error") or "").startswith("score outside") for a in preds.values()),
            "repeated_agreeing": repeated["agreeing"], "repeated_conflicting": repeated["conflicting"]},

@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pronlm.data.records import ASPECTS
-from pronlm.evaluation.paper import GOPT_PHONE, OTHER_SYSTEMS, PAPER_TABLE3, PAPER_TEST_SIZE
+from pronlm.evaluation.paper import (
+    GOPT_PHONE,
+    GRANULARITY_COLUMNS,
+    GRANULARITY_HEADERS,
+    GRANULARITY_SYSTEMS,
+    OTHER_SYSTEMS,
+    PAPER_TABLE3,
+    PAPER_TEST_SIZE,
+)
 from pronlm.evaluation.plots import PLOTS
 
 
@@ -34,6 +42,7 @@ def report_markdown(report: dict, predictions: str) -> str:
         *["| " + name + " | " + " | ".join(_num(v) for v in vals) + " |" for name, *vals in OTHER_SYSTEMS],
         "| **this run** | " + " | ".join(f"**{_num(v)}**" for v in ours[:4] + [mdd["per"], mdd["f1"]]) + " |",
         *_expected_row(report, 2), "",
+        *granularity_section(report.get("granularities")),
         "## What compares", "",
         "PCC (Pearson r per aspect), WER and PER are defined as in the paper and compare directly when this run "
         "covers the 2,500 test utterances. Our precision, recall and F1 follow the standard MDD protocol "
@@ -124,3 +133,63 @@ def _coverage(report: dict) -> str:
 
 def _ci(ci) -> str:
     return f"[{_num(ci[0])}, {_num(ci[1])}]"
+
+
+def granularity_row(granularities: dict | None) -> dict[str, float | None]:
+    """A report's GOPT-protocol numbers in `GRANULARITY_COLUMNS` (None where missing or undefined)."""
+    g = granularities or {}
+    phone, word, utt = g.get("phone") or {}, g.get("word") or {}, g.get("utterance") or {}
+    row = {"phone_mse": phone.get("mse"), "phone_pcc": phone.get("pcc")}
+    row |= {f"word_{a}": (word.get(a) or {}).get("pcc") for a in ("accuracy", "stress", "total")}
+    row |= {f"utt_{a}": (utt.get(a) or {}).get("pcc")
+            for a in ("accuracy", "completeness", "fluency", "prosodic", "total")}
+    return row
+
+
+def granularity_cells(row: dict) -> str:
+    return " | ".join(_num(row.get(c)) for c in GRANULARITY_COLUMNS)
+
+
+GRANULARITY_HEADER = ["| system | " + " | ".join(GRANULARITY_HEADERS) + " |",
+                      "|---|" + "---|" * len(GRANULARITY_HEADERS)]
+
+
+def granularity_section(g: dict | None) -> list[str]:
+    """Phone, word and utterance agreement beside GOPT's and the later systems' published rows; says
+    which granularities the predictions lack instead of showing zeros."""
+    if g is None:
+        return []
+    missing = []
+    if g["phone"] is None:
+        missing.append("**phone**: no `phone_scores` on the MDD records (phone scores were not computed)")
+    if g["word"] is None:
+        missing.append("**word**: no word-task (`wrd`) answers in the predictions (a run with tasks "
+                       "[apa, mdd, wrd] gives them)")
+    if g["utterance"] is None:
+        missing.append("**utterance**: no APA answers in the predictions")
+    words = g.get("word") or {}
+    n_words = max((v["n"] for v in words.values()), default=0)
+    lines = ["## Three granularities (GOPT's protocol)", "",
+             "Phone accuracy (0-2) MSE and PCC over every test phone, word accuracy / stress / total PCC over "
+             "every test word, utterance PCCs. Published rows: SPEC §1 (GOPT: Gong et al., ICASSP 2022, all "
+             "three granularities; 3M, HMamba and MuFFIN: their utterance scores only, as the SPEC gives them; "
+             "\"–\" where no number is given). Utterance completeness is derived, not predicted: 10 × the share "
+             "of the text's words that the MDD word transcript holds in order (minimum edit alignment); its PCC is "
+             "undefined (\"–\") when every human completeness is the same, as for nearly all SpeechOcean762 "
+             "utterances.", "", *GRANULARITY_HEADER,
+             *[f"| {name} | " + " | ".join(_num(v) for v in vals) + " |" for name, *vals in GRANULARITY_SYSTEMS],
+             f"| **this run** | {granularity_cells(granularity_row(g))} |", ""]
+    if g.get("word_expected"):
+        exp = g["word_expected"]
+        lines += ["Word PCCs on the expected scores (Σ v·p(v) over the 11 value tokens, ours): " + ", ".join(
+            f"{a} {_num(exp[a]['pcc'])}" for a in ("accuracy", "stress", "total")) + ".", ""]
+    if n_words:
+        lines += [f"{n_words} words scored"
+                  + (f"; {g['word_misaligned']} word answers left out (their words are not the text's)"
+                     if g["word_misaligned"] else "") + ".", ""]
+    if g["phone"] and g["phone_length_mismatch"]:
+        lines += [f"{g['phone_length_mismatch']} phone-score lists left out (not one score per canonical phone).", ""]
+    if missing:
+        lines += ["Missing from these predictions, so shown as \"–\" above, not as zeros:", "",
+                  *[f"- {m}" for m in missing], ""]
+    return lines

@@ -20,7 +20,18 @@ OTHER_SYSTEMS = [
     ("Azure Pronunciation Assessment", 0.70, 0.715, 0.842, 0.782, None, None),
     ("3M", 0.760, 0.828, 0.827, 0.796, None, None),
     ("HMamba", 0.807, 0.848, 0.843, 0.829, None, 0.639),
-    ("MuFFIN", None, None, None, None, None, 0.660),
+    ("MuFFIN", 0.807, 0.841, 0.832, 0.830, None, 0.660),
 ]
 # SPEC §1: GOPT (Gong et al. 2022) phone accuracy MSE and PCC over every SpeechOcean762 test phone
 GOPT_PHONE = (0.085, 0.612)
+# GOPT's three granularities (SPEC §1), in GRANULARITY_COLUMNS' order; None: the SPEC does not give it.
+GRANULARITY_COLUMNS = ("phone_mse", "phone_pcc", "word_accuracy", "word_stress", "word_total", "utt_accuracy",
+                       "utt_completeness", "utt_fluency", "utt_prosodic", "utt_total")
+GRANULARITY_HEADERS = ("phone MSE", "phone PCC", "word acc", "word stress", "word total", "utt acc",
+                       "utt compl", "utt flu", "utt pro", "utt total")
+GRANULARITY_SYSTEMS = [
+    ("GOPT (Gong et al. 2022)", *GOPT_PHONE, 0.533, 0.291, 0.549, 0.714, 0.155, 0.753, 0.760, 0.742),
+    ("3M", None, None, None, None, None, 0.760, None, 0.828, 0.827, 0.796),
+    ("HMamba", None, None, None, None, None, 0.807, None, 0.848, 0.843, 0.829),
+    ("MuFFIN", None, None, None, None, None, 0.807, None, 0.841, 0.832, 0.830),
+]

@@ -25,15 +25,17 @@ from pronlm.config import Config, predictions_config
 from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
 from pronlm.data.prepare import read_examples
-from pronlm.data.prompts import TASKS, Example, PromptSet
-from pronlm.data.records import UtteranceError
+from pronlm.data.prompts import PAPER_TASKS, TASKS, Example, PromptSet
+from pronlm.data.records import WORD_ASPECTS, UtteranceError
 from pronlm.data.schema import PHONE_SCORES
 from pronlm.data.targets import strip_stress
+from pronlm.data.text import sentence_words
 from pronlm.errors import PredictionInterrupted, PronlmError
 from pronlm.evaluation.backend import Backend, answer_record, task_examples
 from pronlm.evaluation.grammar import (
     ValueLogits,
     answer_grammar,
+    expected_word_scores,
     score_distributions,
     score_token_ids,
 )
@@ -77,7 +79,7 @@ class Predictor(Backend):
         """The model `cfg` describes, ready to answer with `cfg`'s inference settings; with `adapter`, the
         checkpoint on it (`pronlm.config.command_config` gives a checkpoint's own config), else the untrained base."""
         model, tokenizer = load_model(cfg, adapter, device=device)
-        prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+        prompts = PromptSet.from_config(cfg)
         return cls(model, tokenizer, prompts, cfg.max_new_tokens, cfg.max_audio_seconds,
                    load_feature_extractor(resolve_base(cfg, adapter), cfg.revision),
                    cfg.constrained, cfg.accent_policy, cfg.word_boundaries)
@@ -98,14 +100,18 @@ class Predictor(Backend):
     @torch.inference_mode()
     def generate_scored(self, examples: list[Example], audio: list[np.ndarray]) -> list[tuple[str, dict | None]]:
         """(answer, score distributions) per example: for APA answers whose scores could be found, each
-        aspect's probabilities of 0..10 (`pronlm.evaluation.grammar.score_distributions`), else None.
-        Constrained to each task's grammar when `constrained`."""
+        aspect's probabilities of 0..10 (`pronlm.evaluation.grammar.score_distributions`); for WRD answers each
+        word's expected scores (`expected_word_scores`); else None. Constrained to each task's grammar when
+        `constrained`."""
         batch = {k: v.to(self.model.device) for k, v in self.collator(examples, audio).items()}
+        words = [ex.text.split() if ex.task == "wrd" else None for ex in examples]
+        # a word answer is as long as its words make it: the budget grows with the longest (one entry per word)
+        budget = max([self.max_new_tokens] + [self.word_answer_tokens(w) for w in words if w is not None])
         values = ValueLogits(self.score_ids)
         processors = [values]
         if self.grammar is not None:
-            processors.append(self.grammar.processor([ex.task for ex in examples], self.max_new_tokens))
-        out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+            processors.append(self.grammar.processor([ex.task for ex in examples], budget, words))
+        out = self.model.generate(**batch, max_new_tokens=budget, do_sample=False,
                                   eos_token_id=self.stop_ids, pad_token_id=self.collator.pad_id,
                                   suppress_tokens=self.suppress, logits_processor=LogitsProcessorList(processors))
         answers = []
@@ -113,9 +119,10 @@ class Predictor(Backend):
             stop = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row) - 1)
             ids = row[:stop + 1]
             expected = None
-            if ex.task == "apa":
+            if ex.task in ("apa", "wrd"):
                 pieces = [self.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
-                expected = score_distributions(pieces, ids, values.row(n), self.score_ids)
+                scored = score_distributions if ex.task == "apa" else expected_word_scores
+                expected = scored(pieces, ids, values.row(n), self.score_ids)
             answers.append((self.tokenizer.decode(ids, skip_special_tokens=False), expected))
         return answers
 
@@ -132,6 +139,12 @@ class Predictor(Backend):
             tree = self.phone_scorer.tree(prompt, text, words)
             out.append(score_tree(self.model, tree, audio) if tree.canonical else [])
         return out
+
+    def word_answer_tokens(self, words: list[str]) -> int:
+        """Tokens of a word answer for `words` (scores of two digits) and its end: its length under the grammar."""
+        answer = json.dumps({"words": [{"word": w, **dict.fromkeys(WORD_ASPECTS, 10)} for w in words]})
+        return len(self.tokenizer(answer, add_special_tokens=False).input_ids) + len(self.stop_ids)
+
 
     def predict_examples(self, examples: list[Example], audio: list[np.ndarray], batch_size: int = 8) -> list[dict]:
         """One record per example, in order, each asked with its own prompt (a data folder's lines)."""
@@ -186,16 +199,17 @@ def done_keys(out: Path) -> set[tuple[str, str]]:
     return keys
 
 
-def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batch_size: int = 8,
+def predict(cfg: Config, out: str, adapter: str | None = None, tasks=None, batch_size: int = 8,
             speakers=None, predictor=None) -> dict:
     """Predict `cfg`'s corpus split (test when null) into `out` (JSON lines), skipping what the file already
     holds; `cfg.data`: that folder's examples.jsonl instead (`predict_folder`). `cfg` is saved beside `out`
-    (`predictions_config`), so every predictions file says how it was decoded.
+    (`predictions_config`), so every predictions file says how it was decoded. `tasks`: None asks `cfg.tasks`.
 
     `speakers`: only their utterances (a development split carved from train, `pronlm.evaluation.table`).
     `predictor`: a function giving one already loaded (around the model being trained), called only when
     something is left to predict, in place of loading `cfg`'s model.
     """
+    tasks = tuple(tasks or cfg.tasks)
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise PronlmError(f"unknown task(s) {bad}: choose from {', '.join(TASKS)}")
@@ -217,7 +231,7 @@ def predict(cfg: Config, out: str, adapter: str | None = None, tasks=TASKS, batc
 
     def answer(utts, audio):  # only the (utterance, task) pairs the file lacks: a resumed run asks nothing twice
         examples, clips = task_examples([(u.id, a) for u, a in zip(utts, audio)], tasks, predictor.prompts,
-                                        predictor.max_audio_seconds)
+                                        predictor.max_audio_seconds, {u.id: utterance_words(u) for u in utts})
         pairs = [(ex, clip) for ex, clip in zip(examples, clips) if (ex.id, ex.task) not in done]
         records = predictor.predict_examples([ex for ex, _ in pairs], [clip for _, clip in pairs], batch_size)
         return add_phone_scores(predictor, records, {u.id: (u, a) for u, a in zip(utts, audio)})
@@ -289,8 +303,13 @@ def append_predictions(out_path: Path, todo: list, step: int, unit: str, read_au
     return written, failed, len(todo) / (time.perf_counter() - t0)
 
 
+def utterance_words(utt) -> list[str]:
+    """The words the word task scores: the annotated ones, else the text's."""
+    return [w.text for w in utt.words] if utt.words else sentence_words(utt.text)
+
+
 def predict_folder(cfg: Config, out_path: Path, done: set[tuple[str, str]], adapter: str | None = None,
-                   tasks=TASKS, batch_size: int = 8) -> dict:
+                   tasks=PAPER_TASKS, batch_size: int = 8) -> dict:
     """Predict each line of `cfg.data`/examples.jsonl (its id, task, audio and prompt) not yet in `out_path`.
 
     Longest clips first, as for a corpus; targets may be null. Bad lines and clips are reported and skipped.

@@ -21,7 +21,8 @@ from pronlm.config import Config
 from pronlm.data.records import ASPECTS
 from pronlm.errors import PronlmError
 from pronlm.evaluation.evaluate import evaluate
-from pronlm.evaluation.paper import PAPER_TABLE3, PAPER_TEST_SIZE
+from pronlm.evaluation.markdown import GRANULARITY_HEADER, granularity_cells, granularity_row
+from pronlm.evaluation.paper import GRANULARITY_SYSTEMS, PAPER_TABLE3, PAPER_TEST_SIZE
 from pronlm.evaluation.predict import Predictor, predict
 from pronlm.model.load import resolve_base
 from pronlm.run import DEV_HISTORY, DEV_SPEAKERS, TABLE_JSON, TABLE_MD, Run
@@ -91,7 +92,8 @@ def table_row(entry: Entry, report: dict) -> dict:
     expected = report.get("apa_expected")
     return {"checkpoint": entry.name, "epoch": entry.epoch, "step": entry.step,
             "n_apa": report["apa"]["total"]["n"], "n_mdd": report["mdd"]["n"], **metrics_row(report),
-            "expected_pcc": {a: expected[a]["pcc"] for a in ASPECTS} if expected else None}
+            "expected_pcc": {a: expected[a]["pcc"] for a in ASPECTS} if expected else None,
+            "granularities": granularity_row(report.get("granularities"))}
 
 
 def _best(rows: list[dict]) -> dict | None:
@@ -217,6 +219,7 @@ def table_markdown(table: dict) -> str:
     if dev:
         lines += _dev_section(dev, header)
     lines += _expected_section(table["rows"])
+    lines += _granularity_section(table["rows"])
     lines += ["## What compares", "",
               "PCC (Pearson r per aspect), WER and PER are defined as in the paper. Our F1, P and R follow the "
               "standard MDD protocol (Li et al. 2016); the paper does not say how it counted its own, so those "
@@ -235,6 +238,20 @@ def _expected_section(rows: list[dict]) -> list[str]:
             "| checkpoint | epoch | acc PCC | flu PCC | pro PCC | total PCC |", "|---|---|---|---|---|---|",
             *[f"| {r['checkpoint']} | {_epoch(r)} | " + " | ".join(_num(r["expected_pcc"][a]) for a in ASPECTS) + " |"
               for r in rows], ""]
+
+
+def _granularity_section(rows: list[dict]) -> list[str]:
+    """Each checkpoint at GOPT's three granularities (phone, word, utterance), beside GOPT's published row."""
+    rows = [r for r in rows if r.get("granularities")]
+    if not rows:
+        return []
+    return ["## Three granularities (GOPT's protocol)", "",
+            "Phone accuracy MSE / PCC over every phone, word and utterance PCCs (see any `report.md` for what "
+            "each column is and which granularities its predictions lack; \"–\": missing or undefined):", "",
+            *GRANULARITY_HEADER,
+            *[f"| {name} | " + " | ".join(_num(v) for v in vals) + " |" for name, *vals in GRANULARITY_SYSTEMS],
+            *[f"| {r['checkpoint']} (epoch {_epoch(r)}) | {granularity_cells(r['granularities'])} |" for r in rows],
+            ""]
 
 
 def _dev_section(dev: dict, header: list[str]) -> list[str]:

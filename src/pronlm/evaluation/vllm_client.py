@@ -30,16 +30,24 @@ from pronlm.data.prompts import (
     AUDIO_PLACEHOLDER,
     END,
     EOT,
-    TASKS,
+    PAPER_TASKS,
     USER,
     Example,
     PromptSet,
 )
 from pronlm.errors import BackendError, PronlmError
 from pronlm.evaluation.backend import Backend, answer_record
-from pronlm.evaluation.grammar import TOP_LOGPROBS, answer_schema, distributions_from_logprobs
+from pronlm.evaluation.grammar import (
+    TOP_LOGPROBS,
+    answer_schema,
+    distributions_from_logprobs,
+    word_scores_from_logprobs,
+)
 from pronlm.model.collate import audio_limit
 
+# o200k tokens of one word's entry in a word answer: 23 + the word's own tokens (`{"word": "WE", "accuracy":
+# 10, ...}`: 24; benchmarks/bench_word_task.py), room for long words; a word answer's max_tokens grows with its words.
+WORD_ENTRY_TOKENS = 32
 # The server's model cannot be asked for its audio encoder; it is Phi-4-multimodal, whose encoder
 # reduces time 8x (SPEC §2): the 40 s limit the transformers backend finds in the model's config.
 PHI4_AUDIO = SimpleNamespace(time_reduction=8)
@@ -90,14 +98,14 @@ class VllmPredictor(Backend):
         key = os.environ.get(API_KEY_ENV)
         self.client = httpx.Client(timeout=self.timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
         self.model = self.model or self.served_model()
-        self.schemas = {task: answer_schema(task, self.accent_policy, self.word_boundaries) for task in TASKS}
+        self.schemas = {task: answer_schema(task, self.accent_policy, self.word_boundaries) for task in ("apa", "mdd")}
 
     @classmethod
     def from_config(cls, cfg: Config) -> "VllmPredictor":
         """The client for the server `cfg` names, asking as `cfg`'s prompts and inference settings say."""
-        return cls(cfg.vllm_url, PromptSet.from_templates(cfg.apa_template, cfg.mdd_template), cfg.vllm_model,
+        return cls(cfg.vllm_url, PromptSet.from_config(cfg), cfg.vllm_model,
                    cfg.max_new_tokens, cfg.max_audio_seconds, cfg.request_timeout, cfg.constrained,
-                   cfg.accent_policy, cfg.word_boundaries)
+                   cfg.accent_policy, cfg.word_boundaries, tuple(cfg.tasks))
 
     def served_model(self) -> str:
         """The name of the one model the server serves; several: an error listing them."""
@@ -119,7 +127,8 @@ class VllmPredictor(Backend):
                 {"type": "text", "text": chat_content(example)},
                 {"type": "input_audio", "input_audio": {"data": wav_base64(samples), "format": "wav"}}]}],
             "temperature": 0.0,
-            "max_tokens": self.max_new_tokens,
+            "max_tokens": self.max_new_tokens if example.task != "wrd" else
+            max(self.max_new_tokens, WORD_ENTRY_TOKENS * len(example.text.split()) + 8),
             # The raw answer as the transformers backend decodes it: special tokens kept, ending in the
             # stop token that ended it (vLLM drops a stop string or EOS from the text unless asked).
             "stop": [END, EOT],
@@ -128,13 +137,15 @@ class VllmPredictor(Backend):
             "spaces_between_special_tokens": False,
         }
         if self.constrained:
-            body["structured_outputs"] = {"json": self.schemas[example.task]}
-        if example.task == "apa":  # the value tokens' logprobs at each score: `scores_expected`
+            schema = self.schemas.get(example.task) or answer_schema("wrd", words=example.text.split())
+            body["structured_outputs"] = {"json": schema}
+        if example.task in ("apa", "wrd"):  # the value tokens' logprobs at each score: the expected scores
             body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
         return body
 
     def ask(self, example: Example, samples: np.ndarray) -> tuple[str, dict | None]:
-        """The raw answer to one example, and its score distributions (APA, when the server sent logprobs)."""
+        """The raw answer to one example, and its score distributions (APA) or expected word scores (WRD),
+        when the server sent logprobs."""
         body = self._call("POST", "/chat/completions", self.request(example, samples))
         try:
             choice = body["choices"][0]
@@ -144,7 +155,10 @@ class VllmPredictor(Backend):
         if not isinstance(content, str):
             raise self._malformed("/chat/completions", f"content is {type(content).__name__}, not text")
         logprobs = (choice.get("logprobs") or {}).get("content") if isinstance(choice, dict) else None
-        dists = distributions_from_logprobs(logprobs) if example.task == "apa" and isinstance(logprobs, list) else None
+        dists = None
+        if isinstance(logprobs, list) and example.task in ("apa", "wrd"):
+            read = distributions_from_logprobs if example.task == "apa" else word_scores_from_logprobs
+            dists = read(logprobs)
         return content, dists
 
     def predict_examples(self, examples: list[Example], audio: list[np.ndarray], batch_size: int = 8) -> list[dict]:

@@ -33,7 +33,9 @@ PEFT_PREFIX = "base_model.model."  # peft's key prefix; the converted speech-lor
 
 
 def add_control_tokens(tokenizer, model=None) -> dict[str, int]:
-    """Add `<|APA|>` / `<|MDD|>` as special tokens and return {task: id}.
+    """Add `<|APA|>` / `<|MDD|>` / `<|WRD|>` as special tokens and return {task: id}.
+
+    All three always, in that order, so a task's id is the same in every run, whichever tasks it trains.
 
     Phi-4's embedding has spare rows above the tokenizer's last id (200,064 rows), so the new ids
     normally fit; when they do not, the embedding is resized to a multiple of 64.
@@ -144,7 +146,8 @@ def prepare_for_training(cfg: Config, model, tokenizer):
     """
     from peft import LoraConfig, get_peft_model
 
-    token_ids = list(add_control_tokens(tokenizer, model).values())
+    ids = add_control_tokens(tokenizer, model)
+    token_ids = [ids[task] for task in cfg.tasks]  # the rows of the tasks this run trains, no other
     if cfg.strategy in ("speech-lora", "unfreeze"):
         return upcast_trainable(with_speech_lora(cfg, model, token_ids))
     if cfg.quantize_4bit:

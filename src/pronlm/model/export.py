@@ -132,7 +132,7 @@ def merged_model(adapter: str, cfg: Config):
     trained rows into the embedding matrix, which the tied lm_head shares.
     """
     model, tokenizer = load_model(cfg, adapter, device="cpu", dtype="fp32")
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in CONTROL_TOKENS.values()}
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in CONTROL_TOKENS.values() if tok in tokenizer.get_vocab()}
     with torch.no_grad():
         trained = model.get_input_embeddings()(torch.tensor(list(ids.values()))).clone()
     model = model.merge_and_unload()
@@ -295,7 +295,8 @@ def save_original_tokenizer(trained, source: Path, out: Path) -> None:
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read the original tokenizer in {source}: {exc}") from None
     ids = add_control_tokens(tokenizer)
-    want = {task: trained.convert_tokens_to_ids(tok) for task, tok in CONTROL_TOKENS.items()}
+    want = {task: trained.convert_tokens_to_ids(tok) for task, tok in CONTROL_TOKENS.items() if tok in trained.get_vocab()}
+    ids = {task: i for task, i in ids.items() if task in want}  # a checkpoint from before the word task has two
     if ids != want:
         raise ExportError(f"the original tokenizer gives the control tokens ids {ids}, the trained one {want}: "
                           "the model would read other rows")
@@ -324,7 +325,9 @@ def model_card(cfg: Config, adapter: str, layout: str, summary: dict) -> str:
              f"{'A tiny random test model, not a pronunciation model. ' if cfg.is_tiny else ''}"
              f"Phi-4-multimodal fine-tuned with LoRA by pronlm, reproducing {PAPER}. The task is chosen by a control "
              f"token: `<|user|><|APA|><|audio_1|>{{instructions}}<|end|><|assistant|>` answers sentence scores "
-             "0–10 as JSON, `<|MDD|>` the words and phones heard. The prompts are in `prompts/`.", "",
+             "0–10 as JSON, `<|MDD|>` the words and phones heard"
+             + (", `<|WRD|>` (its instructions holding the sentence's words) the accuracy, stress and total 0–10 of "
+                "each word" if "wrd" in cfg.tasks else "") + ". The prompts are in `prompts/`.", "",
              "## Use", "", *use, "",
              "## Recipe", "",
              f"- base: `{cfg.base}` (revision `{cfg.revision}`), strategy `{cfg.strategy}`"

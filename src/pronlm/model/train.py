@@ -148,7 +148,7 @@ def load_examples(cfg: Config, prompts: PromptSet, tokenizer, clips: list | None
     errors: list[UtteranceError] = []
     examples, lengths = [], []
     policy = AccentPolicy(cfg.accent_policy)
-    prompt_tokens = {t: len(tokenizer(prompts.for_task(t), add_special_tokens=False).input_ids) for t in TASKS}
+    prompt_tokens: dict[str, int] = {}  # by prompt text: the word task's holds each sentence's words
     held_out = dev_speakers(cfg)  # dev_fraction: the development split's speakers never train
     for utt, samples in usable_utterances(cfg.corpus, cfg.train_split, errors, cfg.max_audio_seconds, cfg.limit,
                                           held_out):
@@ -157,14 +157,17 @@ def load_examples(cfg: Config, prompts: PromptSet, tokenizer, clips: list | None
         if not utt.labelled:
             errors.append(UtteranceError(utt.id, "has no scores.json entry: nothing to train on"))
             continue
-        for ex in build_examples(utt, prompts, policy, cfg.word_boundaries):
+        for ex in build_examples(utt, prompts, policy, cfg.word_boundaries, tuple(cfg.tasks)):
+            if ex.prompt not in prompt_tokens:
+                prompt_tokens[ex.prompt] = len(tokenizer(ex.prompt, add_special_tokens=False).input_ids)
             examples.append(ex)
-            lengths.append(sequence_length(tokenizer, prompt_tokens[ex.task], samples.size, ex.target))
+            lengths.append(sequence_length(tokenizer, prompt_tokens[ex.prompt], samples.size, ex.target))
     for exc in errors:
         log.warning("skipped %s", exc)
     if not examples:
         raise UtteranceError("*", f"no usable training utterances in {cfg.corpus} ({cfg.train_split})")
-    log.info("%d examples from %d utterances (%d skipped)", len(examples), len(examples) // 2, len(errors))
+    log.info("%d examples from %d utterances (%d skipped)", len(examples), len(examples) // len(cfg.tasks),
+             len(errors))
     return ExampleDataset(examples, lengths)
 
 
@@ -179,8 +182,12 @@ def load_folder_examples(cfg: Config, prompts: PromptSet, tokenizer, clips: list
         if ex.prompt not in prompt_tokens:
             prompt_tokens[ex.prompt] = len(tokenizer(ex.prompt, add_special_tokens=False).input_ids)
         lengths.append(sequence_length(tokenizer, prompt_tokens[ex.prompt], samples, ex.target))
+    extra = sorted({ex.task for ex, _ in pairs} - set(cfg.tasks))
+    if extra:  # their control-token rows would not be trained
+        raise ConfigError(f"{cfg.data} has {', '.join(extra)} lines but the run trains tasks {cfg.tasks}: "
+                          f"add them to tasks (tasks=[{', '.join(sorted(set(cfg.tasks) | set(extra)))}])")
     for task in TASKS:
-        other = sum(ex.task == task and ex.prompt != prompts.for_task(task) for ex, _ in pairs)
+        other = sum(ex.task == task and ex.prompt != prompts.for_task(task, ex.text) for ex, _ in pairs)
         if other:  # the run's templates are what predict --corpus, assess and serve will prompt with
             log.warning("%d %s lines of %s differ from the prompt %s_template=%s renders: later commands prompt "
                         "with the template, so set %s_template to the instructions the lines hold", other, task,
@@ -255,7 +262,7 @@ def make_trainer(cfg: Config, model, tokenizer, dataset: ExampleDataset | None =
     args = args or training_arguments(cfg)
     audio_limit(cfg.max_audio_seconds, model.config)  # longer clips crash the audio encoder in a batch
     if dataset is None:
-        dataset = load_examples(cfg, PromptSet.from_templates(cfg.apa_template, cfg.mdd_template), tokenizer)
+        dataset = load_examples(cfg, PromptSet.from_config(cfg), tokenizer)
     feature_extractor = feature_extractor or load_feature_extractor(resolve_base(cfg), cfg.revision)
     collator = Collator(tokenizer, model.config.audio_config.audio_token_id, cfg.max_audio_seconds,
                         feature_extractor=feature_extractor)
