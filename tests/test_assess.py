@@ -653,3 +653,32 @@ def test_assess_refuses_a_text_far_longer_than_the_clip_before_the_model_loads(c
     check_text_fits(182, 30.0)
     with pytest.raises(AssessError):
         check_text_fits(183, 30.0)
+
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- assess-json-example -->\n```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(block) == result
+    assert block == compact_json(result)
+
+
+def test_a_three_task_model_scores_every_word_of_the_text(tiny_model, tiny_tokenizer, corpus_dir):
+    """A predictor with the word task asks it with the text's words; each word of the result carries
+    its accuracy/stress/total and expected scores from that answer (the untrained tiny model: any values)."""
+    from pronlm.data.audio import load_audio
+    from pronlm.data.prompts import PromptSet
+    from pronlm.evaluation.predict import Predictor
+
+    predictor = Predictor(tiny_model, tiny_tokenizer, PromptSet.from_templates(), max_new_tokens=8,
+                          max_audio_seconds=None, tasks=("apa", "mdd", "wrd"))
+    asked = []
+    real = predictor.predict_examples
+    predictor.predict_examples = lambda examples, audio, batch_size=8: asked.extend(examples) or real(
+        examples, audio, batch_size)
+    result = assess(predictor, load_audio(corpus_dir / "WAVE/SPEAKER0001/000010011.WAV"), "We call it bear!")
+    (wrd,) = [ex for ex in asked if ex.task == "wrd"]
+    assert wrd.text == "WE CALL IT BEAR" and "WE CALL IT BEAR" in wrd.prompt
+    words = [w for w in result["words"] if w["error_type"] != "Insertion"]
+    assert [w["word"] for w in words] == ["WE", "CALL", "IT", "BEAR"]
+    for w in words:
+        assert set(w["scores"]) == {"accuracy", "stress", "total"} and all(0 <= v <= 10 for v in w["scores"].values())
+        assert set(w["scores_expected"]) == {"accuracy", "stress", "total"}

@@ -35,6 +35,7 @@ from pronlm.data.audio import SAMPLE_RATE
 from pronlm.data.prompts import PAPER_TASKS
 from pronlm.data.records import ASPECTS
 from pronlm.data.schema import answer_fields
+from pronlm.data.text import sentence_words
 
 
 def assess_batch(predictor, items: list[tuple[np.ndarray, str | None]], lexicon: Lexicon | None = None,
@@ -45,8 +46,11 @@ def assess_batch(predictor, items: list[tuple[np.ndarray, str | None]], lexicon:
     for _, text in items:
         if text is not None:
             expected_words(text, lexicon)  # reject a sentence without words before spending inference
+    # the word task when the model has it, for recordings with a text (its prompt carries the words)
+    words = {str(i): sentence_words(text) for i, (_, text) in enumerate(items) if text is not None}
+    tasks = [t for t in getattr(predictor, "tasks", PAPER_TASKS) if t != "wrd" or len(words) == len(items)]
     records = predictor.predict([(str(i), samples) for i, (samples, _) in enumerate(items)],
-                                tasks=PAPER_TASKS, batch_size=batch_size)
+                                tasks=tasks, batch_size=batch_size, **({"words": words} if "wrd" in tasks else {}))
     by_key = {(str(r["id"]), r["task"]): r for r in records}
     results = [feedback(text, by_key.get((str(i), "apa")), by_key.get((str(i), "mdd")), lexicon,
                         wrd=by_key.get((str(i), "wrd"))) for i, (_, text) in enumerate(items)]

@@ -59,6 +59,7 @@ class Predictor(Backend):
     constrained: bool = True  # answers follow the task's grammar (pronlm.evaluation.grammar); False: free text (the paper)
     accent_policy: str = "unk"  # what the MDD grammar allows: the phone symbols of the run's targets
     word_boundaries: bool = False
+    tasks: tuple[str, ...] = PAPER_TASKS  # what the model was trained to answer: assess and serve ask these
 
     def __post_init__(self):
         self.max_audio_seconds = audio_limit(self.max_audio_seconds, self.model.config)
@@ -82,7 +83,7 @@ class Predictor(Backend):
         prompts = PromptSet.from_config(cfg)
         return cls(model, tokenizer, prompts, cfg.max_new_tokens, cfg.max_audio_seconds,
                    load_feature_extractor(resolve_base(cfg, adapter), cfg.revision),
-                   cfg.constrained, cfg.accent_policy, cfg.word_boundaries)
+                   cfg.constrained, cfg.accent_policy, cfg.word_boundaries, tuple(cfg.tasks))
 
     @classmethod
     def around(cls, model, tokenizer, cfg: Config) -> "Predictor":

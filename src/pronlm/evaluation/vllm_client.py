@@ -91,6 +91,7 @@ class VllmPredictor(Backend):
     constrained: bool = True
     accent_policy: str = "unk"
     word_boundaries: bool = False
+    tasks: tuple[str, ...] = PAPER_TASKS  # what the served model was trained to answer
 
     def __post_init__(self):
         self.url = self.url.rstrip("/")
