@@ -259,7 +259,7 @@ def test_help_lists_every_setting_with_its_meaning_and_default(command, capsys):
 def test_the_three_task_tiny_recipe_runs_end_to_end(corpus_dir, tmp_path, capsys):
     """prepare -> train -> predict -> evaluate -> table with tasks [apa, mdd, wrd]: the word task's examples
     are the annotation, its answers come back under the grammar with the text's words and expected
-    scores, and report.md and table.md show the three granularities (phone: said to be missing)."""
+    scores, and report.md and table.md show the three granularities (phone scores from the MDD task)."""
     from pronlm.data.corpus import read_corpus
     from pronlm.data.targets import wrd_target
 
@@ -274,9 +274,12 @@ def test_the_three_task_tiny_recipe_runs_end_to_end(corpus_dir, tmp_path, capsys
     assert main(["train", "--recipe", "tiny-three", f"data={data}", f"corpus={corpus_dir}", f"output_dir={run}",
                  "num_train_epochs=1", "per_device_train_batch_size=4", "eval_split=test"]) == 0
     assert saved(run / "config.yaml")["tasks"] == ["apa", "mdd", "wrd"] and (run / "prompts" / "wrd.txt").is_file()
-    preds = tmp_path / "preds.jsonl"
-    assert main(["predict", "--adapter", str(run / "checkpoint-3"), f"corpus={corpus_dir}", "split=test",
-                 "--out", str(preds)]) == 0
+    asked = tmp_path / "asked.jsonl"  # predict takes the tasks from the adapter's config
+    assert main(["predict", "--adapter", str(run / "checkpoint-3"), f"corpus={corpus_dir}", "split=test", "limit=2",
+                 "--max-new-tokens", "16", "--out", str(asked)]) == 0
+    assert sorted(json.loads(line)["task"] for line in asked.read_text().splitlines()) == ["apa", "apa", "mdd", "mdd",
+                                                                                           "wrd", "wrd"]
+    preds = run / "checkpoint-3" / "test.jsonl"  # what train's table predicted for the epoch, every test utterance
     records = [json.loads(line) for line in preds.read_text().splitlines()]
     test = {u.id: u for u in read_corpus(str(corpus_dir), "test")}
     words = [r for r in records if r["task"] == "wrd"]
@@ -290,12 +293,13 @@ def test_the_three_task_tiny_recipe_runs_end_to_end(corpus_dir, tmp_path, capsys
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     g = report["granularities"]
     assert g["word"]["accuracy"]["n"] == sum(len(u.words) for u in test.values()) and g["utterance"]["total"]["n"] == 10
-    assert g["phone"] is None and report["parse"]["wrd_failed"] == report["parse"]["wrd_missing"] == 0
+    assert g["phone"]["n"] == sum(len(w.canonical_phones) for u in test.values() for w in u.words)  # phone scores
+    assert report["parse"]["wrd_failed"] == report["parse"]["wrd_missing"] == 0
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "## Three granularities (GOPT's protocol)" in md and "**phone**: no `phone_scores`" in md
+    assert "## Three granularities (GOPT's protocol)" in md and "Missing from these predictions" not in md
     capsys.readouterr()
     assert main(["table", "--run", str(run)]) == 0
     table = capsys.readouterr().out
-    assert "## Three granularities (GOPT's protocol)" in table and "| checkpoint-3 (epoch 1) | – | – | " in table
+    assert "## Three granularities (GOPT's protocol)" in table and "| checkpoint-3 (epoch 1) | " in table
     row = json.loads((run / "table.json").read_text())["rows"][0]
     assert row["granularities"]["word_accuracy"] == g["word"]["accuracy"]["pcc"]

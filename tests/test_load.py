@@ -23,6 +23,7 @@ from pronlm.model.adapters import (
     prepare_for_training,
 )
 from pronlm.model.load import load_model, resolve_base
+from pronlm.model.tiny import build_tiny_model
 
 
 def make_speech_adapter(model, folder, seed=1):
@@ -59,6 +60,17 @@ def test_lora_targets_only_the_language_model(tiny_model, tiny_tokenizer):
     wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in peft.named_parameters() if ".lora_A." in n}
     assert len(wrapped) == 2 * 4  # 2 layers x (qkv_proj, o_proj, gate_up_proj, down_proj)
     assert not any("audio_embed" in n for n in wrapped)  # the encoder has o_proj/gate_up_proj/down_proj too
+
+
+def test_the_control_token_rows_trained_are_those_of_the_runs_tasks(tiny_model, tiny_tokenizer):
+    hidden = tiny_model.config.hidden_size
+    two = parameter_table(prepare_for_training(cfg(strategy="new-lora"), tiny_model, tiny_tokenizer))
+    assert two["by_group"]["token rows"] == 2 * hidden  # <|WRD|> has an id but no trained row
+    three = prepare_for_training(cfg(strategy="new-lora", tasks="apa,mdd,wrd"), build_tiny_model(tiny_tokenizer),
+                                 tiny_tokenizer)
+    assert parameter_table(three)["by_group"]["token rows"] == 3 * hidden
+    adapter = three.get_input_embeddings().token_adapter
+    assert sorted(adapter.token_indices["default"]) == [1024, 1025, 1026]
 
 
 def test_speech_lora_is_continued_with_its_saved_weights(tiny_model, tiny_tokenizer, speech_dir):
@@ -201,7 +213,7 @@ def test_control_tokens_round_trip_or_fail(tiny_tokenizer):
     from pronlm.model.adapters import add_control_tokens
 
     ids = add_control_tokens(tiny_tokenizer)
-    assert [tiny_tokenizer.convert_ids_to_tokens(i) for i in ids.values()] == ["<|APA|>", "<|MDD|>"]
+    assert [tiny_tokenizer.convert_ids_to_tokens(i) for i in ids.values()] == ["<|APA|>", "<|MDD|>", "<|WRD|>"]
     tiny_tokenizer.convert_ids_to_tokens = lambda i: "<|endoftext|>"  # a tokenizer that maps the id elsewhere
     with pytest.raises(ModelError, match="does not round-trip"):
         add_control_tokens(tiny_tokenizer)
