@@ -289,7 +289,7 @@ def test_the_three_task_tiny_recipe_runs_end_to_end(corpus_dir, tmp_path, capsys
         assert [w["word"] for w in r["words"]] == [w.text for w in test[r["id"]].words]
         assert len(r["words_expected"]) == len(r["words"]) and all(
             0 <= e[a] <= 10 for e in r["words_expected"] for a in ("accuracy", "stress", "total"))
-    assert main(["evaluate", str(preds), f"corpus={corpus_dir}", "--out", str(tmp_path / "report")]) == 0
+    assert main(["evaluate", "--predictions", str(preds), f"corpus={corpus_dir}", "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     g = report["granularities"]
     assert g["word"]["accuracy"]["n"] == sum(len(u.words) for u in test.values()) and g["utterance"]["total"]["n"] == 10
