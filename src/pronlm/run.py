@@ -17,7 +17,8 @@ from pronlm.config import FIELDS, Config, ConfigError, flatten, load_template
 from pronlm.errors import read_yaml
 
 CONFIG = "config.yaml"
-PROMPTS = {"apa_template": "prompts/apa.txt", "mdd_template": "prompts/mdd.txt"}  # the instructions, by content
+PROMPTS = {"apa_template": "prompts/apa.txt", "mdd_template": "prompts/mdd.txt",
+           "wrd_template": "prompts/wrd.txt"}  # the instructions, by content
 TINY_BASE = "tiny-base"  # a tiny run saves its random base here, so an adapter always has its base
 DEV_SPEAKERS = "dev_speakers.json"
 DEV_HISTORY = "dev_history.json"  # early_stop_patience: the development rows as training went, and the decision
@@ -66,6 +67,8 @@ class Run:
         """config.yaml and the prompt instructions actually used (by content), so the folder describes itself."""
         cfg.to_yaml(self / CONFIG)
         for key, copy in PROMPTS.items():
+            if key[:3] not in cfg.tasks:
+                continue  # a task the run does not have (the word task of a two-task run)
             (self / copy).parent.mkdir(parents=True, exist_ok=True)
             (self / copy).write_text(load_template(key[:3], getattr(cfg, key)) + "\n")
 
