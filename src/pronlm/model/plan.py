@@ -22,7 +22,7 @@ from pronlm.data.lengths import (
     distribution_lengths,
     o200k,
 )
-from pronlm.data.prompts import ASSISTANT, AUDIO_PLACEHOLDER, END, TASKS, PromptSet
+from pronlm.data.prompts import ASSISTANT, AUDIO_PLACEHOLDER, END, PAPER_TASKS, PromptSet
 from pronlm.data.targets import AccentPolicy
 from pronlm.model.adapters import AUDIO_ENCODER, LM_LORA_TARGETS, SPEECH_PROJECTOR, training_dtypes
 from pronlm.model.checkpoints import ADAM_BYTES, ADAPTER_BYTES, run_checkpoint_bytes
@@ -107,13 +107,13 @@ def example_lengths(cfg: Config) -> tuple[list[ExampleLength], str]:
     """Every training example's tokens, and where the clip lengths came from."""
     prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
     if Path(cfg.corpus).is_dir() and not cfg.data:
-        lengths = corpus_lengths(cfg.corpus, cfg.train_split, prompts, TASKS, AccentPolicy(cfg.accent_policy),
+        lengths = corpus_lengths(cfg.corpus, cfg.train_split, prompts, PAPER_TASKS, AccentPolicy(cfg.accent_policy),
                                  cfg.word_boundaries, cfg.limit)
         return lengths, f"{cfg.corpus} ({cfg.train_split}): its own clips"
     n = SPEECHOCEAN762_UTTERANCES.get(cfg.train_split, 2500)
     n = min(n, cfg.limit) if cfg.limit else n
     n = round(n * (1 - cfg.dev_fraction))
-    return distribution_lengths(prompts, TASKS, n), (
+    return distribution_lengths(prompts, PAPER_TASKS, n), (
         f"SpeechOcean762's length distribution (200 clips, every 25th utterance, shipped) for {n} utterances; "
         f"{cfg.corpus} is not a local folder")
 
@@ -168,9 +168,9 @@ def prefix_cache(cfg: Config) -> dict:
     The paper's layout puts the audio right after `<|user|><|APA|>`; instructions first would share
     everything but `<|end|><|assistant|>`. Prefill saved per 1,000 requests = 1,000 x the difference.
     """
-    counter, prompts = o200k(), PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    counter, prompts = o200k(), PromptSet.from_config(cfg)
     out = {}
-    for task in TASKS:
+    for task in (t for t in cfg.tasks if t in PAPER_TASKS):  # the word task's prompt holds each sentence's words
         prompt = prompts.for_task(task)
         paper = counter.count(prompt.split(AUDIO_PLACEHOLDER)[0])
         first = counter.count(prompt.replace(AUDIO_PLACEHOLDER, "")) - counter.count(END + ASSISTANT)
