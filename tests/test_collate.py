@@ -90,3 +90,27 @@ def test_loss_is_answer_only_cross_entropy(batch_parts, tiny_tokenizer, tiny_mod
     grads = [p.grad for p in tiny_model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert tiny_model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layout, apa_prefix, mdd_prefix, suffix", [
+    # <|user|>=1, <|APA|>=1024, <|MDD|>=1025, "Rate it."/"Say it." on the tiny BPE, <|end|>=3, <|assistant|>=2
+    ("paper", [1, 1024], [1, 1025], {"apa": [56, 504, 75, 227, 892, 20, 3, 2], "mdd": [57, 71, 95, 227, 892, 20, 3, 2]}),
+    ("instructions-first", [1, 1024, 56, 504, 75, 227, 892, 20], [1, 1025, 57, 71, 95, 227, 892, 20],
+     {"apa": [3, 2], "mdd": [3, 2]}),
+])
+def test_token_ids_under_each_prompt_layout(layout, apa_prefix, mdd_prefix, suffix, train_utterances,
+                                            tiny_tokenizer, tmp_path):
+    """The prompt up to the audio, the 27 audio tokens of the short clip, the rest, then the answer: the only labels."""
+    (tmp_path / "apa.txt").write_text("Rate it.")
+    (tmp_path / "mdd.txt").write_text("Say it.")
+    prompts = PromptSet.from_templates(str(tmp_path / "apa.txt"), str(tmp_path / "mdd.txt"), layout=layout)
+    utt = next(u for u in train_utterances if u.id == SHORT)
+    examples = build_examples(utt, prompts)
+    audio_id = tiny_tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    batch = Collator(tiny_tokenizer, audio_token_id=audio_id)(examples)
+    for row, (example, prefix) in enumerate(zip(examples, (apa_prefix, mdd_prefix))):
+        answer = tiny_tokenizer(example.target, add_special_tokens=False).input_ids + [3, 0]  # <|end|><|endoftext|>
+        prompt = prefix + [audio_id] * 27 + suffix[example.task]
+        length = int(batch["attention_mask"][row].sum())
+        assert batch["input_ids"][row, :length].tolist() == prompt + answer
+        assert batch["labels"][row, :length].tolist() == [IGNORE_INDEX] * len(prompt) + answer

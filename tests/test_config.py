@@ -47,6 +47,7 @@ def test_overrides_are_parsed_by_type():
     ("max_new_tokens=0", r"max_new_tokens takes a whole number >= 1, not 0"),
     ("lora_dropout=1", r"lora_dropout takes a number >= 0 and < 1, not 1.0"),
     ("split=dev", r"split takes one of train, test, or null, not 'dev'"),
+    ("prompt_layout=audio-last", "prompt_layout takes one of paper, instructions-first, not 'audio-last'"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -111,6 +112,8 @@ def test_with_an_adapter_the_checkpoints_config_is_the_start(checkpoint):
     (["word_boundaries=false"], "word_boundaries=false disagrees with the checkpoint, which was trained with True"),
     (["strategy=speech-lora"], "strategy=speech-lora disagrees with the checkpoint, which was trained with new-lora"),
     (["revision=main"], "revision=main disagrees with the checkpoint, which was trained with refs/pr/70"),
+    (["prompt_layout=instructions-first"], "prompt_layout=instructions-first disagrees with the checkpoint, which was "
+                                           "trained with paper"),
     (["apa_template=default"], "apa_template=default disagrees with the checkpoint, which was trained with .*apa.txt"),
     (["base=microsoft/Phi-4-multimodal-instruct"], "base=microsoft/Phi-4-multimodal-instruct disagrees with the "
                                                    "checkpoint, which was trained with tiny"),

@@ -109,10 +109,18 @@ def test_plan_command_prints_json(capsys):
 def test_prefix_cache_shares_only_the_control_token_in_the_paper_layout(plans):
     cache = by(plans, "paper-lora")["prefix_cache"]
     # <|user|><|APA|> before the audio; instructions first: all but <|end|><|assistant|> (413 - 2, 125 - 2)
-    assert cache["apa"] == {"shared_paper": 2, "shared_instructions_first": 411,
+    assert cache["apa"] == {"shared_paper": 2, "shared_instructions_first": 411, "shared": 2,
                             "prefill_saved_per_1000_requests": 409_000}
     assert cache["mdd"]["shared_instructions_first"] == 123
     assert cache["mdd"]["prefill_saved_per_1000_requests"] == 121_000
+
+
+def test_prefix_cache_under_the_recipe_s_own_layout():
+    from pronlm.model.plan import prefix_cache
+
+    cache = prefix_cache(load_config("paper-lora", ["prompt_layout=instructions-first"]))
+    assert (cache["apa"]["shared"], cache["mdd"]["shared"]) == (411, 123)  # all but <|end|><|assistant|>
+    assert cache["apa"]["prefill_saved_per_1000_requests"] == 409_000  # the comparison does not depend on it
 
 
 def test_memory_at_another_batch_shape_is_the_same_formula(plans):

@@ -181,3 +181,29 @@ def test_a_checkpoint_describes_itself_to_predict(corpus_dir, tmp_path, capsys):
     assert "--apa-template default disagrees with the checkpoint, which was trained with" in err and "apa.txt" in err
     assert main(["predict", "--adapter", str(ckpt), "--base", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert f"--base {tmp_path} disagrees with the checkpoint, which was trained with tiny" in capsys.readouterr().err
+
+
+def test_a_checkpoint_trained_instructions_first_predicts_so_and_refuses_the_paper_layout(corpus_dir, tmp_path,
+                                                                                          capsys):
+    from pronlm.cli import main
+    from pronlm.config import command_config, predictions_config
+    from pronlm.data.prompts import render_prompt
+
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={run}", "limit=2",
+                 "max_steps=1", "save_strategy=steps", "save_steps=1", "per_device_train_batch_size=2",
+                 "prompt_layout=instructions-first"]) == 0
+    ckpt = run / "checkpoint-1"
+    cfg = command_config(adapter=str(ckpt))
+    assert cfg.prompt_layout == "instructions-first"
+    predictor = Predictor.load(cfg, str(ckpt))
+    assert predictor.prompts.apa == f"<|user|><|APA|>{load_template('apa', 'short')}<|audio_1|><|end|><|assistant|>"
+    assert predictor.prompts.mdd == render_prompt("mdd", load_template("mdd", "short"), "instructions-first")
+    out = tmp_path / "test.jsonl"
+    assert main(["predict", "--adapter", str(ckpt), "--split", "test", "--limit", "1", "--max-new-tokens", "4",
+                 "--out", str(out)]) == 0
+    assert "prompt_layout: instructions-first" in predictions_config(out).read_text()
+    capsys.readouterr()
+    assert main(["predict", "--adapter", str(ckpt), "prompt_layout=paper", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "prompt_layout=paper disagrees with the checkpoint, which was trained with instructions-first" in \
+        capsys.readouterr().err

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pronlm.config import load_template
+from pronlm.config import Config, load_template
 from pronlm.data.prompts import PromptSet, build_examples, render_prompt
 from pronlm.errors import PronlmError
 from pronlm.model.adapters import add_control_tokens
@@ -30,6 +30,19 @@ def test_layout_exact():
     assert prompts.apa == "<|user|><|APA|><|audio_1|>" + load_template("apa") + "<|end|><|assistant|>"
     assert prompts.mdd == "<|user|><|MDD|><|audio_1|>" + load_template("mdd") + "<|end|><|assistant|>"
     assert not load_template("apa")[0].isspace() and not load_template("apa")[-1].isspace()
+
+
+def test_instructions_first_puts_the_audio_after_the_instructions():
+    assert render_prompt("apa", "Rate it.", "instructions-first") == \
+        "<|user|><|APA|>Rate it.<|audio_1|><|end|><|assistant|>"
+    assert render_prompt("mdd", "Say it.", "instructions-first") == \
+        "<|user|><|MDD|>Say it.<|audio_1|><|end|><|assistant|>"
+    cfg = Config(apa_template="short", mdd_template="short", prompt_layout="instructions-first")
+    prompts = PromptSet.from_config(cfg)
+    assert prompts.apa == "<|user|><|APA|>" + load_template("apa", "short") + "<|audio_1|><|end|><|assistant|>"
+    assert PromptSet.from_config(Config()) == PromptSet.from_templates()  # paper: the default
+    with pytest.raises(ValueError, match="prompt layout 'audio-last' is not one of paper, instructions-first"):
+        render_prompt("apa", "Rate it.", "audio-last")
 
 
 def test_apa_template_has_every_band():

@@ -16,13 +16,13 @@ import pytest
 import soundfile as sf
 
 from pronlm.cli import main
-from pronlm.config import load_template
+from pronlm.config import Config, load_template
 from pronlm.data.audio import load_audio
 from pronlm.data.corpus import read_corpus
-from pronlm.data.prompts import Example, PromptSet
+from pronlm.data.prompts import Example, PromptSet, render_prompt
 from pronlm.errors import PronlmError
 from pronlm.evaluation.grammar import answer_schema
-from pronlm.evaluation.vllm_client import VllmError, VllmPredictor
+from pronlm.evaluation.vllm_client import VllmError, VllmPredictor, chat_content
 from tests.test_serve import CLIP, free_port, inprocess_server, post
 
 MODEL = "pronlm-export"
@@ -159,6 +159,24 @@ def test_the_request_is_the_training_prompt_the_clip_greedy_decoding_and_the_gra
     assert list(bodies[0]["structured_outputs"]["json"]["properties"]) == ["accuracy", "fluency", "prosodic", "total"]
     assert bodies[0]["structured_outputs"]["json"]["properties"]["total"] == {"type": "integer", "minimum": 0,
                                                                               "maximum": 10}
+
+
+@pytest.mark.parametrize("layout, apa, mdd", [
+    ("paper", "<|APA|><|audio_1|>Rate it.", "<|MDD|><|audio_1|>Say it."),
+    ("instructions-first", "<|APA|>Rate it.<|audio_1|>", "<|MDD|>Say it.<|audio_1|>"),
+])
+def test_the_chat_content_keeps_the_prompt_layout(layout, apa, mdd):
+    assert chat_content(Example("u", "apa", None, render_prompt("apa", "Rate it.", layout), None)) == apa
+    assert chat_content(Example("u", "mdd", None, render_prompt("mdd", "Say it.", layout), None)) == mdd
+
+
+def test_the_client_asks_in_the_config_s_prompt_layout(clip):
+    stand_in = StandIn()
+    with running(stand_in) as url:
+        cfg = Config(backend="vllm", vllm_url=url, prompt_layout="instructions-first", max_new_tokens=64)
+        VllmPredictor.from_config(cfg).predict([("000010011", clip)], tasks=("apa",))
+    (body,) = stand_in.chat_bodies()
+    assert body["messages"][0]["content"][0]["text"] == f"<|APA|>{load_template('apa')}<|audio_1|>"
 
 
 def test_a_named_model_skips_the_lookup_and_unconstrained_sends_no_grammar(clip):

@@ -68,7 +68,8 @@ def _prepare(a):
         counter = TokenCounter(load_tokenizer(a.tokenizer), a.tokenizer)
     prepare(cfg.corpus, cfg.split, out, counter=counter, accent_policy=cfg.accent_policy,
             word_boundaries=cfg.word_boundaries, apa_template=cfg.apa_template, mdd_template=cfg.mdd_template,
-            max_audio_seconds=cfg.max_audio_seconds, limit=cfg.limit, tasks=cfg.tasks, wrd_template=cfg.wrd_template)
+            max_audio_seconds=cfg.max_audio_seconds, limit=cfg.limit, tasks=cfg.tasks, wrd_template=cfg.wrd_template,
+            prompt_layout=cfg.prompt_layout)
     cfg.to_yaml(out / "config.yaml")
 
 
@@ -221,7 +222,8 @@ def model_options(s):
 
 
 INFERENCE_START = "the adapter's config, else the tiny model (base=tiny)"
-INFERENCE_USES = "base, revision, tasks, apa_template, mdd_template, wrd_template, max_audio_seconds, constrained"
+INFERENCE_USES = ("base, revision, tasks, apa_template, mdd_template, wrd_template, prompt_layout, max_audio_seconds, "
+                  "constrained")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--tokenizer", default=None, help="'tiny', a folder or hub id: adds token counts to stats")
     config_options(s, "the built-in defaults", "corpus, split (default: train_split), accent_policy, "
-                   "word_boundaries, apa_template, mdd_template, max_audio_seconds, limit")
+                   "word_boundaries, apa_template, mdd_template, prompt_layout, max_audio_seconds, limit")
     s.set_defaults(func=_prepare)
 
     s = sub.add_parser("train", help="fine-tune with LoRA from a recipe")

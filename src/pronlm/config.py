@@ -22,6 +22,7 @@ STRATEGIES = ("speech-lora", "unfreeze", "new-lora")
 TASKS = ("apa", "mdd", "wrd")  # sentence scores, heard words and phones (the paper's two), word scores (ours)
 BACKENDS = ("transformers", "vllm")
 SPLITS = ("train", "test")  # SpeechOcean762's
+PROMPT_LAYOUTS = ("paper", "instructions-first")  # pronlm.data.prompts.render_prompt
 NATIVE_REVISION = "refs/pr/70"  # the hub repo's transformers-native (non remote-code) weights
 EXPORT_FILE = "pronlm-export.json"  # `pronlm export` wrote the folder: a merged model with its run's config
 
@@ -93,6 +94,9 @@ class DataConfig:
         "choices": TASKS})
     wrd_template: str = setting("default", "word-task prompt instructions (`{text}`: where the sentence's words go): "
                                 "a packaged name (default, short) or a .txt path")
+    prompt_layout: str = setting("paper", "where the audio goes: paper (Fig. 3, before the instructions) or "
+                                 "instructions-first (after them: a prefix cache such as vLLM's reuses the "
+                                 "instructions; quality unmeasured)", choices=PROMPT_LAYOUTS)
     accent_policy: str = setting("unk", "what an accented phone (annotated with *) becomes in the MDD target: <unk>, "
                                  "the canonical phone, or the phone as annotated", choices=("unk", "canonical", "literal"))
     word_boundaries: bool = setting(False, "separate the MDD target's words with | (the paper: no separators)")
@@ -312,8 +316,8 @@ def _stated_base(flags: dict | None, overrides) -> str | None:
 
 
 # The fields that define a trained model: a later command may not change them (`command_config`).
-MODEL_FIELDS = ("base", "revision", "strategy", "apa_template", "mdd_template", "wrd_template", "accent_policy",
-                "word_boundaries")
+MODEL_FIELDS = ("base", "revision", "strategy", "apa_template", "mdd_template", "wrd_template", "prompt_layout",
+                "accent_policy", "word_boundaries")
 INFERENCE_DEFAULTS = {"base": "tiny"}  # a model command with neither recipe nor checkpoint: offline, on CPU
 
 

@@ -47,14 +47,14 @@ ANSWER_EXAMPLES = {"apa": '{"accuracy": 8, "fluency": 9, "prosodic": 9, "total":
 def prepare(corpus: str, split: str, out: str | Path, counter=None, accent_policy: str = "unk",
             word_boundaries: bool = False, apa_template: str = "default", mdd_template: str = "default",
             max_audio_seconds: float | None = 30.0, limit: int | None = None, tasks=PAPER_TASKS,
-            wrd_template: str = "default") -> dict:
+            wrd_template: str = "default", prompt_layout: str = "paper") -> dict:
     """Validate every utterance of `split`, write an example per task in `tasks`, and return the stats.
 
     `counter`: a `pronlm.model.collate.TokenCounter`, to add each example's token counts to the stats.
     """
     corpus = str(corpus)
     policy = AccentPolicy(accent_policy)
-    prompts = PromptSet.from_templates(apa_template, mdd_template, wrd_template)
+    prompts = PromptSet.from_templates(apa_template, mdd_template, wrd_template, prompt_layout)
     errors: list[UtteranceError] = []
     start = time.perf_counter()  # tokenizer loading excluded: it is not per-utterance work
     utterances = usable_utterances(corpus, split, errors, max_audio_seconds, limit)
@@ -88,7 +88,7 @@ def prepare(corpus: str, split: str, out: str | Path, counter=None, accent_polic
         "corpus": corpus, "split": split, "accent_policy": policy.value, "word_boundaries": word_boundaries,
         "tasks": list(tasks), "templates": {t: name for t, name in zip(("apa", "mdd", "wrd"),
                                                                       (apa_template, mdd_template, wrd_template))
-                                            if t in tasks},
+                                            if t in tasks}, "prompt_layout": prompt_layout,
         "tokenizer": counter.name if counter is not None else None,
         "utterances": len(seconds), "examples": n_examples, "unlabelled": n_unlabelled,
         "skipped": len(errors), "skip_reasons": {e.utt_id: e.problem for e in errors},

@@ -5,13 +5,14 @@ Layout (paper Fig. 3), Phi-4 chat format, no newlines between the parts:
 The word task (`<|WRD|>`, ours, opt-in through the config's `tasks`) has the same layout; its
 instructions carry the sentence's words (the template's `{text}`), so its answer lists exactly those
 words and only their scores are free (`pronlm.evaluation.grammar.wrd_grammar`).
+`prompt_layout: instructions-first` moves the audio after the instructions (`render_prompt`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pronlm.config import TASKS, ConfigError, load_template
+from pronlm.config import PROMPT_LAYOUTS, TASKS, ConfigError, load_template
 from pronlm.data.records import Utterance
 from pronlm.data.targets import AccentPolicy, apa_target, mdd_target, wrd_target
 from pronlm.data.text import sentence_words
@@ -41,9 +42,17 @@ class Example:
         return out
 
 
-def render_prompt(task: str, instructions: str) -> str:
-    """The user turn up to and including `<|assistant|>`; the answer follows directly."""
-    return f"{USER}{CONTROL_TOKENS[task]}{AUDIO_PLACEHOLDER}{instructions}{END}{ASSISTANT}"
+def render_prompt(task: str, instructions: str, layout: str = "paper") -> str:
+    """The user turn up to and including `<|assistant|>`; the answer follows directly.
+
+    paper: Fig. 3. instructions-first: the clip is the only part two requests of a task do not share, so
+    it goes last, and `<|user|>{control}{instructions}` is a prefix a cache (vLLM's) can reuse; the control
+    token stays right after `<|user|>`, where the model learned to read the task first.
+    """
+    if layout not in PROMPT_LAYOUTS:
+        raise ValueError(f"prompt layout {layout!r} is not one of {', '.join(PROMPT_LAYOUTS)}")
+    middle = f"{AUDIO_PLACEHOLDER}{instructions}" if layout == "paper" else f"{instructions}{AUDIO_PLACEHOLDER}"
+    return f"{USER}{CONTROL_TOKENS[task]}{middle}{END}{ASSISTANT}"
 
 
 @dataclass(frozen=True)
@@ -56,17 +65,18 @@ class PromptSet:
 
     @classmethod
     def from_templates(cls, apa_template: str = "default", mdd_template: str = "default",
-                       wrd_template: str = "default") -> "PromptSet":
+                       wrd_template: str = "default", layout: str = "paper") -> "PromptSet":
         wrd = load_template("wrd", wrd_template)
         if wrd.count(TEXT_SLOT) != 1:
             raise ConfigError(f"the word-task template {wrd_template!r} must hold {TEXT_SLOT} exactly once, "
                               "where the sentence's words go")
-        return cls(render_prompt("apa", load_template("apa", apa_template)),
-                   render_prompt("mdd", load_template("mdd", mdd_template)), render_prompt("wrd", wrd))
+        return cls(render_prompt("apa", load_template("apa", apa_template), layout),
+                   render_prompt("mdd", load_template("mdd", mdd_template), layout), render_prompt("wrd", wrd, layout))
 
     @classmethod
     def from_config(cls, cfg) -> "PromptSet":
-        return cls.from_templates(cfg.apa_template, cfg.mdd_template, cfg.wrd_template)
+        """The prompts a run's config names: its templates in its layout (train and predict alike)."""
+        return cls.from_templates(cfg.apa_template, cfg.mdd_template, cfg.wrd_template, cfg.prompt_layout)
 
     def for_task(self, task: str, text: str | None = None) -> str:
         """The task's prompt; the word task's with `text` (the sentence's words) in its slot."""

@@ -89,7 +89,7 @@ class Predictor(Backend):
     def around(cls, model, tokenizer, cfg: Config) -> "Predictor":
         """A predictor for a model already in memory (the one being trained, `pronlm.evaluation.table.DevJudge`),
         with the run's prompts and inference settings: no second copy of the model is loaded."""
-        prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+        prompts = PromptSet.from_config(cfg)
         features = load_feature_extractor(resolve_base(cfg, cfg.output_dir), cfg.revision)  # a tiny run's own base
         return cls(model, tokenizer, prompts, cfg.max_new_tokens, cfg.max_audio_seconds, features, cfg.constrained,
                    cfg.accent_policy, cfg.word_boundaries)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pronlm.config import EXPORT_FILE, Config, ConfigError
-from pronlm.data.prompts import CONTROL_TOKENS
+from pronlm.data.prompts import CONTROL_TOKENS, render_prompt
 from pronlm.errors import PronlmError
 from pronlm.run import TABLE_MD, Run
 from pronlm.model.load import check_adapter_folder, load_feature_extractor, load_model, resolve_base, resolve_dtype
@@ -324,7 +324,7 @@ def model_card(cfg: Config, adapter: str, layout: str, summary: dict) -> str:
              "mispronunciation detection (MDD)", "",
              f"{'A tiny random test model, not a pronunciation model. ' if cfg.is_tiny else ''}"
              f"Phi-4-multimodal fine-tuned with LoRA by pronlm, reproducing {PAPER}. The task is chosen by a control "
-             f"token: `<|user|><|APA|><|audio_1|>{{instructions}}<|end|><|assistant|>` answers sentence scores "
+             f"token: `{render_prompt('apa', '{instructions}', cfg.prompt_layout)}` answers sentence scores "
              "0–10 as JSON, `<|MDD|>` the words and phones heard"
              + (", `<|WRD|>` (its instructions holding the sentence's words) the accuracy, stress and total 0–10 of "
                 "each word" if "wrd" in cfg.tasks else "") + ". The prompts are in `prompts/`.", "",

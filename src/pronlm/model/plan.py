@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pronlm.config import Config
+from pronlm.config import PROMPT_LAYOUTS, Config
 from pronlm.data.lengths import (
     SPEECHOCEAN762_UTTERANCES,
     ExampleLength,
@@ -22,7 +22,7 @@ from pronlm.data.lengths import (
     distribution_lengths,
     o200k,
 )
-from pronlm.data.prompts import ASSISTANT, AUDIO_PLACEHOLDER, END, PAPER_TASKS, PromptSet
+from pronlm.data.prompts import AUDIO_PLACEHOLDER, PAPER_TASKS, PromptSet
 from pronlm.data.targets import AccentPolicy
 from pronlm.model.adapters import AUDIO_ENCODER, LM_LORA_TARGETS, SPEECH_PROJECTOR, training_dtypes
 from pronlm.model.checkpoints import ADAM_BYTES, ADAPTER_BYTES, run_checkpoint_bytes
@@ -105,7 +105,7 @@ def parameter_counts(model, quantised, dtype: torch.dtype = torch.bfloat16) -> d
 
 def example_lengths(cfg: Config) -> tuple[list[ExampleLength], str]:
     """Every training example's tokens, and where the clip lengths came from."""
-    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    prompts = PromptSet.from_config(cfg)
     if Path(cfg.corpus).is_dir() and not cfg.data:
         lengths = corpus_lengths(cfg.corpus, cfg.train_split, prompts, PAPER_TASKS, AccentPolicy(cfg.accent_policy),
                                  cfg.word_boundaries, cfg.limit)
@@ -165,16 +165,18 @@ def training_flops(counts: dict, config, tokens: dict, unfreeze: bool) -> float:
 def prefix_cache(cfg: Config) -> dict:
     """Tokens a prefix cache (vLLM's) can reuse across requests of one task: those before the audio.
 
-    The paper's layout puts the audio right after `<|user|><|APA|>`; instructions first would share
-    everything but `<|end|><|assistant|>`. Prefill saved per 1,000 requests = 1,000 x the difference.
+    The paper's layout puts the audio right after `<|user|><|APA|>`; instructions first shares everything
+    but `<|end|><|assistant|>`. Prefill saved per 1,000 requests = 1,000 x the difference; `shared`: under
+    the recipe's own `prompt_layout`.
     """
-    counter, prompts = o200k(), PromptSet.from_config(cfg)
+    counter = o200k()
+    layouts = {layout: PromptSet.from_templates(cfg.apa_template, cfg.mdd_template, cfg.wrd_template, layout)
+               for layout in PROMPT_LAYOUTS}
     out = {}
     for task in (t for t in cfg.tasks if t in PAPER_TASKS):  # the word task's prompt holds each sentence's words
-        prompt = prompts.for_task(task)
-        paper = counter.count(prompt.split(AUDIO_PLACEHOLDER)[0])
-        first = counter.count(prompt.replace(AUDIO_PLACEHOLDER, "")) - counter.count(END + ASSISTANT)
-        out[task] = {"shared_paper": paper, "shared_instructions_first": first,
+        before = {layout: counter.count(p.for_task(task).split(AUDIO_PLACEHOLDER)[0]) for layout, p in layouts.items()}
+        paper, first = before["paper"], before["instructions-first"]
+        out[task] = {"shared_paper": paper, "shared_instructions_first": first, "shared": before[cfg.prompt_layout],
                      "prefill_saved_per_1000_requests": 1000 * (first - paper)}
     return out
 
@@ -224,7 +226,7 @@ def plan(cfg: Config, predict_batch: int = 8, max_new_tokens: int = 256, mfu: fl
             "latest_checkpoint_with_optimizer": run_checkpoint_bytes(trainable, saves, slim=True) + final}
     return {"recipe": {"base": cfg.base, "strategy": cfg.strategy, "lora_r": lora["r"], "quantize_4bit":
                        cfg.quantize_4bit, "per_device_train_batch_size": batch, "gradient_checkpointing":
-                       cfg.gradient_checkpointing, "epochs": epochs},
+                       cfg.gradient_checkpointing, "epochs": epochs, "prompt_layout": cfg.prompt_layout},
             "parameters": counts, "training_memory": memory, "corpus": source, "tokens_per_epoch": {
                 k: v for k, v in tokens.items() if k not in ("batch_widths", "batch_sizes")},
             "flops_per_epoch": flops, "mfu": mfu, "peak_flops": GPUS, "hours": hours, "predict_memory": predict,
@@ -262,8 +264,8 @@ def format_plan(p: dict) -> str:
               f"disk: {disk['checkpoints']} checkpoints of {gb(disk['adapter'])} adapter + {gb(disk['optimizer'])} "
               f"optimizer state: {gb(disk['every_checkpoint_with_optimizer'])} when every checkpoint keeps the "
               f"optimizer, {gb(disk['latest_checkpoint_with_optimizer'])} when only the latest does",
-              "prefix cache, tokens every request of a task shares (paper layout -> instructions first): "
-              + ", ".join(f"{t} {c['shared_paper']} -> {c['shared_instructions_first']} "
+              f"prefix cache, tokens every request of a task shares (paper layout -> instructions first; this "
+              f"recipe: prompt_layout={r['prompt_layout']}): " + ", ".join(f"{t} {c['shared_paper']} -> {c['shared_instructions_first']} "
                           f"({c['prefill_saved_per_1000_requests']:,} prefill tokens saved per 1,000 requests)"
                           for t, c in p["prefix_cache"].items()),
               "how each figure is estimated: pronlm plan --format json (\"assumptions\")"]

@@ -189,9 +189,9 @@ def load_folder_examples(cfg: Config, prompts: PromptSet, tokenizer, clips: list
     for task in TASKS:
         other = sum(ex.task == task and ex.prompt != prompts.for_task(task, ex.text) for ex, _ in pairs)
         if other:  # the run's templates are what predict --corpus, assess and serve will prompt with
-            log.warning("%d %s lines of %s differ from the prompt %s_template=%s renders: later commands prompt "
-                        "with the template, so set %s_template to the instructions the lines hold", other, task,
-                        cfg.data, task, getattr(cfg, f"{task}_template"), task)
+            log.warning("%d %s lines of %s differ from the prompt %s_template=%s renders in prompt_layout=%s: later "
+                        "commands prompt with those, so set them to the instructions and layout the lines hold",
+                        other, task, cfg.data, task, getattr(cfg, f"{task}_template"), cfg.prompt_layout)
     log.info("%d examples of %d utterances from %s (%d lines skipped)", len(pairs),
              len({ex.id for ex, _ in pairs}), cfg.data, len(errors))
     if clips is not None:  # each one checked by read_examples
@@ -357,7 +357,7 @@ def train(cfg: Config, resume: bool = False, judge: Judge | None = None) -> "Pro
     model, tokenizer = load_model(cfg, training=True)
     audio_limit(cfg.max_audio_seconds, model.config)  # before reading any clip: longer ones crash the encoder
     feature_extractor = load_feature_extractor(resolve_base(cfg), cfg.revision)
-    prompts = PromptSet.from_templates(cfg.apa_template, cfg.mdd_template)
+    prompts = PromptSet.from_config(cfg)
     clips = [] if cfg.is_tiny and main_process else None
     dataset = load_examples(cfg, prompts, tokenizer, clips)
     if clips is not None:  # keep the random base as built, normalised on its clips, so the adapter has one
