@@ -184,17 +184,26 @@ def test_a_checkpoint_describes_itself_to_predict(corpus_dir, tmp_path, capsys):
 
 
 def test_a_checkpoint_trained_instructions_first_predicts_so_and_refuses_the_paper_layout(corpus_dir, tmp_path,
-                                                                                          capsys):
+                                                                                          capsys, monkeypatch):
     from pronlm.cli import main
     from pronlm.config import command_config, predictions_config
     from pronlm.data.prompts import render_prompt
+    from pronlm.model import train
 
+    trained_on, load_examples = [], train.load_examples
+
+    def spy(cfg, prompts, *rest):  # the prompts training renders its examples with
+        trained_on.append(prompts)
+        return load_examples(cfg, prompts, *rest)
+
+    monkeypatch.setattr(train, "load_examples", spy)
     run = tmp_path / "run"
     assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={run}", "limit=2",
                  "max_steps=1", "save_strategy=steps", "save_steps=1", "per_device_train_batch_size=2",
                  "prompt_layout=instructions-first"]) == 0
     ckpt = run / "checkpoint-1"
     cfg = command_config(adapter=str(ckpt))
+    assert [p.apa for p in trained_on] == [render_prompt("apa", load_template("apa", "short"), "instructions-first")]
     assert cfg.prompt_layout == "instructions-first"
     predictor = Predictor.load(cfg, str(ckpt))
     assert predictor.prompts.apa == f"<|user|><|APA|>{load_template('apa', 'short')}<|audio_1|><|end|><|assistant|>"

@@ -117,6 +117,20 @@ def test_limit_and_policy(corpus_dir, tmp_path):
     assert stats["mispronounced_phones"] == 3  # L* now counts as L
 
 
+def test_prepare_writes_the_prompts_in_the_configured_layout(corpus_dir, tmp_path):
+    from pronlm.cli import main
+
+    out = tmp_path / "out"
+    assert main(["prepare", "--out", str(out), f"corpus={corpus_dir}", "limit=1", "apa_template=short",
+                 "mdd_template=short", "prompt_layout=instructions-first"]) == 0
+    lines = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    prompts = PromptSet.from_templates("short", "short", "instructions-first")
+    assert [line["prompt"] for line in lines] == [prompts.apa, prompts.mdd]
+    assert lines[0]["prompt"].endswith(AUDIO_PLACEHOLDER + "<|end|><|assistant|>")
+    assert json.loads((out / "stats.json").read_text())["prompt_layout"] == "instructions-first"
+    assert "prompt_layout: instructions-first" in (out / "config.yaml").read_text()
+
+
 def test_wrong_corpus_or_split_writes_nothing(corpus_dir, tmp_path):
     with pytest.raises(CorpusError, match="unknown split 'dev'"):
         prepare(str(corpus_dir), "dev", tmp_path / "a")
