@@ -115,6 +115,16 @@ def test_prefix_cache_shares_only_the_control_token_in_the_paper_layout(plans):
     assert cache["mdd"]["prefill_saved_per_1000_requests"] == 121_000
 
 
+def test_readme_gives_plan_s_prefix_cache_figures(plans):
+    cache = by(plans, "paper-lora")["prefix_cache"]
+    text = " ".join(README.read_text().split())
+    apa, mdd = cache["apa"], cache["mdd"]
+    assert (f"{apa['prefill_saved_per_1000_requests']:,} APA and {mdd['prefill_saved_per_1000_requests']:,} MDD "
+            "prefill tokens per 1,000 requests (shared prefix "
+            f"{apa['shared_paper']} → {apa['shared_instructions_first']} and "
+            f"{mdd['shared_paper']} → {mdd['shared_instructions_first']} tokens)") in text
+
+
 def test_prefix_cache_under_the_recipe_s_own_layout():
     from pronlm.model.plan import prefix_cache
 
