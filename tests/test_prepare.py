@@ -124,7 +124,7 @@ def test_prepare_writes_the_prompts_in_the_configured_layout(corpus_dir, tmp_pat
     assert main(["prepare", "--out", str(out), f"corpus={corpus_dir}", "limit=1", "apa_template=short",
                  "mdd_template=short", "prompt_layout=instructions-first"]) == 0
     lines = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
-    prompts = PromptSet.from_templates("short", "short", "instructions-first")
+    prompts = PromptSet.from_templates("short", "short", layout="instructions-first")
     assert [line["prompt"] for line in lines] == [prompts.apa, prompts.mdd]
     assert lines[0]["prompt"].endswith(AUDIO_PLACEHOLDER + "<|end|><|assistant|>")
     assert json.loads((out / "stats.json").read_text())["prompt_layout"] == "instructions-first"
