@@ -478,14 +478,15 @@ def test_under_torchrun_process_0_decides_and_both_processes_stop(corpus_dir, tm
     assert json.loads((out / "dev_history.json").read_text())["best"] == "checkpoint-8"
 
 
-def _models_alive() -> tuple[int, int]:
-    """(Phi-4-multimodal networks alive, bytes of their distinct parameter storages), after a garbage collection."""
+def _models_alive(earlier: frozenset[int] = frozenset()) -> tuple[int, int]:
+    """(Phi-4-multimodal networks alive, bytes of their distinct parameter storages), after a garbage collection;
+    `earlier`: the ids of networks that other tests' fixtures keep alive in this process, not counted."""
     import gc
 
     from transformers import Phi4MultimodalForCausalLM
 
     gc.collect()
-    nets = [o for o in gc.get_objects() if type(o) is Phi4MultimodalForCausalLM]
+    nets = [o for o in gc.get_objects() if type(o) is Phi4MultimodalForCausalLM and id(o) not in earlier]
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for n in nets for p in n.parameters()}
     return len(nets), sum(storages.values())
 
@@ -494,14 +495,17 @@ def _models_alive() -> tuple[int, int]:
 def test_evaluation_during_and_after_training_holds_one_model(corpus_dir, tmp_path, monkeypatch):
     """Issue 18: the dev split during training is predicted by the model being trained, and the table after
     training loads its checkpoints only once training's model, adapter and optimizer state are gone."""
+    import gc
+
     from transformers import Phi4MultimodalForCausalLM
 
     from pronlm.evaluation.predict import Predictor
 
     alive = []
+    earlier = frozenset(id(o) for o in gc.get_objects() if type(o) is Phi4MultimodalForCausalLM)
 
     def generate_scored(self, examples, audio):  # what is alive while answering; the answers do not matter
-        alive.append(_models_alive())
+        alive.append(_models_alive(earlier))
         return [("", None)] * len(examples)
 
     monkeypatch.setattr(Predictor, "generate_scored", generate_scored)
