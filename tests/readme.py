@@ -39,7 +39,8 @@ def check_readme_block(name: str, shown: str) -> None:
     if os.environ.get(UPDATE):
         text = README.read_text()
         start, end = _span(text, name)
-        README.write_text(text[:start] + f"```console\n{shown}\n```\n" + text[end:])
+        fence = text[start:end].splitlines()[0]  # the block's own language (console, json) stays
+        README.write_text(text[:start] + f"{fence}\n{shown}\n```\n" + text[end:])
         return
     assert readme_block(name) == shown, (f"README.md's `{name}` example differs from what the command prints "
                                          f"now; if the change is meant, rerun this test with {UPDATE}=1:\n{shown}")
