@@ -15,7 +15,7 @@ from pronlm.data.lengths import (
     prompt_tokens,
     shipped_distribution,
 )
-from pronlm.data.prompts import TASKS, PromptSet
+from pronlm.data.prompts import PAPER_TASKS, PromptSet
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared/data/speechocean762-audio"
 
@@ -30,7 +30,7 @@ def test_special_tokens_are_one_id_each_and_digits_are_single_tokens():
 
 
 def test_default_prompts_in_tokens():
-    counts = prompt_tokens(PromptSet.from_templates(), TASKS)
+    counts = prompt_tokens(PromptSet.from_templates(), PAPER_TASKS)
     assert counts == {"apa": 413, "mdd": 125}  # the APA rubric: 409 tokens + <|user|><|APA|><|end|><|assistant|>
 
 
@@ -44,7 +44,7 @@ def test_the_shipped_distribution_is_what_the_200_clips_give():
 
 def test_distribution_lengths_cycle_the_clips_and_add_the_end_tokens():
     rows = [("a", 16_000, 30), ("b", 32_000, 40)]
-    examples = distribution_lengths(PromptSet.from_templates(), TASKS, 3, rows)
+    examples = distribution_lengths(PromptSet.from_templates(), PAPER_TASKS, 3, rows)
     assert [(e.task, e.audio, e.answer) for e in examples] == [
         ("apa", 13, 29), ("mdd", 13, 32), ("apa", 25, 29), ("mdd", 25, 42), ("apa", 13, 29), ("mdd", 13, 32)]
     assert examples[1].total == 125 + 13 + 32
