@@ -123,6 +123,13 @@ def test_an_override_that_changes_the_trained_model_is_an_error_naming_both(chec
         command_config(None, given, adapter=str(checkpoint))
 
 
+def test_a_task_the_checkpoint_was_not_trained_on_is_refused_and_fewer_are_fine(checkpoint):
+    with pytest.raises(ConfigError, match=r"tasks=apa,mdd,wrd asks for wrd, which the checkpoint was not trained on "
+                                          r"\(its tasks: apa, mdd\)"):
+        command_config(None, ["tasks=apa,mdd,wrd"], adapter=str(checkpoint))
+    assert command_config(None, ["tasks=apa"], adapter=str(checkpoint)).tasks == ["apa"]
+
+
 def test_a_recipe_beside_an_adapter_is_checked_against_the_checkpoint(checkpoint):
     with pytest.raises(ConfigError, match=r"recipe tiny-cpu \(word_boundaries: False\) disagrees with the "
                                           "checkpoint, which was trained with True"):

@@ -446,6 +446,11 @@ def command_config(recipe: str | None = None, overrides: list[str] = (), flags: 
             elif stated:
                 value = getattr(stated, key)
                 agree(f"recipe {recipe} ({key}: {value})", value, getattr(saved, key), SAME.get(key))
+        untrained = [t for t in values["tasks"] if t not in saved.tasks]
+        if untrained:  # its control-token row was never trained: the answer would be noise
+            raise ConfigError(f"{given['tasks'][0] if 'tasks' in given else f'recipe {recipe}'} asks for "
+                              f"{', '.join(untrained)}, which the checkpoint was not trained on (its tasks: "
+                              f"{', '.join(saved.tasks)}): ask for those, or train with tasks=apa,mdd,wrd")
         if "limit" not in given:
             values["limit"] = None  # the run's limit counted its training utterances, not what is asked now
     return Config(**values)
