@@ -655,12 +655,6 @@ def test_assess_refuses_a_text_far_longer_than_the_clip_before_the_model_loads(c
         check_text_fits(183, 30.0)
 
 
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- assess-json-example -->\n```json\n", 1)[1].split("```", 1)[0]
-    assert json.loads(block) == result
-    assert block == compact_json(result)
-
-
 def test_a_three_task_model_scores_every_word_of_the_text(tiny_model, tiny_tokenizer, corpus_dir):
     """A predictor with the word task asks it with the text's words; each word of the result carries
     its accuracy/stress/total and expected scores from that answer (the untrained tiny model: any values)."""
