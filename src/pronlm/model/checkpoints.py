@@ -65,10 +65,10 @@ def checkpoints(out: Path) -> list[Path]:
 
 def resume_point(out: Path) -> Path | None:
     """The latest complete checkpoint (trainer_state.json is written last), which must hold the optimizer."""
-    complete = [p for p in checkpoints(out) if (p / "trainer_state.json").is_file()]
+    complete = Run(out).checkpoints()  # trainer_state.json written, by step
     if not complete:
         return None
-    last = complete[-1]
+    last = complete[-1].folder
     if not (last / "optimizer.pt").is_file():
         raise ResumeError(f"{last} keeps no optimizer state (only a run's latest checkpoint does, and the later "
                           "ones are gone): --resume cannot continue it exactly; start again with overwrite=true")
