@@ -549,7 +549,7 @@ def test_word_task_scores_join_their_words_in_order():
 
 
 def test_the_table_shows_the_spread_the_phone_scores_and_the_variant():
-    from pronlm.app.feedback import add_phone_scores, judged_words
+    from pronlm.app.feedback import score_words_phones, judged_words
 
     apa, mdd = ok("I READ IT", "AY R IY D IH T")
     apa |= {"scores_expected": {"accuracy": 7.76, "fluency": 7.04, "prosodic": 8.96, "total": 8.0},
@@ -558,7 +558,7 @@ def test_the_table_shows_the_spread_the_phone_scores_and_the_variant():
     result = feedback("I read it", apa, mdd)
     text, phones, _ = judged_words(result)
     assert (text, phones) == ("I READ IT", [["AY"], ["R", "IY", "D"], ["IH", "T"]])  # READ's variant as heard
-    add_phone_scores(result, [{"phone": p, "score": s, "likely": p} for p, s in
+    score_words_phones(result, [{"phone": p, "score": s, "likely": p} for p, s in
                               zip(["AY", "R", "IY", "D", "IH", "T"], [2.0, 1.9, 0.5, 1.21, 1.0, 1.6])])
     check_schema(result)
     assert [p["accuracy"] for p in result["words"][1]["phone_scores"]] == [95, 25, 60]
@@ -595,7 +595,7 @@ def test_assess_command_scores_every_phone_and_assesses_free_speech(corpus_dir, 
 def readme_example() -> dict:
     """The assessment the README shows field by field: READ said R IY D (its second pronunciation), IT's T
     heard as D, a word-task answer and a score for every phone (set by hand: the format, not a model's numbers)."""
-    from pronlm.app.feedback import add_phone_scores
+    from pronlm.app.feedback import score_words_phones
 
     apa, mdd = ok("READ IT", "R IY D IH D")
     apa |= {"scores": {"accuracy": 7, "fluency": 8, "prosodic": 8, "total": 7},
@@ -605,7 +605,7 @@ def readme_example() -> dict:
     wrd = {"ok": True, "words": [{"word": "READ", "accuracy": 9, "stress": 10, "total": 9},
                                  {"word": "IT", "accuracy": 5, "stress": 10, "total": 6}]}
     result = feedback("Read it", apa, mdd, wrd=wrd)
-    add_phone_scores(result, [{"phone": p, "score": s, "likely": likely} for p, s, likely in
+    score_words_phones(result, [{"phone": p, "score": s, "likely": likely} for p, s, likely in
                               [("R", 1.96, "R"), ("IY", 1.9, "IY"), ("D", 1.98, "D"), ("IH", 1.72, "IH"),
                                ("T", 0.24, "D")]])
     return result

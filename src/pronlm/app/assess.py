@@ -29,7 +29,7 @@ from pronlm.app.alignment import (
     OMISSION,
     SUBSTITUTED,
 )
-from pronlm.app.feedback import REFERENCE_MODEL, add_phone_scores, feedback, judged_words
+from pronlm.app.feedback import REFERENCE_MODEL, score_words_phones, feedback, judged_words
 from pronlm.app.lexicon import AssessError, Lexicon, check_text_fits, expected_words
 from pronlm.data.audio import SAMPLE_RATE
 from pronlm.data.prompts import PAPER_TASKS
@@ -58,7 +58,7 @@ def assess_batch(predictor, items: list[tuple[np.ndarray, str | None]], lexicon:
     if score is not None:
         todo = [(samples, result) for (samples, _), result in zip(items, results) if judged_words(result)[1]]
         for (_, result), scores in zip(todo, score([(samples, *judged_words(r)[:2]) for samples, r in todo])):
-            add_phone_scores(result, scores)
+            score_words_phones(result, scores)
     return results
 
 

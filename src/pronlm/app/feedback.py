@@ -80,7 +80,7 @@ def judged_words(result: dict) -> tuple[str, list[list[str]], list[dict]]:
     return " ".join(w["word"] for w in words), [w["expected_phones"] for w in known], known
 
 
-def add_phone_scores(result: dict, scores: list[dict]) -> None:
+def score_words_phones(result: dict, scores: list[dict]) -> None:
     """Each known word's `phone_scores`: its expected phones' scores in order, 0-2 (`score`) and 0-100 (`accuracy`)."""
     _, _, known = judged_words(result)
     at = 0

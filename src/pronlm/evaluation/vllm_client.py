@@ -51,7 +51,7 @@ WORD_ENTRY_TOKENS = 32
 # The server's model cannot be asked for its audio encoder; it is Phi-4-multimodal, whose encoder
 # reduces time 8x (SPEC §2): the 40 s limit the transformers backend finds in the model's config.
 PHI4_AUDIO = SimpleNamespace(time_reduction=8)
-API_KEY_ENV = "VLLM_API_KEY"  # what `vllm serve --api-key` also reads
+VLLM_KEY_ENV = "VLLM_API_KEY"  # what `vllm serve --api-key` also reads
 SERVE_HINT = "start it with `vllm serve EXPORT --trust-remote-code ...` (README, 'Serving with vLLM')"
 
 
@@ -96,7 +96,7 @@ class VllmPredictor(Backend):
     def __post_init__(self):
         self.url = self.url.rstrip("/")
         self.max_audio_seconds = audio_limit(self.max_audio_seconds, PHI4_AUDIO)
-        key = os.environ.get(API_KEY_ENV)
+        key = os.environ.get(VLLM_KEY_ENV)
         self.client = httpx.Client(timeout=self.timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
         self.model = self.model or self.served_model()
         self.schemas = {task: answer_schema(task, self.accent_policy, self.word_boundaries) for task in ("apa", "mdd")}
@@ -233,7 +233,7 @@ def error_detail(response: httpx.Response, limit: int = 300) -> str:
 
 def status_hint(status: int) -> str:
     if status == 401:
-        return f" (set {API_KEY_ENV} to the key the server was started with)"
+        return f" (set {VLLM_KEY_ENV} to the key the server was started with)"
     if status == 404:
         return " (check vllm_url, which ends in /v1, and vllm_model: GET /v1/models lists what it serves)"
     if status >= 500:
