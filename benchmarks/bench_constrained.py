@@ -7,7 +7,9 @@ load. Time per answer and per decoding step with and without the grammar; the gr
 
     python benchmarks/bench_constrained.py [--clips 100] [--batch-size 8] [--max-new-tokens 256]
     python benchmarks/bench_constrained.py --o200k   # the mask cost per step at Phi-4's vocabulary, beside
-                                                     # the numpy unpacking it replaced, in one run
+                                                     # the numpy unpacking it replaced, in one run; then
+                                                     # alone on the same tokens, and llguidance's fill one
+                                                     # row after another against its thread pool
 
 `--o200k` needs the `bpe-openai` package (o200k shipped offline; in the `test` extra): the
 grammars are built over Phi-4's 200,064 embedding rows and driven with random logits.
@@ -16,6 +18,7 @@ grammars are built over Phi-4's 200,064 embedding rows and driven with random lo
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -84,7 +87,9 @@ class O200k:
 
 def o200k_mask_cost(batch_size: int, steps: int = 64):
     """The processor's whole call per step at Phi-4's 200,064 rows, beside the per-row numpy unpacking it
-    replaced (`UnpackedBits`), both driven by the same tokens and timed alternately in one run."""
+    replaced (`UnpackedBits`), both driven by the same tokens and timed alternately in one run; then the
+    processor alone over the same tokens (the baseline's memory traffic between its calls, 1.6 MB of
+    unpacked bits and a bool mask, evicts the processor's state from the caches)."""
     import llguidance
     from llguidance._tokenizer import TokenizerWrapper
 
@@ -95,16 +100,20 @@ def o200k_mask_cost(batch_size: int, steps: int = 64):
     print(f"o200k: tokenizer and grammars built in {time.perf_counter() - t0:.1f} s; score ids {grammar.score_ids}")
     gen = torch.Generator().manual_seed(0)
     tasks = ["apa", "mdd"] * (batch_size // 2)
-    procs = {"words on the logits' device": grammar.processor(tasks, steps + 24),
+    procs = {"token sets (now)": grammar.processor(tasks, steps + 24),
              "numpy unpack + bool mask (before)": UnpackedBits(grammar, [grammar.matcher(t) for t in tasks],
                                                                steps + 24)}
     ids = torch.zeros(batch_size, 1, dtype=torch.long)
     spent = {name: [] for name in procs}
     cpu = {name: [] for name in procs}  # the process's CPU time, all threads: less sensitive to a shared machine
+    # Random logits made beforehand; each call gets a fresh copy, as generate copies the last position's
+    # logits every step (`outputs.logits[:, -1].to(copy=True)`): drawing 1.6 M normals between calls
+    # (7 ms) would leave the caches cold and more than double every part of the call, llguidance's too.
+    pool = [torch.randn(batch_size, PHI4_ROWS, generator=gen) for _ in range(8)]
     for step in range(steps):
-        logits = torch.randn(batch_size, PHI4_ROWS, generator=gen)
         outs = {}
         for name in (list(procs) if step % 2 else list(procs)[::-1]):  # alternate which goes first
+            logits = pool[step % len(pool)].clone()
             t0, c0 = time.perf_counter(), time.process_time()
             outs[name] = procs[name](ids, logits)
             spent[name].append(time.perf_counter() - t0)
@@ -112,13 +121,61 @@ def o200k_mask_cost(batch_size: int, steps: int = 64):
         first, second = outs.values()
         assert torch.equal(first, second), "the two ways must mask the same tokens"
         ids = torch.cat([ids, first.argmax(-1, keepdim=True)], 1)
+        del outs, first, second  # as generate drops a step's masked logits once it has picked the tokens
     for name, times in spent.items():
+        mean = sum(times) / len(times)
         times.sort()
         cpu[name].sort()
         print(f"o200k mask cost per step, batch {batch_size} (APA and MDD rows), {steps} steps, {name}: median "
-              f"{1000 * times[len(times) // 2]:.2f} ms, min {1000 * times[0]:.2f} ms wall; CPU time median "
-              f"{1000 * cpu[name][steps // 2]:.2f} ms ({torch.get_num_threads()} torch threads; the processor's "
-              "whole call)")
+              f"{1000 * times[len(times) // 2]:.2f} ms, min {1000 * times[0]:.2f}, mean {1000 * mean:.2f} ms wall; "
+              f"CPU time median {1000 * cpu[name][steps // 2]:.2f} ms ({torch.get_num_threads()} torch threads; "
+              "the processor's whole call)")
+    medians = {name: times[len(times) // 2] for name, times in spent.items()}
+    now, before = medians.values()
+    print(f"now/before: {now / before:.2f} (medians of one run); {grammar.token_sets.ids.cache_info()}")
+    # The same tokens again with the new processor alone: no baseline between its calls to evict its state
+    alone, proc = [], grammar.processor(tasks, steps + 24)
+    for step in range(steps):
+        logits = pool[step % len(pool)].clone()
+        t0 = time.perf_counter()
+        out = proc(ids[:, :step + 1], logits)
+        alone.append(time.perf_counter() - t0)
+        del out
+    alone.sort()
+    print(f"o200k mask cost per step, batch {batch_size}, the same {steps} steps, token sets alone: median "
+          f"{1000 * alone[steps // 2]:.2f} ms, min {1000 * alone[0]:.2f} ms wall")
+    fill_cost(grammar, tok)
+
+
+def fill_cost(grammar: AnswerGrammar, tok, batch_sizes=(8, 32, 64), repeats: int = 10):
+    """llguidance's mask fill per step, rows one after another against its thread pool, in one run: half
+    the rows follow an APA answer and half an MDD answer token by token, each step timed both ways."""
+    from pronlm.evaluation.grammar import _executor
+
+    answers = {"apa": tok('{"accuracy": 8, "fluency": 7, "prosodic": 7, "total": 7}').input_ids,
+               "mdd": tok('{"word_transcript": "THE CAT SAT", "phoneme_transcript": "DH AH | K AE T | S AE T"}'
+                          ).input_ids}
+    for batch in batch_sizes:
+        tasks = ["apa", "mdd"] * (batch // 2)
+        proc = grammar.processor(tasks)
+        rows = list(enumerate(proc.matchers))
+        ways = {"one after another": [], "thread pool": []}
+        for step in range(max(map(len, answers.values()))):
+            live = [(m, row) for row, m in rows if not m.is_stopped()]
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for m, row in live:
+                    m.unsafe_compute_mask_ptr(proc.bitmask.data_ptr() + row * proc.row_bytes, proc.row_bytes)
+                t1 = time.perf_counter()
+                _executor().unsafe_compute_mask_ptr(live, proc.bitmask.data_ptr(), proc.row_bytes, batch)
+                ways["one after another"].append(t1 - t0)
+                ways["thread pool"].append(time.perf_counter() - t1)
+            for row, m in rows:
+                answer = answers[tasks[row]]
+                assert m.consume_token(answer[step] if step < len(answer) else PHI4_END) or m.is_stopped()
+        print(f"mask fill, batch {batch}: " + ", ".join(
+            f"{name} median {1000 * sorted(t)[len(t) // 2]:.3f} ms" for name, t in ways.items())
+            + f" ({os.cpu_count()} cores)")
 
 
 class UnpackedBits(GrammarProcessor):

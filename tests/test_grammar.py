@@ -21,6 +21,7 @@ from pronlm.evaluation.grammar import (
     ASPECTS,
     AnswerGrammar,
     GrammarError,
+    TokenSets,
     ValueLogits,
     answer_grammar,
     answer_schema,
@@ -239,9 +240,17 @@ def test_recorded_value_logits_are_the_raw_logits_of_generate(tiny_model, tiny_t
     grammar = predictor.grammar.processor(["apa", "mdd"], 12)
     out = tiny_model.generate(**batch, max_new_tokens=12, do_sample=False, eos_token_id=predictor.stop_ids,
                               pad_token_id=predictor.collator.pad_id, return_dict_in_generate=True,
-                              output_logits=True, logits_processor=LogitsProcessorList([values, grammar]))
+                              output_logits=True, output_scores=True,
+                              logits_processor=LogitsProcessorList([values, grammar]))
     raw = torch.stack(out.logits, 1)[:, :, predictor.score_ids]
     assert torch.equal(torch.stack([values.row(0), values.row(1)]), raw)
+    # every step's masked scores, kept by generate, still pick that step's token (none was recycled)
+    new = out.sequences[:, batch["input_ids"].shape[1]:]
+    first_stop = [next((i for i, t in enumerate(row) if t in predictor.stop_ids), len(row)) for row in new.tolist()]
+    for step, scores in enumerate(out.scores):
+        for row in range(2):
+            if step <= first_stop[row]:
+                assert scores[row].argmax() == new[row, step]
 
 
 @pytest.mark.slow
@@ -266,7 +275,6 @@ def test_constrained_comes_from_the_config_and_false_is_the_free_text_path():
     cfg, given = _config(parse_args(["predict", "--out", "p.jsonl", "constrained=false"]), None, INFERENCE_DEFAULTS)
     assert cfg.constrained is False and "constrained" in given
     assert _config(parse_args(["predict", "--out", "p.jsonl"]), None, INFERENCE_DEFAULTS)[0].constrained is True
-    expected_word_scores,
     assert Predictor.load(cfg).grammar is None
     assert Predictor.load(dataclasses.replace(cfg, constrained=True)).grammar is not None
 
@@ -279,7 +287,7 @@ def test_mask_words_are_read_as_llguidance_writes_them():
     words = pack(allowed)
     assert words.tolist() == [[1 - 2**31, 2], [0, 2**7]]  # bits 0 and 31 of word 0: 0x80000001 as int32
     scores = torch.arange(80, dtype=torch.float32).view(2, 40)
-    out = masked(scores, words)
+    out = masked(scores, words, TokenSets(40))
     assert out[0, [0, 31, 33]].tolist() == [0.0, 31.0, 33.0] and out[1, 39] == 79.0
     assert torch.isinf(out).sum() == 80 - 4 and (out[torch.isinf(out)] < 0).all()
     assert scores[0, 5] == 5.0  # the logits passed in are left as they were (generate keeps them)
@@ -299,3 +307,98 @@ def test_the_grammars_are_built_once_per_process_and_say_so(tiny_tokenizer, capl
     assert again is first and literal is not first
     assert [r.getMessage().split(" over ")[0] for r in caplog.records if "building" in r.getMessage()] == [
         "building the answer grammars"] * 2
+
+
+def decode_side_by_side(grammar, tasks, steps, gen, keep=None):
+    """Greedy decoding of random logits with a `GrammarProcessor`, beside a twin processor whose masks
+    are applied by `masked` with nothing remembered; yields (step, output, expected). `keep(out)` may
+    hold on to outputs; finished rows are padded with a stop token, as generate does."""
+    proc, twin = grammar.processor(tasks, steps), grammar.processor(tasks, steps)
+    ids = torch.zeros(len(tasks), 3, dtype=torch.long)
+    done = torch.zeros(len(tasks), dtype=torch.bool)
+    for step in range(steps):
+        logits = random_logits(gen, len(tasks))
+        out = proc(ids, logits.clone())
+        expected = masked(logits, twin._masks(ids), TokenSets(VOCAB))
+        yield step, out, expected
+        nxt = torch.where(done, torch.full_like(done, grammar.stop_ids[1], dtype=torch.long), out.argmax(-1))
+        done |= torch.isin(nxt, torch.tensor(grammar.stop_ids))
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        if keep is not None:
+            keep(out)
+        del out
+
+
+def test_every_step_masks_exactly_the_bits_llguidance_wrote_and_recycles_what_nobody_holds(tiny_tokenizer):
+    """The processor's recycled tensors and its memory of each row's last mask give, step by step, what the
+    masks give applied afresh: rows finishing at different steps, the closing steer near the budget."""
+    grammar = grammar_for(tiny_tokenizer, "literal", True)
+    gen = torch.Generator().manual_seed(3)
+    places = []
+    for step, out, expected in decode_side_by_side(grammar, ["apa", "mdd", "mdd", "apa", "mdd"], 60, gen):
+        assert torch.equal(out, expected), step
+        places.append(out.data_ptr())
+    assert len(set(places)) == 2  # two tensors served all 60 steps
+
+
+@pytest.mark.parametrize("hold", ["reference", "view", "written in place"])
+def test_a_masked_tensor_someone_holds_or_changed_is_never_written_again(tiny_tokenizer, hold):
+    """generate(output_scores=True) keeps every step's tensor; a view holds it as well; a processor after
+    this one may write into it (seen outside inference mode). Each is left as it was handed out, and
+    every step is still masked right."""
+    grammar = grammar_for(tiny_tokenizer)
+    gen = torch.Generator().manual_seed(4)
+    kept = []
+
+    def keep(out):
+        if hold == "written in place":
+            out[:, 0] = 1.0  # a recycled tensor would carry this 1.0 into a later step: the equality below fails
+        held = out if hold == "reference" else out[:, :7]
+        kept.append((held, held.clone()))
+
+    for step, out, expected in decode_side_by_side(grammar, ["apa", "mdd"], 30, gen, keep):
+        assert torch.equal(out, expected), step
+        kept = kept if hold != "written in place" else []
+    assert all(torch.equal(held, copy) for held, copy in kept)
+    assert hold == "written in place" or len({held.data_ptr() for held, _ in kept}) == len(kept)
+
+
+def test_masks_are_filled_alike_one_row_after_another_and_by_llguidance_s_thread_pool(tiny_tokenizer, monkeypatch):
+    import pronlm.evaluation.grammar as grammar_module
+
+    grammar = grammar_for(tiny_tokenizer, "literal", True)
+    tasks = ["apa", "mdd"] * 3
+
+    def decode():
+        gen = torch.Generator().manual_seed(5)
+        return run_decoder(grammar, tasks, lambda step: (random_logits(gen, len(tasks)), True), 48, gen)[0]
+
+    sequential = decode()
+    monkeypatch.setattr(grammar_module, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(grammar_module, "_cores", lambda: 64)
+    calls = []
+    executor = grammar_module._executor()
+    monkeypatch.setattr(grammar_module, "_executor", lambda: calls.append(1) or executor)
+    assert torch.equal(decode(), sequential)
+    assert len(calls) > 10  # the pool really filled them
+
+
+def test_logits_of_another_width_than_the_masks_are_refused(tiny_tokenizer):
+    grammar = grammar_for(tiny_tokenizer)
+    proc = grammar.processor(["apa"])
+    with pytest.raises(GrammarError, match=r"the logits are \[1, 1026\] but the grammar masks 1 rows of 1088"):
+        proc(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 1026))
+
+
+def test_the_allowed_ids_are_made_on_the_logits_device(tiny_tokenizer):
+    """Logits on the meta device: every index the processor uses must be there too (a CPU index would raise)."""
+    grammar = grammar_for(tiny_tokenizer)
+    proc = grammar.processor(["apa", "mdd"])
+    answers = [tiny_tokenizer(json.dumps(a), add_special_tokens=False).input_ids for a in
+               ({"accuracy": 8}, {"word_transcript": "A"})]
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    for step in range(3):
+        out = proc(ids, torch.zeros(2, VOCAB, device="meta"))
+        assert out.device.type == "meta" and out.shape == (2, VOCAB)
+        ids = torch.cat([ids, torch.tensor([[a[step]] for a in answers])], 1)
+    assert {ids.device.type for _, _, ids in proc.rows} == {"meta"} and proc.flat.device.type == "meta"

@@ -16,7 +16,9 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
+import sys
 import time
 
 import llguidance
@@ -154,7 +156,8 @@ class AnswerGrammar:
         closing[[i for i, p in enumerate(pieces) if '"' in p or "}" in p] + self.stop_ids] = True
         stop = torch.zeros(vocab_size, dtype=torch.bool)
         stop[self.stop_ids] = True
-        self._words = {("closing", "cpu"): pack(closing), ("stop", "cpu"): pack(stop)}
+        self._words = {"closing": pack(closing), "stop": pack(stop)}
+        self.token_sets = TokenSets(vocab_size)
 
     def _matcher(self, grammar: str) -> LLMatcher:
         matcher = LLMatcher(self.lltokenizer, grammar, log_level=0)
@@ -176,12 +179,9 @@ class AnswerGrammar:
         words = words or [None] * len(tasks)
         return GrammarProcessor(self, [self.matcher(t, w) for t, w in zip(tasks, words)], max_new_tokens)
 
-    def words(self, which: str, device) -> torch.Tensor:
-        """The `closing` or `stop` tokens as mask words, kept on each device they were asked for."""
-        key = (which, str(device))
-        if key not in self._words:
-            self._words[key] = self._words[(which, "cpu")].to(device)
-        return self._words[key]
+    def words(self, which: str) -> torch.Tensor:
+        """The `closing` or `stop` tokens as mask words (CPU, where the masks are filled)."""
+        return self._words[which]
 
 
 _BUILT: dict[tuple, AnswerGrammar] = {}
@@ -212,37 +212,105 @@ class GrammarProcessor(LogitsProcessor):
     """Masks each row's logits to the tokens its task's grammar allows next (rows left-padded).
 
     Called first on the prompts, then once per new token: each row's matcher consumes the row's
-    last token, then llguidance fills the batch's bitmask (rows in parallel). A finished row (its stop
-    token consumed) allows only stop tokens, so `generate`'s padding of finished rows never reaches the
-    matcher. The mask stays in llguidance's int32 words (25 KB a row at 200k tokens) up to the logits'
-    device, where `masked` applies it.
+    last token, then llguidance fills the row's mask (int32 words, 25 KB a row at 200k tokens). A
+    finished row (its stop token consumed) allows only stop tokens, so `generate`'s padding of finished
+    rows never reaches the matcher. The grammar's `TokenSets` turn the words into the allowed tokens'
+    ids, already on the logits' device, so nothing of the vocabulary's width crosses between devices.
+
+    The masked logits are a new tensor each step, as `generate` keeps the unprocessed ones for
+    `output_logits`; its memory is recycled (`_output`) only when nothing else holds it.
     """
 
     def __init__(self, grammar: AnswerGrammar, matchers: list[LLMatcher], max_new_tokens: int | None = None):
         self.grammar, self.matchers, self.max_new_tokens = grammar, matchers, max_new_tokens
         self.prompt_len: int | None = None
-        # Pinned, so the copy to a GPU is asynchronous; the next call's `tolist()` waits for the stream
-        # before the buffer is refilled.
-        self.bitmask = torch.full((len(matchers), (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32,
-                                  pin_memory=torch.cuda.is_available())
-        self.rows = [(m, row) for row, m in enumerate(matchers)]
+        self.bitmask = torch.full((len(matchers), (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32)
+        self.row_bytes = self.bitmask.shape[1] * 4
+        self.outputs: list[tuple[torch.Tensor, torch.Tensor, int | None]] = []  # (tensor, its ids, _version)
+        self.rows: list[tuple[bytes, str, torch.Tensor] | None] = [None] * len(matchers)  # each row's last mask
+        self.flat: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape != (len(self.matchers), self.grammar.vocab_size):
+            raise GrammarError(f"the logits are {list(scores.shape)} but the grammar masks {len(self.matchers)} "
+                               f"rows of {self.grammar.vocab_size} tokens (the model's embedding rows)")
+        return self._output(scores, self._allowed(self._masks(input_ids), scores))
+
+    def _masks(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Advance every row's matcher by its last token and return the rows' masks (int32 words, CPU)."""
         if self.prompt_len is None:
             self.prompt_len = input_ids.shape[1]
         else:
             for m, token in zip(self.matchers, input_ids[:, -1].tolist()):
                 if not m.is_stopped() and not m.consume_token(token):
                     raise GrammarError(f"token {token} breaks the answer grammar: {m.get_error()}")
-        # llguidance.torch.fill_next_token_bitmask_par, without importing that module (torch.compile: seconds)
-        _executor().unsafe_compute_mask_ptr(self.rows, self.bitmask.data_ptr(), self.bitmask.shape[1] * 4,
-                                            len(self.rows))
-        words = self.bitmask.to(scores.device, non_blocking=True)  # on CPU: the buffer itself
-        stopped = [row for row, m in enumerate(self.matchers) if m.is_stopped()]
+        stopped = self._fill()
         if stopped:
-            words[stopped] = self.grammar.words("stop", scores.device)
-        words = self._finish(input_ids.shape[1] - self.prompt_len, words)
-        return masked(scores, words)
+            self.bitmask[stopped] = self.grammar.words("stop")
+        return self._finish(input_ids.shape[1] - self.prompt_len, self.bitmask)
+
+    def _allowed(self, words: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The ids of `scores.view(-1)` the masks leave (row r's token t is r V + t), ascending, on the
+        logits' device.
+
+        A row whose mask is the one it had the step before keeps that step's ids (an MDD transcript's
+        mask stays the same for many steps); any other is looked up in the grammar's `TokenSets`.
+        """
+        vocab, device = scores.shape[1], str(scores.device)
+        changed = self.flat is None
+        for r, row in enumerate(words.numpy()):
+            key, last = row.tobytes(), self.rows[r]
+            if last is None or last[0] != key or last[1] != device:
+                self.rows[r] = (key, device, self.grammar.token_sets.ids(key, device) + r * vocab)
+                changed = True
+        if changed:
+            self.flat = torch.cat([ids for _, _, ids in self.rows])
+        return self.flat
+
+    def _output(self, scores: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """`scores` at the `flat` ids (`_allowed`), -inf elsewhere, in one of the last two tensors handed out
+        when nothing else holds it, else in a new one.
+
+        `generate` drops the previous step's masked logits once it has picked the next tokens, so two
+        tensors serve a whole answer. A reused tensor has only the previous step's allowed ids to set
+        back to -inf, instead of writing the vocabulary's width anew (on CPU, 0.3 ms a step at batch 8
+        and 200k tokens, mostly page faults). One still held (a reference or a view:
+        `generate(output_scores=True)` keeps every step's) or changed in place since is left alone.
+        In place is seen only outside `torch.inference_mode` (inference tensors have no version
+        counter): a later processor that wrote into this one's output in inference mode would leave
+        its values behind. transformers' own processors never write into their input, and `Predictor`
+        runs this one last, greedily.
+        """
+        for n, (out, before, version) in enumerate(self.outputs):
+            # the references: this list's tuple, `out`, and getrefcount's argument; a view adds one too
+            if (sys.getrefcount(out) == 3 and _version(out) == version and out.shape == scores.shape
+                    and out.dtype == scores.dtype and out.device == scores.device):
+                del self.outputs[n]
+                if before is not flat:  # the same masks as then (`_allowed` keeps them): nothing to set back
+                    out.view(-1).index_fill_(0, before, float("-inf"))
+                break
+        else:
+            out = torch.full_like(scores, float("-inf"), memory_format=torch.contiguous_format)
+        out.view(-1).index_copy_(0, flat, scores.reshape(-1).index_select(0, flat))
+        self.outputs = [*self.outputs, (out, flat, _version(out))][-2:]
+        return out
+
+    def _fill(self) -> list[int]:
+        """Fill the mask of every row still writing; return the finished rows.
+
+        Rows are filled one after another, or by llguidance's thread pool where the batch is large
+        and the machine has the cores: a row takes 2-10 us, and on 2 cores the pool's hand-off costs
+        more than it saves at every batch size measured (8 rows: 0.08 against 0.21 ms, 64: 0.50 against
+        0.89; benchmarks/bench_constrained.py --o200k prints both).
+        """
+        live = [(m, row) for row, m in enumerate(self.matchers) if not m.is_stopped()]
+        base = self.bitmask.data_ptr()
+        if len(live) >= PARALLEL_ROWS and _cores() >= PARALLEL_CORES:
+            _executor().unsafe_compute_mask_ptr(live, base, self.row_bytes, len(self.matchers))
+        else:
+            for m, row in live:
+                m.unsafe_compute_mask_ptr(base + row * self.row_bytes, self.row_bytes)
+        return [row for row, m in enumerate(self.matchers) if m.is_stopped()]
 
     def _finish(self, step: int, words: torch.Tensor) -> torch.Tensor:
         """Near max_new_tokens, prefer tokens that close a string or the answer where the grammar allows one.
@@ -252,31 +320,54 @@ class GrammarProcessor(LogitsProcessor):
         """
         if self.max_new_tokens is None or step < self.max_new_tokens - FINISH_MARGIN:
             return words
-        closing = words & self.grammar.words("closing", words.device)
+        closing = words & self.grammar.words("closing")
         return torch.where((closing != 0).any(dim=1, keepdim=True), closing, words)
 
 
-# Byte b of a mask word as 8 additive biases: 0.0 for an allowed token (bit set), -inf for a forbidden one.
-_BYTE_BIAS = torch.where(((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool(), 0.0, float("-inf"))
+# Rows filled by llguidance's thread pool only from this batch size and core count up (see `_fill`).
+PARALLEL_ROWS, PARALLEL_CORES = 32, 8
+# Distinct mask rows whose token ids are kept (`TokenSets`): an MDD transcript's row allows about 6,500 of
+# Phi-4's tokens (52 KB of ids, plus the row's 25 KB key), so at most about 20 MB per device.
+TOKEN_SETS = 256
 
 
-@functools.cache
-def _byte_bias(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return _BYTE_BIAS.to(device, dtype)
+class TokenSets:
+    """The token ids one mask row allows, unpacked once per distinct row and kept on each device used.
 
-
-def masked(scores: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    """`scores` with -inf wherever the row's bit of the token is 0 (`words`: [rows, ceil(V/32)] int32).
-
-    Bit b of word w is token 32 w + b (llguidance's little-endian layout). Each mask byte looks up its 8
-    biases in a 256-row table on the logits' device, and the biases are added: two passes over the
-    logits, no bool mask, no copy of the vocabulary's width between devices. A new tensor, as
-    `generate` keeps the unprocessed logits for `output_logits`.
+    A grammar passes through few distinct masks (an APA row allows one literal token or the 11 scores;
+    an MDD row in a transcript allows the same few thousand tokens step after step), so nearly every
+    row of every step is one seen before, and applying it costs a lookup instead of unpacking 200k bits.
+    Least recently used rows beyond `capacity` are dropped; a lookup compares the whole row, so two
+    masks never share an entry.
     """
-    rows, vocab = scores.shape
-    mask_bytes = words.contiguous().view(torch.uint8).view(-1).int()
-    bias = _byte_bias(scores.device, scores.dtype).index_select(0, mask_bytes).view(rows, -1)[:, :vocab]
-    return bias.add_(scores)  # -inf + x is -inf; 0 + x is x
+
+    def __init__(self, vocab_size: int, capacity: int = TOKEN_SETS):
+        self.vocab_size = vocab_size
+        self.ids = functools.lru_cache(maxsize=capacity)(self._ids)
+
+    def _ids(self, row: bytes, device: str) -> torch.Tensor:
+        """The ascending ids whose bit is set in `row` (one row of int32 words, as bytes), on `device`."""
+        if device != "cpu":
+            return self.ids(row, "cpu").to(device)
+        bits = np.unpackbits(np.frombuffer(row, dtype=np.uint8), bitorder="little")[:self.vocab_size]
+        return torch.from_numpy(np.flatnonzero(bits))
+
+
+def _version(t: torch.Tensor) -> int | None:
+    return None if t.is_inference() else t._version
+
+
+def masked(scores: torch.Tensor, words: torch.Tensor, token_sets: TokenSets) -> torch.Tensor:
+    """A new tensor of `scores` with -inf wherever the row's bit of the token is 0 (`words`: [rows,
+    ceil(V/32)] int32 on CPU): the whole step of a `GrammarProcessor` without its memory of the last step.
+
+    Bit b of word w is token 32 w + b (llguidance's little-endian layout); `token_sets` unpacks each
+    distinct row once.
+    """
+    vocab, device = scores.shape[1], str(scores.device)
+    flat = torch.cat([token_sets.ids(row.tobytes(), device) + r * vocab for r, row in enumerate(words.numpy())])
+    out = torch.full_like(scores, float("-inf"), memory_format=torch.contiguous_format)
+    return out.view(-1).index_copy_(0, flat, scores.reshape(-1).index_select(0, flat)).view_as(scores)
 
 
 def pack(allowed: torch.Tensor) -> torch.Tensor:
@@ -288,8 +379,13 @@ def pack(allowed: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _executor() -> llguidance.LLExecutor:
-    """One llguidance thread pool per process, for filling a batch's mask rows in parallel."""
+    """One llguidance thread pool per process, for filling a large batch's mask rows in parallel."""
     return llguidance.LLExecutor()
+
+
+@functools.cache
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class ValueLogits(LogitsProcessor):
