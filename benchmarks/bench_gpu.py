@@ -26,6 +26,7 @@ from pronlm.config import load_config
 from pronlm.model.adapters import parameter_table, speech_lora_config, upcast_trainable
 from pronlm.model.load import attention_implementation
 from pronlm.model.phi4_config import AUDIO_TOKEN_ID, real_config
+from pronlm.model.train import answer_logits_only
 
 # Dense bf16 peak of common GPUs (TFLOP/s, no sparsity), for MFU.
 PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "RTX 4090": 165}
@@ -102,7 +103,7 @@ def train_steps(model, cfg, device, steps: int, batch_size: int) -> dict:
         sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(**batch).loss
+            loss = model(**answer_logits_only(batch)).loss  # as the trainer asks: logits at the answers
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -151,7 +152,8 @@ def run(recipe: str, device, a) -> dict:
         from pronlm.model.plan import plan, training_memory_at
 
         width = max(prompt + AUDIO_TOKENS + answer for prompt, answer in LENGTHS.values())
-        row["plan_gib"] = training_memory_at(cfg, plan(cfg), batch_size, width, AUDIO_TOKENS) / 2**30
+        answer = max(answer for _, answer in LENGTHS.values())
+        row["plan_gib"] = training_memory_at(cfg, plan(cfg), batch_size, width, AUDIO_TOKENS, answer) / 2**30
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         peak = a.peak_tflops or peak_tflops(torch.cuda.get_device_name())

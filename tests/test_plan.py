@@ -54,7 +54,9 @@ def test_training_memory_adds_up(plans):
     assert act["per_layer_per_token"] == 173_568
     tokens = 8 * p["tokens_per_epoch"]["longest"]
     assert act["language_model"] == (32 * 2 * 3072 + 173_568) * tokens  # checkpointing: layer inputs + one layer
-    assert act["logits"] == 12 * 200_064 * tokens and act["audio_encoder"] == 0
+    # logits only at the answers: the longest answer (an MDD transcript + <|end|><|endoftext|>) x the batch
+    assert act["logits"] == 12 * 200_064 * 8 * p["tokens_per_epoch"]["longest_answer"] and act["audio_encoder"] == 0
+    assert act["logits"] * 5 < 12 * 200_064 * tokens  # at every position it was 13.4 GB
     assert mem["total"] == mem["weights"] + 12 * n + act["total"]
     four = by(plans, "new-lora", four_bit=True)["training_memory"]["weights"]
     assert four < by(plans, "new-lora")["training_memory"]["weights"] - 4.5e9  # 3.2 B params: 2 -> ~0.52 bytes
@@ -72,10 +74,12 @@ def test_tokens_per_epoch_on_speechocean762(plans):
 
 def test_flops_and_hours(plans):
     p = by(plans, "paper-lora")
-    lm = 3_221_422_080 + LORA_320 + 200_064 * 3072  # the 32 layers, LoRA, lm_head
+    lm = 3_221_422_080 + LORA_320  # the 32 layers, LoRA
     positions = p["tokens_per_epoch"]["positions"]
-    assert p["flops_per_epoch"] > 6 * lm * positions  # + attention + the encoder's forward
-    assert p["flops_per_epoch"] < 6.5 * lm * positions
+    answers = sum(t["answer"] for t in p["tokens_per_epoch"]["per_task"].values())
+    head = 6 * 200_064 * 3072 * answers  # lm_head at the answer tokens only
+    assert p["flops_per_epoch"] > 6 * lm * positions + head  # + attention + the encoder's forward
+    assert p["flops_per_epoch"] < 6.5 * lm * positions + head
     assert p["hours"]["A100 80GB"] == pytest.approx(4 * p["flops_per_epoch"] / (312e12 * 0.4) / 3600)
 
 
@@ -139,5 +143,6 @@ def test_memory_at_another_batch_shape_is_the_same_formula(plans):
     for name, _, cfg, p in plans[:3]:
         tok = p["tokens_per_epoch"]
         longest_audio = 255  # the 20.4 s clip of the 200: (326,528 - 400) // 160 + 1 = 2,039 frames / 8
-        assert training_memory_at(cfg, p, 8, tok["longest"], longest_audio) == p["training_memory"]["total"], name
-        assert training_memory_at(cfg, p, 4, tok["longest"], longest_audio) < p["training_memory"]["total"]
+        at = (tok["longest"], longest_audio, tok["longest_answer"])
+        assert training_memory_at(cfg, p, 8, *at) == p["training_memory"]["total"], name
+        assert training_memory_at(cfg, p, 4, *at) < p["training_memory"]["total"]

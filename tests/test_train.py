@@ -403,3 +403,32 @@ def test_resume_with_more_steps_trains_on_and_the_record_says_from_which_step(co
     for step in (3, 4):
         assert rows["cut"][step]["learning_rate"] == pytest.approx(rows["whole"][step]["learning_rate"], rel=1e-9)
     assert rows["cut"][3]["learning_rate"] > 0
+
+
+def test_the_loss_reads_logits_only_at_the_answers_and_equals_the_full_one(corpus_dir, tmp_path, tiny_model,
+                                                                         tiny_tokenizer):
+    """The trainer's loss and every gradient equal HF's loss over logits at every position, while the
+    lm_head projects only the positions whose next token is a label (the answers): fewer rows by far."""
+    cfg = load_config("tiny-cpu", dict(corpus=str(corpus_dir), output_dir=str(tmp_path / "run"), limit=4,
+                                       per_device_train_batch_size=4, lora_dropout=0.0))
+    model = prepare_for_training(cfg, copy.deepcopy(tiny_model), tiny_tokenizer)
+    trainer = make_trainer(cfg, model, tiny_tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    rows = []
+    hook = model.get_base_model().lm_head.register_forward_hook(lambda m, a, out: rows.append(out.shape[:-1]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(loss):
+        grads = torch.autograd.grad(loss, trainable)
+        return loss.detach(), grads
+
+    for n in (None, 123):  # HF's mean over the labels, and its sum / num_items_in_batch under accumulation
+        mine, mine_grads = loss_and_grads(trainer.compute_loss(model, dict(batch), num_items_in_batch=n))
+        kwargs = {} if n is None else {"num_items_in_batch": n}
+        full, full_grads = loss_and_grads(model(**batch, **kwargs).loss)
+        assert mine == pytest.approx(full.item(), rel=1e-5)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(mine_grads, full_grads))
+    hook.remove()
+    labels = int((batch["labels"][:, 1:] != -100).sum())
+    assert rows[0] == (labels,) and rows[1] == tuple(batch["input_ids"].shape)
+    assert labels * 4 < batch["input_ids"].numel()  # the answers are under a quarter of the positions

@@ -44,13 +44,15 @@ ASSUMPTIONS = {
                    "linear inputs, q/k/v, attention output, gate_up output, SiLU output, LoRA's r-wide "
                    "intermediates) + 3 bytes per LoRA input with dropout > 0; flash/memory-efficient attention "
                    "(no s^2 scores). Checkpointing keeps each layer's input (2h) and recomputes one layer at a "
-                   "time. Logits: 12 bytes per vocabulary row per position (bf16 logits, fp32 log-softmax, its "
-                   "fp32 and bf16 gradients). Unfreeze: the audio encoder's blocks (not checkpointed) at "
+                   "time. Logits: 12 bytes per vocabulary row per answer token (bf16 logits, fp32 log-softmax, "
+                   "its fp32 and bf16 gradients; the trainer asks for logits only where a label is), the longest "
+                   "answer x the batch. Unfreeze: the audio encoder's blocks (not checkpointed) at "
                    "34·h_a + 5·heads·T_a bytes per audio position (Korthikanti et al. 2022). At the longest "
                    "example x the per-device batch: the sampler puts that batch first",
     "flops": "6·N per token (forward 2N, backward 4N; frozen weights skip weight gradients, 2N, and checkpointing "
              "recomputes the forward, 2N: the same 6N) over every position including padding, N = the language "
-             "model's layers + LoRA + lm_head (tied, still a matmul); + attention 12·L·h·w per position (PaLM, "
+             "model's layers + LoRA; + 6·lm_head (tied, still a matmul) per answer token, the only positions "
+             "whose logits the trainer asks for; + attention 12·L·h·w per position (PaLM, "
              "w = the batch's width); + the audio encoder, 2·N_enc (frozen: forward only) or 6·N_enc per audio token",
     "predict": "weights as loaded (base bf16, adapter fp32), KV cache 2·L·kv·2 bytes per position for prompt + "
                "max_new_tokens, prefill temporaries 12·i bytes per position",
@@ -132,18 +134,20 @@ def token_counts(lengths: list[ExampleLength], batch: int, seed: int, group: boo
     sizes = [len(order[k:k + batch]) for k in range(0, len(order), batch)]
     return {"per_task": per_task, "tokens": sum(totals), "padding_share": sampler.padding_share(),
             "positions": sum(w * s for w, s in zip(widths, sizes)), "batch_widths": widths, "batch_sizes": sizes,
-            "longest": max(totals), "longest_prompt": max(e.prompt + e.audio for e in lengths)}
+            "longest": max(totals), "longest_prompt": max(e.prompt + e.audio for e in lengths),
+            "longest_answer": max(e.answer for e in lengths)}
 
 
-def activation_bytes(cfg: Config, config, lora: dict, batch: int, width: int, audio: int) -> dict:
-    """Activation memory at `batch` sequences of `width` tokens (`ASSUMPTIONS["activations"]`)."""
+def activation_bytes(cfg: Config, config, lora: dict, batch: int, width: int, audio: int, answer: int) -> dict:
+    """Activation memory at `batch` sequences of `width` tokens, `answer` of them labels
+    (`ASSUMPTIONS["activations"]`)."""
     h, i, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     kv = config.num_key_value_heads * h // config.num_attention_heads
     per_layer = 16 * h + 4 * kv + 8 * i + 8 * lora["r"] + (3 * (3 * h + i) if lora["lora_dropout"] else 0)
     tokens = batch * width
     layer_bytes = per_layer * tokens
     lm = (2 * h * layers + per_layer) * tokens if cfg.gradient_checkpointing else layer_bytes * layers
-    logits = 12 * vocab * tokens
+    logits = 12 * vocab * batch * answer
     encoder = 0
     if cfg.strategy == "unfreeze":
         a = config.audio_config
@@ -155,11 +159,13 @@ def activation_bytes(cfg: Config, config, lora: dict, batch: int, width: int, au
 def training_flops(counts: dict, config, tokens: dict, unfreeze: bool) -> float:
     """FLOPs of one epoch (`ASSUMPTIONS["flops"]`)."""
     g = counts["groups"]
-    n_lm = g["language model layers"] + g["lora"] + g["lm_head"]
+    n_lm = g["language model layers"] + g["lora"]
     attention = sum(12 * config.num_hidden_layers * config.hidden_size * w * w * s
                     for w, s in zip(tokens["batch_widths"], tokens["batch_sizes"]))
     audio = sum(t["audio"] for t in tokens["per_task"].values())
-    return 6 * n_lm * tokens["positions"] + attention + (6 if unfreeze else 2) * g["audio encoder"] * audio
+    answers = sum(t["answer"] for t in tokens["per_task"].values())
+    return (6 * n_lm * tokens["positions"] + 6 * g["lm_head"] * answers + attention
+            + (6 if unfreeze else 2) * g["audio encoder"] * audio)
 
 
 def prefix_cache(cfg: Config) -> dict:
@@ -181,12 +187,12 @@ def prefix_cache(cfg: Config) -> dict:
     return out
 
 
-def training_memory_at(cfg: Config, bill: dict, batch: int, width: int, audio: int) -> float:
+def training_memory_at(cfg: Config, bill: dict, batch: int, width: int, audio: int, answer: int) -> float:
     """The plan's training memory for another batch shape (`benchmarks/bench_gpu.py` measures its own)."""
     lora = SPEECH_LORA if cfg.strategy in ("speech-lora", "unfreeze") else \
         {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout}
     mem = bill["training_memory"]
-    act = activation_bytes(cfg, real_config(), lora, batch, width, audio)["total"]
+    act = activation_bytes(cfg, real_config(), lora, batch, width, audio, answer)["total"]
     return mem["weights"] + mem["gradients"] + mem["optimizer"] + act
 
 
@@ -206,7 +212,8 @@ def plan(cfg: Config, predict_batch: int = 8, max_new_tokens: int = 256, mfu: fl
     longest_audio = max(e.audio for e in lengths)
     memory = {"weights": weight_bytes(counts["frozen_by_dtype"]) + 4 * trainable, "gradients": 4 * trainable,
               "optimizer": 8 * trainable,
-              "activations": activation_bytes(cfg, config, lora, batch, tokens["longest"], longest_audio)}
+              "activations": activation_bytes(cfg, config, lora, batch, tokens["longest"], longest_audio,
+                                              tokens["longest_answer"])}
     memory["total"] = memory["weights"] + memory["gradients"] + memory["optimizer"] + memory["activations"]["total"]
     flops = training_flops(counts, config, tokens, cfg.strategy == "unfreeze")
     epochs = cfg.num_train_epochs
@@ -249,7 +256,8 @@ def format_plan(p: dict) -> str:
              f"training memory, one GPU: {gb(mem['total'])} = weights {gb(mem['weights'])} + gradients "
              f"{gb(mem['gradients'])} + AdamW {gb(mem['optimizer'])} + activations {gb(act['total'])} "
              f"(layers {gb(act['language_model'])}, logits {gb(act['logits'])}, audio encoder "
-             f"{gb(act['audio_encoder'])}; at {tok['longest']} tokens x {r['per_device_train_batch_size']})",
+             f"{gb(act['audio_encoder'])}; at {tok['longest']} tokens x {r['per_device_train_batch_size']}, logits at "
+             f"{tok['longest_answer']} answer tokens x {r['per_device_train_batch_size']})",
              f"tokens per epoch ({p['corpus']}):"]
     for task, t in tok["per_task"].items():
         lines.append(f"  {task}: {t['examples']:,} examples, prompt {t['prompt']:,}, audio {t['audio']:,}, "
