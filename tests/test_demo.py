@@ -5,6 +5,7 @@ trains transcribes its training voices from their audio."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,7 +29,7 @@ from pronlm.data.synthetic import (
 from pronlm.data.targets import canonical_phones, heard_phones, strip_stress
 from pronlm.evaluation.metrics import wer
 from pronlm.evaluation.predict import Predictor
-from tests.readme import check_readme_block
+from tests.readme import PORTABLE_NUMERICS, check_readme_block
 
 WARNING = "not a pronunciation model"
 
@@ -91,7 +92,8 @@ def test_demo_without_espeak_or_corpus_says_what_to_do(tmp_path, monkeypatch, ca
 
 
 def _run_demo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pronlm.cli", "demo", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "pronlm.cli", "demo", *args], capture_output=True, text=True,
+                          env={**os.environ, **PORTABLE_NUMERICS})
 
 
 def _check_report(out, run: subprocess.CompletedProcess) -> dict:
@@ -174,7 +176,7 @@ def test_the_readme_shows_what_the_demo_and_assess_print(demo_run, espeak, tmp_p
                 ["pronlm", "assess", "--audio", "bear.wav", "--text", said, "--base", "tiny", "--adapter", "demo-out/run"]]
     subprocess.run([espeak, *commands[0][1:]], cwd=tmp_path, check=True)
     done = subprocess.run([sys.executable, "-m", "pronlm.cli", *commands[1][1:]], cwd=tmp_path, capture_output=True,
-                          text=True)
+                          text=True, env={**os.environ, **PORTABLE_NUMERICS})
     assert done.returncode == 0, done.stderr[-2000:]
     shown = "".join(f"$ {' '.join(repr(a) if ' ' in a else a for a in cmd)}\n" for cmd in commands)
     check_readme_block("assess", shown.replace("'", '"') + done.stdout)
