@@ -329,19 +329,23 @@ def decode_side_by_side(grammar, tasks, steps, gen, keep=None):
         del out
 
 
-def test_every_step_masks_exactly_the_bits_llguidance_wrote_and_recycles_what_nobody_holds(tiny_tokenizer):
-    """The processor's recycled tensors and its memory of each row's last mask give, step by step, what the
-    masks give applied afresh: rows finishing at different steps, the closing steer near the budget."""
+@pytest.mark.parametrize("inference", [False, True])
+def test_every_step_masks_exactly_the_bits_llguidance_wrote_and_recycles_what_nobody_holds(tiny_tokenizer,
+                                                                                            inference):
+    """The processor's recycled memory and its memory of each row's last mask give, step by step, what the
+    masks give applied afresh: rows finishing at different steps, the closing steer near the budget; in
+    inference mode (as `Predictor` generates) too."""
     grammar = grammar_for(tiny_tokenizer, "literal", True)
     gen = torch.Generator().manual_seed(3)
     places = []
-    for step, out, expected in decode_side_by_side(grammar, ["apa", "mdd", "mdd", "apa", "mdd"], 60, gen):
-        assert torch.equal(out, expected), step
-        places.append(out.data_ptr())
-    assert len(set(places)) == 2  # two tensors served all 60 steps
+    with torch.inference_mode(inference):
+        for step, out, expected in decode_side_by_side(grammar, ["apa", "mdd", "mdd", "apa", "mdd"], 60, gen):
+            assert torch.equal(out, expected), step
+            places.append(out.data_ptr())
+    assert len(set(places)) == 2  # two buffers served all 60 steps
 
 
-@pytest.mark.parametrize("hold", ["reference", "view", "written in place"])
+@pytest.mark.parametrize("hold", ["reference", "view", "numpy", "written in place"])
 def test_a_masked_tensor_someone_holds_or_changed_is_never_written_again(tiny_tokenizer, hold):
     """generate(output_scores=True) keeps every step's tensor; a view holds it as well; a processor after
     this one may write into it (seen outside inference mode). Each is left as it was handed out, and
@@ -353,15 +357,16 @@ def test_a_masked_tensor_someone_holds_or_changed_is_never_written_again(tiny_to
     def keep(out):
         if hold == "written in place":
             out[:, 0] = 1.0  # a recycled tensor would carry this 1.0 into a later step: the equality below fails
-        held = out if hold == "reference" else out[:, :7]
-        kept.append((held, held.clone()))
+        held = {"reference": out, "numpy": out.numpy()}.get(hold, out[:, :7])
+        kept.append((held, held.copy() if hold == "numpy" else held.clone()))
 
     for step, out, expected in decode_side_by_side(grammar, ["apa", "mdd"], 30, gen, keep):
         assert torch.equal(out, expected), step
         if hold == "written in place":
             kept = []  # let it go: only its version counter, not a reference, can keep it from reuse
-    assert all(torch.equal(held, copy) for held, copy in kept)
-    assert hold == "written in place" or len({held.data_ptr() for held, _ in kept}) == len(kept)
+    assert all((held == copy).all() for held, copy in kept)
+    places = {held.ctypes.data if hold == "numpy" else held.data_ptr() for held, _ in kept}
+    assert hold == "written in place" or len(places) == len(kept)
 
 
 def test_masks_are_filled_alike_one_row_after_another_and_by_llguidance_s_thread_pool(tiny_tokenizer, monkeypatch):

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 
 import llguidance
@@ -218,7 +217,7 @@ class GrammarProcessor(LogitsProcessor):
     ids, already on the logits' device, so nothing of the vocabulary's width crosses between devices.
 
     The masked logits are a new tensor each step, as `generate` keeps the unprocessed ones for
-    `output_logits`; its memory is recycled (`_output`) only when nothing else holds it.
+    `output_logits`; their memory is recycled (`_output`) only when nothing else holds it.
     """
 
     def __init__(self, grammar: AnswerGrammar, matchers: list[LLMatcher], max_new_tokens: int | None = None):
@@ -226,7 +225,7 @@ class GrammarProcessor(LogitsProcessor):
         self.prompt_len: int | None = None
         self.bitmask = torch.full((len(matchers), (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32)
         self.row_bytes = self.bitmask.shape[1] * 4
-        self.outputs: list[tuple[torch.Tensor, torch.Tensor, int | None]] = []  # (tensor, its ids, _version)
+        self.outputs: list[tuple] = []  # (buffer, its ids, _version, its storage's users when free)
         self.rows: list[tuple[bytes, str, torch.Tensor] | None] = [None] * len(matchers)  # each row's last mask
         self.flat: torch.Tensor | None = None
 
@@ -268,31 +267,34 @@ class GrammarProcessor(LogitsProcessor):
         return self.flat
 
     def _output(self, scores: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        """`scores` at the `flat` ids (`_allowed`), -inf elsewhere, in one of the last two tensors handed out
-        when nothing else holds it, else in a new one.
+        """`scores` at the `flat` ids (`_allowed`), -inf elsewhere, in the memory of one of the last two
+        steps' outputs when nothing holds it any more, else in new memory.
 
         `generate` drops the previous step's masked logits once it has picked the next tokens, so two
-        tensors serve a whole answer. A reused tensor has only the previous step's allowed ids to set
-        back to -inf, instead of writing the vocabulary's width anew (on CPU, 0.3 ms a step at batch 8
-        and 200k tokens, mostly page faults). One still held (a reference or a view:
-        `generate(output_scores=True)` keeps every step's) or changed in place since is left alone.
-        In place is seen only outside `torch.inference_mode` (inference tensors have no version
-        counter): a later processor that wrote into this one's output in inference mode would leave
-        its values behind. transformers' own processors never write into their input, and `Predictor`
-        runs this one last, greedily.
+        buffers serve a whole answer. A reused one has only its last step's allowed ids to set back to
+        -inf, instead of writing the vocabulary's width anew (on CPU, 0.3 ms a step at batch 8 and 200k
+        tokens, mostly page faults). What is handed out is a view of the buffer, so every holder of its
+        memory (that view, a view of it, a numpy array, `generate(output_scores=True)` keeping every
+        step's) adds to the storage's use count: the buffer is free when the count is its own alone.
+        A buffer written in place since is never reused either, where that can be seen: outside
+        `torch.inference_mode` (inference tensors have no version counter), so a processor after this
+        one that wrote into its output in inference mode would leave its values behind. transformers'
+        own processors never write into their input, and `Predictor` runs this one last.
         """
-        for n, (out, before, version) in enumerate(self.outputs):
-            # the references: this list's tuple, `out`, and getrefcount's argument; a view adds one too
-            if (sys.getrefcount(out) == 3 and _version(out) == version and out.shape == scores.shape
-                    and out.dtype == scores.dtype and out.device == scores.device):
+        for n, (buf, before, version, alone) in enumerate(self.outputs):
+            if (_storage_users(buf) == alone and _version(buf) == version
+                    and buf.shape == scores.shape and buf.dtype == scores.dtype and buf.device == scores.device):
                 del self.outputs[n]
                 if before is not flat:  # the same masks as then (`_allowed` keeps them): nothing to set back
-                    out.view(-1).index_fill_(0, before, float("-inf"))
+                    buf.view(-1).index_fill_(0, before, float("-inf"))
                 break
         else:
-            out = torch.full_like(scores, float("-inf"), memory_format=torch.contiguous_format)
-        out.view(-1).index_copy_(0, flat, scores.reshape(-1).index_select(0, flat))
-        self.outputs = [*self.outputs, (out, flat, _version(out))][-2:]
+            buf = torch.full_like(scores, float("-inf"), memory_format=torch.contiguous_format)
+            alone = _storage_users(buf)
+        buf.view(-1).index_copy_(0, flat, scores.reshape(-1).index_select(0, flat))
+        out = buf.view(buf.shape)
+        if alone is not None:  # without a storage use count to ask, memory is never reused
+            self.outputs = [*self.outputs, (buf, flat, _version(buf), alone)][-2:]
         return out
 
     def _fill(self) -> list[int]:
@@ -355,6 +357,12 @@ class TokenSets:
 
 def _version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
+
+
+def _storage_users(t: torch.Tensor) -> int | None:
+    """How many tensors (and storage objects) share `t`'s memory; None where torch does not say."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else count(t.untyped_storage()._cdata)
 
 
 def masked(scores: torch.Tensor, words: torch.Tensor, token_sets: TokenSets) -> torch.Tensor:
