@@ -8,8 +8,10 @@ import dataclasses
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 
 from pronlm.cli import main
 from pronlm.config import ConfigError, load_config
@@ -509,6 +511,9 @@ def test_evaluation_during_and_after_training_holds_one_model(corpus_dir, tmp_pa
         return [("", None)] * len(examples)
 
     monkeypatch.setattr(Predictor, "generate_scored", generate_scored)
+    loads, load = [], Predictor.load.__func__
+    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, cfg, adapter=None, **kw: loads.append(
+        adapter and Path(adapter).name) or load(cls, cfg, adapter, **kw)))
     out = tmp_path / "run"
     assert main(["train", "--recipe", "tiny-cpu", f"corpus={corpus_dir}", f"output_dir={out}", "limit=2",
                  "num_train_epochs=2", "per_device_train_batch_size=2", "dev_fraction=0.34", "early_stop_patience=2",
@@ -519,3 +524,34 @@ def test_evaluation_during_and_after_training_holds_one_model(corpus_dir, tmp_pa
     assert len(alive) == 2 * 5 + 3 * 3
     assert {n for n, _ in alive} == {1}, alive  # before: 2 networks alive at every prediction
     assert max(b for _, b in alive) < 1.2 * one, (alive, one)  # one model's weights (plus its LoRA), not two
+    # after training: the untrained base, then one model for both checkpoints (before: one load each)
+    checkpoints = [c.folder.name for c in Run(out).checkpoints()]
+    assert len(checkpoints) == 2 and loads == [None, checkpoints[0]], (loads, checkpoints)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_swapped_in_is_the_checkpoint_loaded_alone_and_another_adapter_is_refused(tiny_run, tmp_path):
+    """The table's one model (`OneModel`): checkpoint-8 swapped into the model loaded with checkpoint-4 holds
+    every weight that loading checkpoint-8 alone gives; an adapter of another shape is refused, not half-loaded."""
+    from safetensors.torch import load_file, save_file
+
+    from pronlm.model.adapters import swap_adapter
+    from pronlm.errors import ModelError
+    from pronlm.model.load import load_model
+
+    cfg = Run(tiny_run).config()
+    swapped, _ = load_model(cfg, str(tiny_run / "checkpoint-4"))
+    before = {k: v.clone() for k, v in swapped.state_dict().items()}
+    swap_adapter(swapped, str(tiny_run / "checkpoint-8"))
+    alone, _ = load_model(cfg, str(tiny_run / "checkpoint-8"))
+    mine, theirs = swapped.state_dict(), alone.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert any(not torch.equal(before[k], mine[k]) for k in mine)  # the two checkpoints differ
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_run / "checkpoint-8", odd)
+    weights = load_file(str(odd / "adapter_model.safetensors"))
+    key = next(k for k in weights if "lora_A" in k)
+    weights[key] = weights[key][:4].contiguous()  # another rank
+    save_file(weights, str(odd / "adapter_model.safetensors"))
+    with pytest.raises(ModelError, match="another adapter than the loaded one"):
+        swap_adapter(swapped, str(odd))

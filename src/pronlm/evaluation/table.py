@@ -24,6 +24,7 @@ from pronlm.evaluation.evaluate import evaluate
 from pronlm.evaluation.markdown import GRANULARITY_HEADER, granularity_cells, granularity_row
 from pronlm.evaluation.paper import GRANULARITY_SYSTEMS, PAPER_TABLE3, PAPER_TEST_SIZE
 from pronlm.evaluation.predict import Predictor, predict
+from pronlm.model.adapters import swap_adapter
 from pronlm.model.load import resolve_base
 from pronlm.run import DEV_HISTORY, DEV_SPEAKERS, TABLE_JSON, TABLE_MD, Run
 
@@ -144,10 +145,37 @@ def dev_history(cfg: Config, run: str | Path, step: int, last_step: int, predict
     return history
 
 
+class OneModel:
+    """One model for every checkpoint row of a table: loaded with the first checkpoint that has something
+    left to predict, the next ones' adapters swapped into it (`swap_adapter`), not a model loaded per
+    checkpoint. `for_entry` gives `evaluate_entry`'s `predictor`; None (predict loads) for the untrained
+    row, whose base differs, and for a vLLM server, which holds its own model."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.predictor, self.adapter = cfg, None, None
+        self.loads = 0
+
+    def for_entry(self, entry: Entry):
+        if entry.adapter is None or self.cfg.backend != "transformers":
+            return None
+
+        def predictor():
+            if self.predictor is None:
+                self.predictor = Predictor.load(self.cfg, entry.adapter)
+                self.loads += 1
+            elif self.adapter != entry.adapter:
+                swap_adapter(self.predictor.model, entry.adapter)
+            self.adapter = entry.adapter
+            return self.predictor
+
+        return predictor
+
+
 def build_table(run: str | Path, cfg: Config | None = None) -> dict:
     """Evaluate what is missing, then write table.json and table.md in the run; returns the table."""
     run = Path(run)
     cfg = cfg or Run(run).config()
+    model = OneModel(cfg)
     entries = checkpoint_entries(run)
     if not entries:
         raise TableError(f"{run} has no checkpoint-N folder with a trainer_state.json: train with "
@@ -158,14 +186,14 @@ def build_table(run: str | Path, cfg: Config | None = None) -> dict:
              "rows": [], "n_utterances": None, "dev": None}
     if cfg.eval_split:
         for entry in ([untrained(run)] if cfg.eval_untrained else []) + entries:
-            report = evaluate_entry(cfg, entry, cfg.eval_split, cfg.eval_split)
+            report = evaluate_entry(cfg, entry, cfg.eval_split, cfg.eval_split, predictor=model.for_entry(entry))
             table["rows"].append(table_row(entry, report))
             table["n_utterances"] = report["n_utterances"]
     if cfg.dev_fraction:
         speakers = Run(run).dev_speakers()
         dev_rows, n = [], None
         for entry in entries:
-            report = evaluate_entry(cfg, entry, DEV, cfg.train_split, set(speakers))
+            report = evaluate_entry(cfg, entry, DEV, cfg.train_split, set(speakers), model.for_entry(entry))
             dev_rows.append(table_row(entry, report))
             n = report["n_utterances"]
         history = run / DEV_HISTORY

@@ -220,6 +220,22 @@ def load_lora_weights(peft_model, folder: str):
     return check_lora_landed(peft_model, saved, folder)
 
 
+def swap_adapter(peft_model, folder: str):
+    """Put another checkpoint of the same run into a model loaded with one of its checkpoints, in place:
+    every tensor of the model's adapter (LoRA, token rows, saved modules) is overwritten from `folder` and
+    checked (`check_lora_landed`). A checkpoint whose tensors are not the model's (another rank, targets,
+    strategy) is refused: it needs a model of its own."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    saved = read_lora_file(folder)
+    state = get_peft_model_state_dict(peft_model)
+    if set(saved) != set(state) or any(saved[k].shape != state[k].shape for k in saved):
+        odd = sorted(set(saved) ^ set(state)) or [k for k in saved if saved[k].shape != state[k].shape]
+        raise ModelError(f"{folder} holds another adapter than the loaded one (e.g. {odd[:2]}): load it on its own")
+    set_peft_model_state_dict(peft_model, saved)
+    return check_lora_landed(peft_model, saved, folder, zero_is_error=False)
+
+
 def check_lora_landed(peft_model, saved: dict[str, torch.Tensor], folder: str, zero_is_error: bool = True):
     """Every LoRA tensor of the model's targets got the file's value, and not every lora_B is zero.
 
