@@ -97,6 +97,29 @@ def test_a_local_corpus_is_counted_from_its_own_clips():
     assert "its own clips" in p["corpus"]
 
 
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="needs ../shared/data/speechocean762")
+def test_a_three_task_plan_counts_the_word_task_example_by_example():
+    """The word task's prompt holds each sentence's words: a local corpus's are counted whole, prompt by
+    prompt, with its answers; the shipped distribution gives every task of the recipe too."""
+    from pronlm.data.corpus import read_kaldi_dir
+    from pronlm.data.lengths import END_TOKENS, o200k
+    from pronlm.data.prompts import AUDIO_PLACEHOLDER, PromptSet, build_examples
+    from pronlm.data.targets import AccentPolicy
+
+    cfg = load_config("three-task", {"corpus": str(CORPUS)})
+    wrd = plan(cfg)["tokens_per_epoch"]["per_task"]["wrd"]
+    examples = [ex for u in read_kaldi_dir(CORPUS, "train") for ex in
+                build_examples(u, PromptSet.from_config(cfg), AccentPolicy(cfg.accent_policy), cfg.word_boundaries,
+                               ("wrd",))]
+    counter = o200k()
+    assert wrd["examples"] == len(examples) == 36
+    assert wrd["prompt"] == sum(counter.count(ex.prompt.replace(AUDIO_PLACEHOLDER, "")) for ex in examples)
+    assert wrd["answer"] == sum(counter.count(ex.target) + END_TOKENS for ex in examples)
+    shipped = plan(load_config("three-task"))["tokens_per_epoch"]["per_task"]
+    assert list(shipped) == ["apa", "mdd", "wrd"] and shipped["wrd"]["examples"] == 2500
+    assert shipped["wrd"]["answer"] > 2 * shipped["mdd"]["answer"]  # a JSON entry of three scores per word
+
+
 def test_the_readme_table_is_the_plan(plans):
     text = README.read_text()
     block = re.search(r"<!-- plan-table:[^\n]*-->\n(.*?)\n<!-- plan-table end -->", text, re.S).group(1)

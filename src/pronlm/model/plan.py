@@ -109,13 +109,13 @@ def example_lengths(cfg: Config) -> tuple[list[ExampleLength], str]:
     """Every training example's tokens, and where the clip lengths came from."""
     prompts = PromptSet.from_config(cfg)
     if Path(cfg.corpus).is_dir() and not cfg.data:
-        lengths = corpus_lengths(cfg.corpus, cfg.train_split, prompts, PAPER_TASKS, AccentPolicy(cfg.accent_policy),
+        lengths = corpus_lengths(cfg.corpus, cfg.train_split, prompts, cfg.tasks, AccentPolicy(cfg.accent_policy),
                                  cfg.word_boundaries, cfg.limit)
         return lengths, f"{cfg.corpus} ({cfg.train_split}): its own clips"
     n = SPEECHOCEAN762_UTTERANCES.get(cfg.train_split, 2500)
     n = min(n, cfg.limit) if cfg.limit else n
     n = round(n * (1 - cfg.dev_fraction))
-    return distribution_lengths(prompts, PAPER_TASKS, n), (
+    return distribution_lengths(prompts, cfg.tasks, n), (
         f"SpeechOcean762's length distribution (200 clips, every 25th utterance, shipped) for {n} utterances; "
         f"{cfg.corpus} is not a local folder")
 
