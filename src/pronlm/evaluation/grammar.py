@@ -302,8 +302,8 @@ class GrammarProcessor(LogitsProcessor):
 
         Rows are filled one after another, or by llguidance's thread pool where the batch is large
         and the machine has the cores: a row takes 2-10 us, and on 2 cores the pool's hand-off costs
-        more than it saves at every batch size measured (8 rows: 0.08 against 0.21 ms, 64: 0.50 against
-        0.89; benchmarks/bench_constrained.py --o200k prints both).
+        more than it saves at every batch size measured, 8 to 64 rows (benchmarks/bench_constrained.py
+        --o200k prints both).
         """
         live = [(m, row) for row, m in enumerate(self.matchers) if not m.is_stopped()]
         base = self.bitmask.data_ptr()
