@@ -225,57 +225,70 @@ class GrammarProcessor(LogitsProcessor):
         self.prompt_len: int | None = None
         self.bitmask = torch.full((len(matchers), (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32)
         self.row_bytes = self.bitmask.shape[1] * 4
-        self.outputs: list[tuple] = []  # (buffer, its ids, _version, its storage's users when free)
+        self.outputs: list[tuple] = []  # (buffer, each row's ids, _version, its storage's users when free)
         self.rows: list[tuple[bytes, str, torch.Tensor] | None] = [None] * len(matchers)  # each row's last mask
         self.flat: torch.Tensor | None = None
+        self.finished: set[int] = set()  # rows whose mask holds the stop tokens (`_fill` leaves them so)
+        self.stop_key = grammar.words("stop").numpy().tobytes()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape != (len(self.matchers), self.grammar.vocab_size):
             raise GrammarError(f"the logits are {list(scores.shape)} but the grammar masks {len(self.matchers)} "
                                f"rows of {self.grammar.vocab_size} tokens (the model's embedding rows)")
-        return self._output(scores, self._allowed(self._masks(input_ids), scores))
+        return self._output(scores, *self._allowed(self._masks(input_ids), scores))
 
     def _masks(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """Advance every row's matcher by its last token and return the rows' masks (int32 words, CPU)."""
+        """Advance every row's matcher by its last token and return the rows' masks (int32 words, CPU):
+        a finished row's allows the stop tokens, written once."""
         if self.prompt_len is None:
             self.prompt_len = input_ids.shape[1]
         else:
             for m, token in zip(self.matchers, input_ids[:, -1].tolist()):
                 if not m.is_stopped() and not m.consume_token(token):
                     raise GrammarError(f"token {token} breaks the answer grammar: {m.get_error()}")
-        stopped = self._fill()
+        stopped = [row for row in self._fill() if row not in self.finished]
         if stopped:
             self.bitmask[stopped] = self.grammar.words("stop")
+            self.finished.update(stopped)
         return self._finish(input_ids.shape[1] - self.prompt_len, self.bitmask)
 
-    def _allowed(self, words: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def _allowed(self, words: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """The ids of `scores.view(-1)` the masks leave (row r's token t is r V + t), ascending, on the
-        logits' device.
+        logits' device; and each row's part of them.
 
         A row whose mask is the one it had the step before keeps that step's ids (an MDD transcript's
-        mask stays the same for many steps); any other is looked up in the grammar's `TokenSets`.
+        mask stays the same for many steps; a finished row's, the stop tokens, from then on, unread); any
+        other is looked up in the grammar's `TokenSets`.
         """
         vocab, device = scores.shape[1], str(scores.device)
         changed = self.flat is None
         for r, row in enumerate(words.numpy()):
-            key, last = row.tobytes(), self.rows[r]
+            last = self.rows[r]
+            if r in self.finished:
+                if last is not None and last[0] is self.stop_key and last[1] == device:
+                    continue
+                key = self.stop_key
+            else:
+                key = row.tobytes()
             if last is None or last[0] != key or last[1] != device:
                 self.rows[r] = (key, device, self.grammar.token_sets.ids(key, device) + r * vocab)
                 changed = True
         if changed:
             self.flat = torch.cat([ids for _, _, ids in self.rows])
-        return self.flat
+        return self.flat, tuple(ids for _, _, ids in self.rows)
 
-    def _output(self, scores: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    def _output(self, scores: torch.Tensor, flat: torch.Tensor, rows: tuple) -> torch.Tensor:
         """`scores` at the `flat` ids (`_allowed`), -inf elsewhere, in the memory of one of the last two
         steps' outputs when nothing holds it any more, else in new memory.
 
         `generate` drops the previous step's masked logits once it has picked the next tokens, so two
         buffers serve a whole answer. A reused one has only its last step's allowed ids to set back to
-        -inf, instead of writing the vocabulary's width anew (on CPU, 0.3 ms a step at batch 8 and 200k
-        tokens, mostly page faults). What is handed out is a view of the buffer, so every holder of its
-        memory (that view, a view of it, a numpy array, `generate(output_scores=True)` keeping every
-        step's) adds to the storage's use count: the buffer is free when the count is its own alone.
+        -inf, and only in the rows whose mask has changed since (an MDD transcript row keeps its few
+        thousand ids step after step), instead of writing the vocabulary's width anew (on CPU, 0.3 ms a
+        step at batch 8 and 200k tokens, mostly page faults). What is handed out is a view of the
+        buffer, so every holder of its memory (that view, a view of it, a numpy array,
+        `generate(output_scores=True)` keeping every step's) adds to the storage's use count: the buffer
+        is free when the count is its own alone.
         A buffer written in place since is never reused either, where that can be seen: outside
         `torch.inference_mode` (inference tensors have no version counter), so a processor after this
         one that wrote into its output in inference mode would leave its values behind. transformers'
@@ -285,8 +298,11 @@ class GrammarProcessor(LogitsProcessor):
             if (_storage_users(buf) == alone and _version(buf) == version
                     and buf.shape == scores.shape and buf.dtype == scores.dtype and buf.device == scores.device):
                 del self.outputs[n]
-                if before is not flat:  # the same masks as then (`_allowed` keeps them): nothing to set back
-                    buf.view(-1).index_fill_(0, before, float("-inf"))
+                # A row whose ids are the ones it had then (`_allowed` keeps them) has nothing to set back
+                changed = [was for was, now in zip(before, rows) if was is not now]
+                if changed:
+                    buf.view(-1).index_fill_(0, torch.cat(changed) if len(changed) > 1 else changed[0],
+                                             float("-inf"))
                 break
         else:
             buf = torch.full_like(scores, float("-inf"), memory_format=torch.contiguous_format)
@@ -294,7 +310,7 @@ class GrammarProcessor(LogitsProcessor):
         buf.view(-1).index_copy_(0, flat, scores.reshape(-1).index_select(0, flat))
         out = buf.view(buf.shape)
         if alone is not None:  # without a storage use count to ask, memory is never reused
-            self.outputs = [*self.outputs, (buf, flat, _version(buf), alone)][-2:]
+            self.outputs = [*self.outputs, (buf, rows, _version(buf), alone)][-2:]
         return out
 
     def _fill(self) -> list[int]:
