@@ -353,6 +353,29 @@ def test_each_epoch_row_equals_predict_and_evaluate_by_hand(tiny_run, corpus_dir
 
 
 @pytest.mark.slow
+def test_the_table_loads_one_model_and_swaps_the_next_checkpoints_into_it(tiny_run, tmp_path, monkeypatch):
+    """Rebuilt with its checkpoints' answers gone, the table loads a model with checkpoint-4 only, swaps
+    checkpoint-8's adapter into it, and gives the rows it gave when trained (each checkpoint's own answers,
+    by the test above)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for ckpt in ("checkpoint-4", "checkpoint-8"):
+        (run / ckpt / "test.jsonl").unlink()
+    loads, swaps = [], []
+    load, swap = table_module.Predictor.load, table_module.swap_adapter
+    monkeypatch.setattr(table_module.Predictor, "load",
+                        lambda cfg, adapter=None, **kw: loads.append(Path(adapter).name) or load(cfg, adapter, **kw))
+    monkeypatch.setattr(table_module, "swap_adapter", lambda model, folder: swaps.append(Path(folder).name)
+                        or swap(model, folder))
+    rebuilt = build_table(run)
+    assert (loads, swaps) == (["checkpoint-4"], ["checkpoint-8"])
+    trained = json.loads((tiny_run / "table.json").read_text())
+    assert rebuilt["rows"] == trained["rows"]
+    for ckpt in ("checkpoint-4", "checkpoint-8"):
+        assert (run / ckpt / "test.jsonl").read_text() == (tiny_run / ckpt / "test.jsonl").read_text()
+
+
+@pytest.mark.slow
 def test_table_md_holds_the_papers_rows_and_ours(tiny_run):
     md = (tiny_run / "table.md").read_text()
     for strategy, epoch, *values in PAPER_TABLE3:

@@ -153,7 +153,6 @@ class OneModel:
 
     def __init__(self, cfg: Config):
         self.cfg, self.predictor, self.adapter = cfg, None, None
-        self.loads = 0
 
     def for_entry(self, entry: Entry):
         if entry.adapter is None or self.cfg.backend != "transformers":
@@ -162,7 +161,6 @@ class OneModel:
         def predictor():
             if self.predictor is None:
                 self.predictor = Predictor.load(self.cfg, entry.adapter)
-                self.loads += 1
             elif self.adapter != entry.adapter:
                 swap_adapter(self.predictor.model, entry.adapter)
             self.adapter = entry.adapter
