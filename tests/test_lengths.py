@@ -17,7 +17,9 @@ from pronlm.data.lengths import (
     shipped_distribution,
     three_task_ratios,
 )
+from pronlm.data.corpus import read_kaldi_dir
 from pronlm.data.prompts import AUDIO_PLACEHOLDER, PAPER_TASKS, TASKS, PromptSet
+from pronlm.data.text import sentence_words
 from tests.readme import README
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared/data/speechocean762-audio"
@@ -87,3 +89,16 @@ def test_the_readmes_word_task_cost_is_the_shipped_distributions():
     expected = (f"a three-task epoch has {r['tokens']:.2f}× the language-model tokens of a two-task one, "
                 f"{r['answer']:.1f}× the answer (loss) tokens, and {r['examples']:.1f}× the examples")
     assert expected in words, expected
+
+
+def test_the_readmes_word_task_answer_per_word_is_the_200_clips():
+    """"25.5 answer tokens per word": the shipped distribution's word-task answers over the words of the
+    200 clips' sentences, as benchmarks/bench_word_task.py prints it."""
+    if not CLIPS.is_dir():
+        pytest.skip(f"the unlabelled SpeechOcean762 clips are not at {CLIPS}")
+    n_words = {u.id: len(sentence_words(u.text)) for split in ("train", "test") for u in read_kaldi_dir(CLIPS, split)}
+    rows = shipped_distribution()
+    lengths = distribution_lengths(PromptSet.from_templates(), TASKS, len(rows))
+    per_word = sum(x.answer for x in lengths if x.task == "wrd") / sum(n_words[row[0]] for row in rows)
+    assert 25 < per_word < 26  # 32,225 answer tokens over 1,266 words
+    assert f"{per_word:.1f} answer tokens per word" in " ".join(README.read_text().split())
