@@ -19,7 +19,8 @@ from pathlib import Path
 from statistics import mean
 
 from pronlm.data.corpus import read_kaldi_dir
-from pronlm.data.lengths import corpus_lengths, distribution_lengths, distribution_rows, three_task_ratios
+from pronlm.data.lengths import (corpus_lengths, distribution_lengths, distribution_rows, three_task_ratios,
+                                 word_answer_per_word)
 from pronlm.data.prompts import TASKS, PromptSet
 from pronlm.data.text import sentence_words
 
@@ -37,8 +38,7 @@ def report(name: str, lengths: list, words: list[int]) -> None:
     r = three_task_ratios(lengths)
     print(f"per epoch, three tasks / two tasks: LM tokens x{r['tokens']:.3f}; answer (loss) tokens "
           f"x{r['answer']:.3f}; examples and audio-encoder passes x{r['examples']:.1f}")
-    wrd = sum(x.answer for x in lengths if x.task == "wrd")
-    print(f"wrd answer tokens per word: {wrd / sum(words):.1f} ({mean(words):.1f} words per utterance, "
+    print(f"wrd answer tokens per word: {word_answer_per_word(lengths, sum(words)):.1f} ({mean(words):.1f} words per utterance, "
           f"at most {max(words)})")
 
 

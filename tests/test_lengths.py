@@ -16,6 +16,7 @@ from pronlm.data.lengths import (
     prompt_tokens,
     shipped_distribution,
     three_task_ratios,
+    word_answer_per_word,
 )
 from pronlm.data.corpus import read_kaldi_dir
 from pronlm.data.prompts import AUDIO_PLACEHOLDER, PAPER_TASKS, TASKS, PromptSet
@@ -99,6 +100,6 @@ def test_the_readmes_word_task_answer_per_word_is_the_200_clips():
     n_words = {u.id: len(sentence_words(u.text)) for split in ("train", "test") for u in read_kaldi_dir(CLIPS, split)}
     rows = shipped_distribution()
     lengths = distribution_lengths(PromptSet.from_templates(), TASKS, len(rows))
-    per_word = sum(x.answer for x in lengths if x.task == "wrd") / sum(n_words[row[0]] for row in rows)
+    per_word = word_answer_per_word(lengths, sum(n_words[row[0]] for row in rows))
     assert 25 < per_word < 26  # 32,225 answer tokens over 1,266 words
     assert f"{per_word:.1f} answer tokens per word" in " ".join(README.read_text().split())

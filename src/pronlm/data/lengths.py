@@ -168,3 +168,8 @@ def three_task_ratios(lengths: list[ExampleLength]) -> dict[str, float]:
     return {"tokens": sum(x.total for x in lengths) / sum(x.total for x in two),
             "answer": sum(x.answer for x in lengths) / sum(x.answer for x in two),
             "examples": len(lengths) / len(two)}
+
+
+def word_answer_per_word(lengths: list[ExampleLength], n_words: int) -> float:
+    """The word task's answer tokens (end tokens included) per word of the `n_words` the examples score."""
+    return sum(x.answer for x in lengths if x.task == "wrd") / n_words
